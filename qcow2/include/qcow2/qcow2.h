@@ -1,0 +1,357 @@
+/*
+ * qcow2.h - libqcow2, the qchain library: read (and later write) QEMU qcow2
+ * and raw images and their backing chains, without QEMU.
+ *
+ * Conventions of the whole API:
+ *  - Functions returning int or int64_t return >= 0 on success and a negative
+ *    errno on failure:
+ *      -ENOMEM           out of memory
+ *      -EIO, ...         errors of the storage backend, passed through
+ *      -EINVAL           misuse or a bad argument
+ *      -ENOTSUP          unknown incompatible feature, unsupported version,
+ *                        encryption, unsupported compression type
+ *      -ENOENT           a backing or data file does not exist
+ *      -ELOOP            a backing chain loops or is too deep
+ *      -EBUSY            the image is in use by another process (locks)
+ *      -EROFS            write on a read-only handle
+ *      -QCOW2_ECORRUPT   the image is corrupt
+ *    qcow2_errmsg() then describes the failure, naming the structure and its
+ *    file offset.
+ *  - Handles are opaque, created by qcow2_new() and freed by qcow2_close()
+ *    (which accepts NULL).  One handle, one thread at a time.  The library
+ *    keeps no global state, never prints and never exits.
+ *  - Strings returned by a handle live until the handle is closed unless
+ *    documented otherwise; buffers passed in stay owned by the caller.
+ *  - Out-parameters are written only on success.
+ */
+#ifndef QCOW2_H
+#define QCOW2_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qcow2_io.h"
+#include "qcow2_version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Corruption: EUCLEAN ("Structure needs cleaning") on Linux. */
+#ifdef EUCLEAN
+#define QCOW2_ECORRUPT EUCLEAN
+#else
+#define QCOW2_ECORRUPT EBADMSG
+#endif
+
+/** Library version as "x.y.z". */
+QCOW2_API const char *qcow2_version_string(void);
+
+/** Like strerror(3), with QCOW2_ECORRUPT described as image corruption.
+ *  Accepts negative or positive codes. */
+QCOW2_API const char *qcow2_strerror(int err);
+
+/* ------------------------------------------------------------------------ */
+/* Opening                                                                  */
+/* ------------------------------------------------------------------------ */
+
+struct qcow2_image;
+
+#define QCOW2_OPEN_RDWR 0x01        /* open for writing (issue 3) */
+#define QCOW2_OPEN_NO_BACKING 0x02  /* do not open the backing chain */
+#define QCOW2_OPEN_FORCE_SHARE 0x04 /* take no locks (qemu-img -U) */
+
+/* Longest chain opened (layers below the top); deeper chains give -ELOOP. */
+#define QCOW2_DEFAULT_MAX_DEPTH 256
+
+struct qcow2_open_opts {
+    size_t size;        /* sizeof(struct qcow2_open_opts) */
+    unsigned flags;     /* QCOW2_OPEN_* */
+    const char *format; /* "qcow2", "raw", or NULL to probe */
+    unsigned max_depth; /* 0: QCOW2_DEFAULT_MAX_DEPTH */
+    size_t cache_bytes; /* metadata cache per image; 0: default (1 MiB) */
+    /* Opens backing and external data files by name (already resolved the
+     * way QEMU resolves it).  NULL: qcow2_io_open_file().  Returns 0 or
+     * -errno, with a message in err. */
+    int (*open_file)(void *ctx, const char *name, unsigned io_flags,
+                     struct qcow2_io *out, char *err, size_t errlen);
+    void *open_ctx;
+    /* Receives warnings (a probed format, ...).  NULL: dropped. */
+    void (*warn)(void *ctx, const char *msg);
+    void *warn_ctx;
+};
+
+/** Allocate an empty handle.  @return the handle, or NULL on ENOMEM. */
+QCOW2_API struct qcow2_image *qcow2_new(void);
+
+/**
+ * Open an image file, and its backing chain unless QCOW2_OPEN_NO_BACKING.
+ * Relative backing names resolve against the directory of `path` as given
+ * (not its real path), as QEMU resolves them.
+ *
+ * @param[in] img   a handle from qcow2_new(), not yet opened
+ * @param[in] path  file name; kept as the image's filename
+ * @param[in] opts  options, or NULL for defaults
+ * @return 0, or -EINVAL, -ENOMEM, -ENOENT, -ENOTSUP, -ELOOP, -EBUSY,
+ *         -QCOW2_ECORRUPT or a backend errno; qcow2_errmsg() explains.
+ */
+QCOW2_API int qcow2_open(struct qcow2_image *img, const char *path,
+                         const struct qcow2_open_opts *opts);
+
+/**
+ * Open an image from a caller-supplied backend.  On success and on failure
+ * the handle owns `io` (it is closed by qcow2_close()).
+ * @param[in] name  the name the image is known by (used for backing-file
+ *                  resolution and messages)
+ */
+QCOW2_API int qcow2_open_io(struct qcow2_image *img, struct qcow2_io *io,
+                            const char *name,
+                            const struct qcow2_open_opts *opts);
+
+/** Close a handle and its whole backing chain.  Accepts NULL. */
+QCOW2_API void qcow2_close(struct qcow2_image *img);
+
+/** Message describing the last failure on this handle ("" if none). */
+QCOW2_API const char *qcow2_errmsg(const struct qcow2_image *img);
+
+/* ------------------------------------------------------------------------ */
+/* What an image is                                                         */
+/* ------------------------------------------------------------------------ */
+
+enum qcow2_format { QCOW2_FORMAT_RAW = 1, QCOW2_FORMAT_QCOW2 = 2 };
+
+/* The qcow2 header, decoded (host byte order); fields absent from a version
+ * 2 header read as their implied values. */
+struct qcow2_header {
+    uint32_t magic;
+    uint32_t version;
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+    uint32_t cluster_bits;
+    uint64_t size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    uint8_t compression_type;
+};
+
+struct qcow2_info {
+    enum qcow2_format format;
+    const char *filename;        /* as opened */
+    uint64_t virtual_size;       /* guest-visible size in bytes */
+    int64_t file_size;           /* size of the image file */
+    int64_t actual_size;         /* allocated bytes of the file, -1 unknown */
+    uint32_t cluster_size;       /* qcow2 only */
+    unsigned version;            /* qcow2 only: 2 or 3 */
+    unsigned refcount_bits;      /* qcow2 only */
+    const char *compression;     /* "zlib" or "zstd" (qcow2 v3) */
+    bool dirty;                  /* incompatible bit 0 */
+    bool corrupt;                /* incompatible bit 1 */
+    bool lazy_refcounts;         /* compatible bit 0 */
+    bool extended_l2;            /* incompatible bit 4 */
+    bool encrypted;              /* crypt_method != 0 */
+    unsigned crypt_method;       /* 0 none, 1 aes, 2 luks */
+    const char *backing_name;    /* as stored in the header, or NULL */
+    const char *backing_format;  /* backing-format extension, or NULL */
+    const char *backing_path;    /* resolved the way QEMU does, or NULL */
+    const char *data_file;       /* external data file name, or NULL */
+    bool data_file_raw;          /* autoclear bit 1 */
+    bool has_external_data;      /* incompatible bit 2 */
+    unsigned nb_extensions;
+    unsigned nb_features;        /* entries of the feature name table */
+    unsigned nb_snapshots;
+    unsigned nb_bitmaps;
+    bool bitmaps_valid;          /* autoclear bit 0 with the extension */
+};
+
+/** Describe an open image.  @return 0 or -EINVAL. */
+QCOW2_API int qcow2_get_info(const struct qcow2_image *img,
+                             struct qcow2_info *out);
+
+/** The decoded header of a qcow2 image; NULL for raw images. */
+QCOW2_API const struct qcow2_header *
+qcow2_get_header(const struct qcow2_image *img);
+
+/* Header extension magics (the spec's). */
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acaU
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857U
+#define QCOW2_EXT_BITMAPS 0x23852875U
+#define QCOW2_EXT_CRYPTO 0x0537be77U
+#define QCOW2_EXT_DATA_FILE 0x44415441U
+
+struct qcow2_extension {
+    uint32_t type;       /* magic */
+    uint32_t length;     /* data length */
+    uint64_t offset;     /* file offset of the extension's 8-byte header */
+    const uint8_t *data; /* length bytes, owned by the handle */
+    bool known;          /* one of the five defined types */
+};
+
+/** i-th header extension in file order.  @return 0 or -EINVAL (range). */
+QCOW2_API int qcow2_extension_get(const struct qcow2_image *img, unsigned i,
+                                  struct qcow2_extension *out);
+
+struct qcow2_feature {
+    unsigned type;  /* 0 incompatible, 1 compatible, 2 autoclear */
+    unsigned bit;   /* 0..63 */
+    char name[47];  /* NUL-terminated */
+};
+
+/** i-th entry of the feature name table.  @return 0 or -EINVAL. */
+QCOW2_API int qcow2_feature_get(const struct qcow2_image *img, unsigned i,
+                                struct qcow2_feature *out);
+
+struct qcow2_snapshot {
+    uint64_t entry_offset;     /* file offset of the table entry */
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    const char *id;            /* NUL-terminated copies */
+    const char *name;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;    /* 64-bit extra field if present, else 32 */
+    uint32_t vm_state_size32;
+    bool has_disk_size;
+    uint64_t disk_size;        /* extra data; else the image's size */
+    bool has_icount;
+    uint64_t icount;           /* extra data; -1 disabled */
+    uint32_t extra_data_size;
+    const uint8_t *extra_data; /* extra_data_size bytes */
+};
+
+/** i-th internal snapshot.  @return 0 or -EINVAL. */
+QCOW2_API int qcow2_snapshot_get(const struct qcow2_image *img, unsigned i,
+                                 struct qcow2_snapshot *out);
+
+/** Index of the snapshot whose id, or else whose name, is `which`.
+ *  @return the index or -ENOENT. */
+QCOW2_API int qcow2_snapshot_find(const struct qcow2_image *img,
+                                  const char *which);
+
+/**
+ * Switch the guest view of this image (not of its backing files) to an
+ * internal snapshot: reads and maps then use the snapshot's L1 table and
+ * disk size.  The image must be opened read-only.
+ * @return 0, -ENOENT (no such snapshot), -EINVAL, -QCOW2_ECORRUPT.
+ */
+QCOW2_API int qcow2_snapshot_select(struct qcow2_image *img,
+                                    const char *which);
+
+#define QCOW2_BITMAP_IN_USE 0x1
+#define QCOW2_BITMAP_AUTO 0x2
+#define QCOW2_BITMAP_EXTRA_DATA_COMPATIBLE 0x4
+
+struct qcow2_bitmap {
+    uint64_t entry_offset;     /* file offset of the directory entry */
+    uint64_t table_offset;
+    uint32_t table_size;
+    uint32_t flags;            /* QCOW2_BITMAP_* */
+    uint8_t type;
+    uint8_t granularity_bits;
+    uint32_t extra_data_size;
+    const char *name;          /* NUL-terminated copy */
+};
+
+/** i-th persistent bitmap of the directory.  @return 0 or -EINVAL. */
+QCOW2_API int qcow2_bitmap_get(const struct qcow2_image *img, unsigned i,
+                               struct qcow2_bitmap *out);
+
+/* ------------------------------------------------------------------------ */
+/* Chains                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/** The backing image (owned by img), or NULL when there is none or it was
+ *  not opened. */
+QCOW2_API struct qcow2_image *qcow2_backing(const struct qcow2_image *img);
+
+/** The name the image was opened by. */
+QCOW2_API const char *qcow2_filename(const struct qcow2_image *img);
+
+/** File identity (device, inode) of the image file.  @return 0 or -ENOTSUP
+ *  when the backend has none. */
+QCOW2_API int qcow2_identity(const struct qcow2_image *img, uint64_t *dev,
+                             uint64_t *ino);
+
+/* ------------------------------------------------------------------------ */
+/* Extents: who serves each guest byte                                      */
+/* ------------------------------------------------------------------------ */
+
+enum qcow2_kind {
+    QCOW2_KIND_UNALLOCATED = 0, /* falls through to the backing file */
+    QCOW2_KIND_DATA = 1,        /* host data (offset valid) */
+    QCOW2_KIND_ZERO = 2,        /* reads as zeros (zero flag) */
+    QCOW2_KIND_COMPRESSED = 3   /* a compressed cluster */
+};
+
+/* Flags of an extent, with the meaning of qemu-img map's keys. */
+#define QCOW2_EXTENT_PRESENT 0x01      /* allocated in the layer at depth */
+#define QCOW2_EXTENT_ZERO 0x02         /* reads as zeros */
+#define QCOW2_EXTENT_DATA 0x04         /* read from a file */
+#define QCOW2_EXTENT_OFFSET_VALID 0x08 /* offset is a host offset */
+
+struct qcow2_extent {
+    uint64_t start;             /* guest offset */
+    uint64_t length;            /* guest bytes, > 0 */
+    uint64_t offset;            /* host offset (OFFSET_VALID), or the byte
+                                   offset of compressed data */
+    uint32_t csize;             /* compressed: bytes to read at offset */
+    unsigned depth;             /* 0 = the image itself, 1 = its backing.. */
+    enum qcow2_kind kind;       /* the layer's answer for these bytes */
+    unsigned flags;             /* QCOW2_EXTENT_* */
+    struct qcow2_image *layer;  /* image at depth (owned by the chain) */
+    bool in_data_file;          /* offset refers to the external data file */
+};
+
+#define QCOW2_MAP_CHAIN 0x01 /* resolve through the backing chain */
+#define QCOW2_MAP_HOLES 0x02 /* report holes of the host file as zeros, as
+                                qemu-img map does */
+
+/**
+ * Describe the guest bytes starting at `start`: the longest run (at most
+ * `len` bytes, and not crossing an L2 table) that has one answer.  Callers
+ * walk a range by calling again at start + ext->length; runs of equal
+ * answers in consecutive calls are theirs to merge.
+ *
+ * Without QCOW2_MAP_CHAIN only this image is consulted (depth 0).
+ * @return 0, -EINVAL (start beyond the virtual size, len 0),
+ *         -QCOW2_ECORRUPT (a table or entry is invalid), backend errors.
+ */
+QCOW2_API int qcow2_map(struct qcow2_image *img, uint64_t start, uint64_t len,
+                        unsigned flags, struct qcow2_extent *ext);
+
+/** Guest-visible size of the image (of the selected snapshot, if any). */
+QCOW2_API uint64_t qcow2_virtual_size(const struct qcow2_image *img);
+
+/**
+ * Read guest data through the chain.  Bytes past the virtual size are not
+ * readable; reads that stop there are short.
+ * @return bytes read, or -errno (-ENOTSUP on encrypted images,
+ *         -QCOW2_ECORRUPT on bad metadata or undecodable compressed data).
+ */
+QCOW2_API int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
+                              uint64_t off);
+
+/**
+ * Read from the host file of an image (its own file, or its external data
+ * file when data_file is true); bytes past EOF read as zeros.
+ * @return len or -errno.
+ */
+QCOW2_API int64_t qcow2_host_pread(struct qcow2_image *img, bool data_file,
+                                   void *buf, size_t len, uint64_t off);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QCOW2_H */

@@ -1,0 +1,108 @@
+/*
+ * qcow2_io.h - storage backends for libqcow2.
+ *
+ * Every byte the library reads or writes goes through a struct qcow2_io, so
+ * images (and whole backing chains) can live in files, in memory (unit tests,
+ * fuzzers) or anywhere a caller can read from.
+ *
+ * Contract for implementers (read it as sqlite3_io_methods' is read):
+ *  - pread returns the number of bytes read, which is less than len only at
+ *    end of file (0 at or past EOF); it never returns garbage past EOF.
+ *    Errors are negative errno values.  No alignment is assumed.
+ *  - pwrite returns len or a negative errno; a short write is an error.
+ *  - flush makes every completed pwrite durable; returns 0 or -errno.
+ *  - size returns the current size in bytes or -errno.
+ *  - Optional members may be NULL; the library then assumes the answer
+ *    stated next to each one.
+ *  - close releases ctx; called exactly once by whoever owns the io.
+ */
+#ifndef QCOW2_IO_H
+#define QCOW2_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef QCOW2_API
+#define QCOW2_API __attribute__((visibility("default")))
+#endif
+
+#define QCOW2_IO_VERSION 1
+
+struct qcow2_io {
+    unsigned version; /* QCOW2_IO_VERSION */
+    void *ctx;        /* passed to every method */
+    int64_t (*pread)(void *ctx, void *buf, size_t len, uint64_t off);
+    int64_t (*pwrite)(void *ctx, const void *buf, size_t len, uint64_t off);
+    int (*flush)(void *ctx);
+    int (*truncate)(void *ctx, uint64_t size);
+    int64_t (*size)(void *ctx);
+    void (*close)(void *ctx);
+    /* Optional: is [off, off+len) backed by storage?  Sets *pnum to the length
+     * of the run starting at off (> 0, <= len) that has one answer and returns
+     * 1 for data, 0 for a hole, or -errno.  NULL: everything is data. */
+    int (*block_status)(void *ctx, uint64_t off, uint64_t len, uint64_t *pnum);
+    /* Optional: identity of the underlying object (device, inode) for loop
+     * detection.  Returns 0 or -errno.  NULL: the object has no identity. */
+    int (*identity)(void *ctx, uint64_t *dev, uint64_t *ino);
+    /* Optional: bytes of storage really allocated (st_blocks * 512).
+     * NULL: equal to size. */
+    int64_t (*allocated)(void *ctx);
+    void *reserved[4]; /* zero */
+};
+
+/* Flags for qcow2_io_open_file(). */
+#define QCOW2_IO_RDWR 0x01        /* open read-write (default read-only) */
+#define QCOW2_IO_CREATE 0x02      /* create; fail if it exists (O_EXCL) */
+#define QCOW2_IO_NOLOCK 0x04      /* take no QEMU-compatible locks (-U) */
+
+/**
+ * Open a POSIX file as a storage backend, taking the byte-range OFD locks
+ * QEMU takes (reader: bytes 100, 201, 203; writer: 100, 101, 103, 201, 203)
+ * unless QCOW2_IO_NOLOCK is given.
+ *
+ * @param[in]  path   file name
+ * @param[in]  flags  QCOW2_IO_* flags
+ * @param[out] io     filled on success; the caller owns it (io->close)
+ * @param[out] err    optional buffer for a message on failure
+ * @param[in]  errlen size of err
+ * @return 0, -errno from open(2), or -EBUSY when another process holds a
+ *         conflicting lock (err names the lock).
+ */
+QCOW2_API int qcow2_io_open_file(const char *path, unsigned flags,
+                                 struct qcow2_io *io, char *err,
+                                 size_t errlen);
+
+/**
+ * Report QEMU lock bytes held on a file by other processes.
+ * @return a bitmask: bit n set when byte 100+n is held, bit 8+n when byte
+ *         200+n is held (n = 0..4), or -errno.
+ */
+QCOW2_API int qcow2_io_lock_probe(const char *path);
+
+/**
+ * An in-memory backend over a growable copy of buf[0..len).
+ * @param[in]  buf  initial content (copied), may be NULL when len is 0
+ * @param[out] io   filled on success; io->close frees the buffer
+ * @return 0 or -ENOMEM.
+ */
+QCOW2_API int qcow2_io_open_mem(const void *buf, size_t len,
+                                struct qcow2_io *io);
+
+/**
+ * Make the in-memory backend fail every call after the next `calls` calls
+ * with -EIO (fault injection for tests).  A negative count disables it.
+ */
+QCOW2_API void qcow2_io_mem_fail_after(struct qcow2_io *io, long calls);
+
+/** Current content of an in-memory backend (valid until its next write). */
+QCOW2_API const uint8_t *qcow2_io_mem_data(const struct qcow2_io *io,
+                                           size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QCOW2_IO_H */

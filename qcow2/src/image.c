@@ -1,0 +1,984 @@
+/*
+ * image.c - the public API: handle lifecycle, opening images and chains,
+ * describing them, mapping and reading guest data.
+ *
+ * Opening a chain (qcow2_open_io):
+ *   1. probe or take the format; parse and validate the header (header.c),
+ *      snapshot table (snapshot.c) and bitmap directory (bitmap.c);
+ *   2. unless QCOW2_OPEN_NO_BACKING, walk down the backing names with a
+ *      loop (never recursion): resolve each name against the path string of
+ *      the image that names it (backing.c), refuse protocol and json: names,
+ *      open the file through the caller's resolver, compare its identity
+ *      (device, inode) with every layer above it, and stop at the depth cap.
+ *   A failure anywhere leaves the handle with a message that names the
+ *   layer and shows the chain so far; qcow2_close() frees what was opened.
+ *
+ * Reading (qcow2_pread) walks extents of the chain (qcow2_map) and serves
+ * each one from the layer that owns it: host reads for data, zeros for
+ * zero and unallocated ranges, one decompressed cluster (kept per layer) for
+ * compressed ones.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "endian.h"
+#include "format.h"
+#include "internal.h"
+
+const char *qcow2_version_string(void)
+{
+    return QCOW2_VERSION_STRING;
+}
+
+struct qcow2_image *qcow2_new(void)
+{
+    struct qcow2_image *img = calloc(1, sizeof(*img));
+
+    if (img) {
+        img->magic = Q2_HANDLE_MAGIC;
+        img->state = Q2_STATE_NEW;
+        img->selected_snapshot = -1;
+        img->prealloc = -1;
+    }
+    return img;
+}
+
+static bool usable(const struct qcow2_image *img)
+{
+    return img && img->magic == Q2_HANDLE_MAGIC && img->state == Q2_STATE_OPEN;
+}
+
+const char *qcow2_errmsg(const struct qcow2_image *img)
+{
+    if (!img || img->magic != Q2_HANDLE_MAGIC)
+        return "invalid handle";
+    return img->errmsg;
+}
+
+static void release(struct qcow2_image *img)
+{
+    if (img->io_open && img->io.close)
+        img->io.close(img->io.ctx);
+    img->io_open = false;
+    if (img->data_io_open && img->data_io.close)
+        img->data_io.close(img->data_io.ctx);
+    img->data_io_open = false;
+    q2_cache_free(&img->cache);
+    free(img->hp.exts);
+    free(img->hdr_buf);
+    free(img->filename);
+    free(img->backing_name);
+    free(img->backing_format);
+    free(img->backing_path);
+    free(img->data_file_name);
+    free(img->cbuf);
+    free(img->dbuf);
+    q2_snap_free(img->snaps, img->n_snaps);
+    q2_bitmap_free(img->bitmaps, img->n_bitmaps);
+}
+
+void qcow2_close(struct qcow2_image *img)
+{
+    while (img && img->magic == Q2_HANDLE_MAGIC) {
+        struct qcow2_image *next = img->backing;
+        release(img);
+        img->magic = 0;
+        free(img);
+        img = next;
+    }
+}
+
+/* A NUL-terminated copy of a name read from the file; names with NUL bytes
+ * inside are corrupt (QEMU would silently cut them). */
+static int copy_name(struct qcow2_image *img, const uint8_t *p, size_t n,
+                     const char *what, uint64_t off, char **out)
+{
+    char *s;
+
+    if (memchr(p, 0, n))
+        return q2_err(img, -QCOW2_ECORRUPT, "%s contains a NUL byte "
+                      "(at offset 0x%" PRIx64 ")", what, off);
+    s = malloc(n + 1);
+    if (!s)
+        return -ENOMEM;
+    memcpy(s, p, n);
+    s[n] = '\0';
+    *out = s;
+    return 0;
+}
+
+static int read_exact(struct qcow2_image *img, void *buf, size_t len,
+                      uint64_t off, const char *what)
+{
+    int64_t n = img->io.pread(img->io.ctx, buf, len, off);
+
+    if (n < 0)
+        return q2_err(img, (int)n, "cannot read %s: %s (at offset 0x%" PRIx64
+                      ")", what, qcow2_strerror((int)n), off);
+    if ((size_t)n < len)
+        return q2_err(img, -QCOW2_ECORRUPT, "%s runs past the end of the "
+                      "file (at offset 0x%" PRIx64 ")", what, off);
+    return 0;
+}
+
+static int load_snapshots(struct qcow2_image *img)
+{
+    const struct qcow2_header *h = &img->hp.h;
+    uint64_t off = h->snapshots_offset, end = (uint64_t)img->file_size;
+    uint64_t pos = 0;
+    uint8_t fixed[Q2_SNAP_FIXED_LEN], *buf;
+    char err[256];
+    uint32_t i;
+    int rc;
+
+    if (h->nb_snapshots == 0)
+        return 0;
+    /* first pass: the table's length, from the fixed parts */
+    for (i = 0; i < h->nb_snapshots; i++) {
+        pos = (pos + 7) & ~7ull;
+        if (pos + Q2_SNAP_FIXED_LEN > end - off)
+            return q2_err(img, -QCOW2_ECORRUPT, "snapshot table entry %"
+                          PRIu32 " lies past the end of the file (at offset "
+                          "0x%" PRIx64 ")", i, off + pos);
+        rc = read_exact(img, fixed, sizeof(fixed), off + pos,
+                        "snapshot table");
+        if (rc < 0)
+            return rc;
+        pos += Q2_SNAP_FIXED_LEN + (uint64_t)q2_load_be32(fixed + 36) +
+               q2_load_be16(fixed + 12) + q2_load_be16(fixed + 14);
+        if (q2_load_be32(fixed + 36) > Q2_MAX_SNAPSHOT_EXTRA)
+            return q2_err(img, -QCOW2_ECORRUPT, "snapshot %" PRIu32 ": extra "
+                          "data of %" PRIu32 " bytes is too large (at offset "
+                          "0x%" PRIx64 ")", i, q2_load_be32(fixed + 36),
+                          off + pos);
+        if (pos > Q2_MAX_SNAPSHOTS_BYTES)
+            return q2_err(img, -QCOW2_ECORRUPT, "snapshot table is larger "
+                          "than 64 MiB (at offset 0x%" PRIx64 ")", off);
+        if (pos > end - off)
+            return q2_err(img, -QCOW2_ECORRUPT, "snapshot table entry %"
+                          PRIu32 " lies past the end of the file (at offset "
+                          "0x%" PRIx64 ")", i, off);
+    }
+    buf = malloc(pos);
+    if (!buf)
+        return -ENOMEM;
+    rc = read_exact(img, buf, pos, off, "snapshot table");
+    if (rc == 0) {
+        rc = q2_snap_parse(buf, pos, off, h->nb_snapshots, h->version,
+                           h->size, &img->snaps, err, sizeof(err));
+        if (rc < 0)
+            q2_err(img, rc, "%s", err);
+        else
+            img->n_snaps = h->nb_snapshots;
+    }
+    free(buf);
+    return rc;
+}
+
+static int load_bitmaps(struct qcow2_image *img)
+{
+    const struct q2_ext *e;
+    uint64_t dsize, doff;
+    uint32_t nb;
+    uint8_t *buf;
+    char err[256];
+    int rc;
+
+    if (img->hp.ext_bitmaps < 0 ||
+        !(img->hp.h.autoclear_features & Q2_AUTOCLEAR_BITMAPS))
+        return 0;
+    e = &img->hp.exts[img->hp.ext_bitmaps];
+    nb = q2_load_be32(e->data);
+    dsize = q2_load_be64(e->data + 8);
+    doff = q2_load_be64(e->data + 16);
+    buf = malloc(dsize ? dsize : 1);
+    if (!buf)
+        return -ENOMEM;
+    rc = read_exact(img, buf, dsize, doff, "bitmap directory");
+    if (rc == 0) {
+        rc = q2_bitmap_parse(buf, dsize, doff, nb, img->cluster_bits,
+                             &img->bitmaps, err, sizeof(err));
+        if (rc < 0)
+            q2_err(img, rc, "%s", err);
+        else
+            img->n_bitmaps = nb;
+    }
+    free(buf);
+    return rc;
+}
+
+static int open_qcow2(struct qcow2_image *img)
+{
+    struct q2_hdr_parsed *p = &img->hp;
+    uint8_t first[Q2_V3_HEADER_LEN];
+    uint32_t cbits;
+    size_t want;
+    char err[512];
+    int rc;
+
+    /* the first cluster, or as much of the file as there is */
+    want = (size_t)(img->file_size < (int64_t)sizeof(first)
+                        ? img->file_size : (int64_t)sizeof(first));
+    rc = read_exact(img, first, want, 0, "header");
+    if (rc < 0)
+        return rc;
+    cbits = want >= 24 ? q2_load_be32(first + 20) : 0;
+    want = (cbits >= Q2_MIN_CLUSTER_BITS && cbits <= Q2_MAX_CLUSTER_BITS)
+               ? (size_t)1 << cbits : sizeof(first);
+    if ((int64_t)want > img->file_size)
+        want = (size_t)img->file_size;
+    img->hdr_buf = malloc(want ? want : 1);
+    if (!img->hdr_buf)
+        return -ENOMEM;
+    img->hdr_len = want;
+    rc = read_exact(img, img->hdr_buf, want, 0, "header");
+    if (rc < 0)
+        return rc;
+    rc = q2_hdr_parse(img->hdr_buf, img->hdr_len, (uint64_t)img->file_size, p,
+                      err, sizeof(err));
+    if (rc < 0)
+        return q2_err(img, rc, "%s", err);
+
+    img->cluster_bits = p->h.cluster_bits;
+    img->cluster_size = 1ull << img->cluster_bits;
+    img->extended_l2 = (p->h.incompatible_features & Q2_INCOMPAT_EXTL2) != 0;
+    img->external_data =
+        (p->h.incompatible_features & Q2_INCOMPAT_DATA_FILE) != 0;
+    img->encrypted = p->h.crypt_method != Q2_CRYPT_NONE;
+    img->l2_entry_len = img->extended_l2 ? 16 : 8;
+    img->l2_bits = img->cluster_bits - (img->extended_l2 ? 4 : 3);
+    img->csize_shift = 62 - (img->cluster_bits - 8);
+    img->csize_mask = (1ull << (img->cluster_bits - 8)) - 1;
+    img->coffset_mask = (1ull << img->csize_shift) - 1;
+    img->l1_offset = p->h.l1_table_offset;
+    img->l1_size = p->h.l1_size;
+    img->virtual_size = p->h.size & ~511ull; /* QEMU counts whole sectors */
+
+    if (p->backing_name) {
+        rc = copy_name(img, p->backing_name, p->backing_name_len,
+                       "backing file name", p->h.backing_file_offset,
+                       &img->backing_name);
+        if (rc < 0)
+            return rc;
+    }
+    if (p->ext_backing_format >= 0) {
+        const struct q2_ext *e = &p->exts[p->ext_backing_format];
+        rc = copy_name(img, e->data, e->len, "backing format name", e->off,
+                       &img->backing_format);
+        if (rc < 0)
+            return rc;
+    }
+    if (p->ext_data_file >= 0) {
+        const struct q2_ext *e = &p->exts[p->ext_data_file];
+        rc = copy_name(img, e->data, e->len, "external data file name",
+                       e->off, &img->data_file_name);
+        if (rc < 0)
+            return rc;
+    }
+    if (img->external_data && p->h.nb_snapshots)
+        return q2_err(img, -QCOW2_ECORRUPT, "internal snapshots in an image "
+                      "with an external data file (at offset 0x3c)");
+
+    rc = load_snapshots(img);
+    if (rc < 0)
+        return rc;
+    rc = load_bitmaps(img);
+    if (rc < 0)
+        return rc;
+    rc = q2_cache_init(&img->cache, img->cluster_size,
+                       img->opts.cache_bytes ? img->opts.cache_bytes
+                                             : Q2_DEFAULT_CACHE_BYTES);
+    if (rc < 0)
+        return rc;
+    return 0;
+}
+
+static bool probe_qcow2(struct qcow2_image *img)
+{
+    uint8_t b[8];
+    int64_t n = img->io.pread(img->io.ctx, b, sizeof(b), 0);
+
+    return n == 8 && q2_load_be32(b) == Q2_MAGIC && q2_load_be32(b + 4) >= 2;
+}
+
+/* Open one layer (no backing files). */
+static int open_layer(struct qcow2_image *img, const char *name,
+                      const struct qcow2_open_opts *opts)
+{
+    int rc;
+
+    memset(&img->opts, 0, sizeof(img->opts));
+    if (opts) {
+        size_t n = opts->size < sizeof(img->opts) ? opts->size
+                                                   : sizeof(img->opts);
+        memcpy(&img->opts, opts, n);
+    }
+    img->opts.size = sizeof(img->opts);
+    img->filename = strdup(name ? name : "");
+    if (!img->filename)
+        return -ENOMEM;
+    img->file_size = img->io.size(img->io.ctx);
+    if (img->file_size < 0)
+        return q2_err(img, (int)img->file_size, "cannot get the file size: "
+                      "%s", qcow2_strerror((int)img->file_size));
+
+    if (img->opts.format && strcmp(img->opts.format, "qcow2") == 0) {
+        img->format = QCOW2_FORMAT_QCOW2;
+    } else if (img->opts.format && strcmp(img->opts.format, "raw") == 0) {
+        img->format = QCOW2_FORMAT_RAW;
+    } else if (img->opts.format) {
+        return q2_err(img, -ENOTSUP, "unsupported image format '%s'",
+                      img->opts.format);
+    } else {
+        img->format = probe_qcow2(img) ? QCOW2_FORMAT_QCOW2
+                                        : QCOW2_FORMAT_RAW;
+    }
+    if (img->format == QCOW2_FORMAT_RAW) {
+        /* QEMU counts whole sectors, rounding a raw file up */
+        img->virtual_size = ((uint64_t)img->file_size + 511) & ~511ull;
+        return 0;
+    }
+    rc = open_qcow2(img);
+    return rc;
+}
+
+/* "a -> b -> c" for messages; truncated quietly when long. */
+static void chain_string(const struct qcow2_image *top, char *buf, size_t len)
+{
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (; top && used + 1 < len; top = top->backing) {
+        int n = snprintf(buf + used, len - used, "%s'%s'",
+                         used ? " -> " : "", top->filename);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+}
+
+static int open_chain(struct qcow2_image *top)
+{
+    struct qcow2_image *cur = top;
+    unsigned max = top->opts.max_depth ? top->opts.max_depth
+                                       : QCOW2_DEFAULT_MAX_DEPTH;
+    char chain[768], err[512];
+    int rc;
+
+    while (cur->backing_name) {
+        struct qcow2_open_opts o = top->opts;
+        struct qcow2_image *next, *l;
+        struct qcow2_io io;
+        uint64_t dev, ino, d2, i2;
+        unsigned ioflags = QCOW2_IO_NOLOCK;
+        char *path;
+
+        chain_string(top, chain, sizeof(chain));
+        if (cur->depth + 1 > max)
+            return q2_err(top, -ELOOP, "backing chain is deeper than %u "
+                          "layers: %s -> ...", max, chain);
+        if (q2_name_has_protocol(cur->backing_name))
+            return q2_err(top, -ENOTSUP, "backing file name '%s' of '%s' is "
+                          "a protocol or json: name, which qchain never "
+                          "follows (chain: %s)", cur->backing_name,
+                          cur->filename, chain);
+        path = q2_path_combine(cur->filename, cur->backing_name);
+        if (!path)
+            return -ENOMEM;
+        free(cur->backing_path);
+        cur->backing_path = path;
+
+        if (!(top->opts.flags & QCOW2_OPEN_FORCE_SHARE))
+            ioflags = 0; /* read locks, as QEMU takes on backing files */
+        memset(&io, 0, sizeof(io));
+        err[0] = '\0';
+        rc = top->opts.open_file
+                 ? top->opts.open_file(top->opts.open_ctx, path, ioflags, &io,
+                                       err, sizeof(err))
+                 : qcow2_io_open_file(path, ioflags, &io, err, sizeof(err));
+        if (rc < 0) {
+            if (rc == -ENOENT)
+                return q2_err(top, rc, "backing file '%s' of '%s' does not "
+                              "exist (chain: %s)", path, cur->filename,
+                              chain);
+            return q2_err(top, rc, "cannot open backing file '%s' of '%s': "
+                          "%s (chain: %s)", path, cur->filename,
+                          err[0] ? err : qcow2_strerror(rc), chain);
+        }
+        next = qcow2_new();
+        if (!next) {
+            io.close(io.ctx);
+            return -ENOMEM;
+        }
+        next->io = io;
+        next->io_open = true;
+        next->depth = cur->depth + 1;
+        cur->backing = next; /* owned from here on */
+
+        if (io.identity && io.identity(io.ctx, &dev, &ino) == 0) {
+            for (l = top; l != next; l = l->backing) {
+                if (l->io.identity && l->io.identity(l->io.ctx, &d2, &i2) == 0
+                    && d2 == dev && i2 == ino)
+                    return q2_err(top, -ELOOP, "backing chain loops: '%s' "
+                                  "(backing file of '%s') is '%s' "
+                                  "(chain: %s)", path, cur->filename,
+                                  l->filename, chain);
+            }
+        }
+        o.flags = (top->opts.flags & QCOW2_OPEN_FORCE_SHARE) |
+                  QCOW2_OPEN_NO_BACKING;
+        o.format = cur->backing_format;
+        rc = open_layer(next, path, &o);
+        if (rc < 0)
+            return q2_err(top, rc, "backing file '%s' of '%s': %s "
+                          "(chain: %s)", path, cur->filename,
+                          next->errmsg[0] ? next->errmsg : qcow2_strerror(rc),
+                          chain);
+        next->state = Q2_STATE_OPEN;
+        if (!cur->backing_format)
+            q2_warn(top, "backing file format of '%s' is not recorded; "
+                    "probed '%s' as %s", cur->filename, path,
+                    next->format == QCOW2_FORMAT_QCOW2 ? "qcow2" : "raw");
+        cur = next;
+    }
+    return 0;
+}
+
+int qcow2_open_io(struct qcow2_image *img, struct qcow2_io *io,
+                  const char *name, const struct qcow2_open_opts *opts)
+{
+    int rc;
+
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_NEW ||
+        !io || !io->pread || !io->size) {
+        if (io && io->close)
+            io->close(io->ctx);
+        return img ? q2_err(img, -EINVAL, "qcow2_open_io: invalid argument")
+                   : -EINVAL;
+    }
+    q2_err_clear(img);
+    img->io = *io;
+    img->io_open = true;
+    img->state = Q2_STATE_CLOSED; /* until fully open */
+    if (opts && (opts->flags & QCOW2_OPEN_RDWR))
+        return q2_err(img, -ENOTSUP, "writing images is not supported yet");
+    rc = open_layer(img, name, opts);
+    if (rc == 0 && img->backing_name &&
+        !(img->opts.flags & QCOW2_OPEN_NO_BACKING)) {
+        /* the resolved name is known even when the chain is not opened */
+        rc = open_chain(img);
+    } else if (rc == 0 && img->backing_name &&
+               !q2_name_has_protocol(img->backing_name)) {
+        img->backing_path = q2_path_combine(img->filename, img->backing_name);
+        if (!img->backing_path)
+            rc = -ENOMEM;
+    }
+    if (rc < 0) {
+        if (!img->err_set)
+            q2_err(img, rc, "%s", qcow2_strerror(rc));
+        return rc;
+    }
+    img->state = Q2_STATE_OPEN;
+    return 0;
+}
+
+int qcow2_open(struct qcow2_image *img, const char *path,
+               const struct qcow2_open_opts *opts)
+{
+    struct qcow2_io io;
+    char err[512] = "";
+    unsigned flags = 0;
+    int rc;
+
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_NEW ||
+        !path)
+        return img ? q2_err(img, -EINVAL, "qcow2_open: invalid argument")
+                   : -EINVAL;
+    if (opts && (opts->flags & QCOW2_OPEN_FORCE_SHARE))
+        flags |= QCOW2_IO_NOLOCK;
+    if (opts && (opts->flags & QCOW2_OPEN_RDWR))
+        flags |= QCOW2_IO_RDWR;
+    rc = opts && opts->open_file
+             ? opts->open_file(opts->open_ctx, path, flags, &io, err,
+                               sizeof(err))
+             : qcow2_io_open_file(path, flags, &io, err, sizeof(err));
+    if (rc < 0) {
+        q2_err_clear(img);
+        return q2_err(img, rc, "%s", err[0] ? err : qcow2_strerror(rc));
+    }
+    return qcow2_open_io(img, &io, path, opts);
+}
+
+/* ------------------------------------------------------------------------ */
+
+int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *out)
+{
+    struct qcow2_info i;
+    const struct qcow2_header *h = &img->hp.h;
+
+    if (!usable(img) || !out)
+        return -EINVAL;
+    memset(&i, 0, sizeof(i));
+    i.format = img->format;
+    i.filename = img->filename;
+    i.virtual_size = img->virtual_size;
+    i.file_size = img->file_size;
+    i.actual_size = img->io.allocated ? img->io.allocated(img->io.ctx) : -1;
+    if (img->format == QCOW2_FORMAT_QCOW2) {
+        i.cluster_size = (uint32_t)img->cluster_size;
+        i.version = h->version;
+        i.refcount_bits = 1u << h->refcount_order;
+        i.compression = h->compression_type == Q2_COMPRESSION_ZSTD ? "zstd"
+                                                                    : "zlib";
+        i.dirty = (h->incompatible_features & Q2_INCOMPAT_DIRTY) != 0;
+        i.corrupt = (h->incompatible_features & Q2_INCOMPAT_CORRUPT) != 0;
+        i.lazy_refcounts =
+            (h->compatible_features & Q2_COMPAT_LAZY_REFCOUNTS) != 0;
+        i.extended_l2 = img->extended_l2;
+        i.encrypted = img->encrypted;
+        i.crypt_method = h->crypt_method;
+        i.backing_name = img->backing_name;
+        i.backing_format = img->backing_format;
+        i.backing_path = img->backing_path;
+        i.data_file = img->data_file_name;
+        i.data_file_raw =
+            (h->autoclear_features & Q2_AUTOCLEAR_DATA_FILE_RAW) != 0;
+        i.has_external_data = img->external_data;
+        i.nb_extensions = img->hp.n_exts;
+        i.nb_features = img->hp.ext_feature_table >= 0
+                            ? img->hp.exts[img->hp.ext_feature_table].len /
+                                  Q2_FEATURE_ENTRY_LEN
+                            : 0;
+        i.nb_snapshots = img->n_snaps;
+        i.nb_bitmaps = img->n_bitmaps;
+        i.bitmaps_valid = img->hp.ext_bitmaps >= 0 &&
+                          (h->autoclear_features & Q2_AUTOCLEAR_BITMAPS);
+    }
+    *out = i;
+    return 0;
+}
+
+const struct qcow2_header *qcow2_get_header(const struct qcow2_image *img)
+{
+    if (!usable(img) || img->format != QCOW2_FORMAT_QCOW2)
+        return NULL;
+    return &img->hp.h;
+}
+
+int qcow2_extension_get(const struct qcow2_image *img, unsigned i,
+                        struct qcow2_extension *out)
+{
+    const struct q2_ext *e;
+
+    if (!usable(img) || img->format != QCOW2_FORMAT_QCOW2 ||
+        i >= img->hp.n_exts || !out)
+        return -EINVAL;
+    e = &img->hp.exts[i];
+    out->type = e->type;
+    out->length = e->len;
+    out->offset = e->off;
+    out->data = e->data;
+    out->known = e->type == Q2_EXT_BACKING_FORMAT ||
+                 e->type == Q2_EXT_FEATURE_TABLE ||
+                 e->type == Q2_EXT_BITMAPS || e->type == Q2_EXT_CRYPTO ||
+                 e->type == Q2_EXT_DATA_FILE;
+    return 0;
+}
+
+int qcow2_feature_get(const struct qcow2_image *img, unsigned i,
+                      struct qcow2_feature *out)
+{
+    const struct q2_ext *e;
+    const uint8_t *f;
+    size_t k;
+
+    if (!usable(img) || img->format != QCOW2_FORMAT_QCOW2 ||
+        img->hp.ext_feature_table < 0 || !out)
+        return -EINVAL;
+    e = &img->hp.exts[img->hp.ext_feature_table];
+    if (i >= e->len / Q2_FEATURE_ENTRY_LEN)
+        return -EINVAL;
+    f = e->data + (size_t)i * Q2_FEATURE_ENTRY_LEN;
+    out->type = f[0];
+    out->bit = f[1];
+    for (k = 0; k < 46 && f[2 + k]; k++)
+        out->name[k] = (f[2 + k] >= 0x20 && f[2 + k] < 0x7f)
+                           ? (char)f[2 + k] : '?';
+    out->name[k] = '\0';
+    return 0;
+}
+
+int qcow2_snapshot_get(const struct qcow2_image *img, unsigned i,
+                       struct qcow2_snapshot *out)
+{
+    if (!usable(img) || i >= img->n_snaps || !out)
+        return -EINVAL;
+    *out = img->snaps[i].pub;
+    return 0;
+}
+
+int qcow2_snapshot_find(const struct qcow2_image *img, const char *which)
+{
+    unsigned i;
+
+    if (!usable(img) || !which)
+        return -EINVAL;
+    for (i = 0; i < img->n_snaps; i++)
+        if (strcmp(img->snaps[i].id, which) == 0)
+            return (int)i;
+    for (i = 0; i < img->n_snaps; i++)
+        if (strcmp(img->snaps[i].name, which) == 0)
+            return (int)i;
+    return -ENOENT;
+}
+
+int qcow2_snapshot_select(struct qcow2_image *img, const char *which)
+{
+    const struct qcow2_snapshot *s;
+    uint64_t vs, bytes_per_l2, need;
+    int idx;
+
+    if (!usable(img))
+        return -EINVAL;
+    q2_err_clear(img);
+    idx = qcow2_snapshot_find(img, which);
+    if (idx < 0)
+        return q2_err(img, -ENOENT, "snapshot '%s' not found", which);
+    s = &img->snaps[idx].pub;
+    if (s->l1_table_offset & (img->cluster_size - 1))
+        return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: L1 table offset "
+                      "0x%" PRIx64 " is not cluster aligned (at offset 0x%"
+                      PRIx64 ")", s->id, s->l1_table_offset, s->entry_offset);
+    if (s->l1_size && (s->l1_table_offset > (uint64_t)img->file_size ||
+                       (uint64_t)s->l1_size * 8 >
+                           (uint64_t)img->file_size - s->l1_table_offset))
+        return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: L1 table 0x%" PRIx64
+                      " lies past the end of the file (at offset 0x%" PRIx64
+                      ")", s->id, s->l1_table_offset, s->entry_offset);
+    vs = s->has_disk_size ? s->disk_size : img->hp.h.size;
+    if (vs > INT64_MAX)
+        return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: disk size %" PRIu64
+                      " is too large (at offset 0x%" PRIx64 ")", s->id, vs,
+                      s->entry_offset);
+    bytes_per_l2 = 1ull << (img->cluster_bits + img->l2_bits);
+    need = vs / bytes_per_l2 + (vs % bytes_per_l2 != 0);
+    if (need > s->l1_size)
+        return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: L1 table of %"
+                      PRIu32 " entries is too small for %" PRIu64 " bytes "
+                      "(at offset 0x%" PRIx64 ")", s->id, s->l1_size, vs,
+                      s->entry_offset);
+    img->l1_offset = s->l1_table_offset;
+    img->l1_size = s->l1_size;
+    img->virtual_size = vs & ~511ull;
+    img->selected_snapshot = idx;
+    img->dbuf_key = 0;
+    return 0;
+}
+
+int qcow2_bitmap_get(const struct qcow2_image *img, unsigned i,
+                     struct qcow2_bitmap *out)
+{
+    if (!usable(img) || i >= img->n_bitmaps || !out)
+        return -EINVAL;
+    *out = img->bitmaps[i].pub;
+    return 0;
+}
+
+struct qcow2_image *qcow2_backing(const struct qcow2_image *img)
+{
+    return usable(img) ? img->backing : NULL;
+}
+
+const char *qcow2_filename(const struct qcow2_image *img)
+{
+    return usable(img) ? img->filename : NULL;
+}
+
+int qcow2_identity(const struct qcow2_image *img, uint64_t *dev,
+                   uint64_t *ino)
+{
+    if (!usable(img) || !dev || !ino)
+        return -EINVAL;
+    if (!img->io.identity)
+        return -ENOTSUP;
+    return img->io.identity(img->io.ctx, dev, ino);
+}
+
+uint64_t qcow2_virtual_size(const struct qcow2_image *img)
+{
+    return usable(img) ? img->virtual_size : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Host I/O                                                                 */
+/* ------------------------------------------------------------------------ */
+
+int q2_data_io(struct qcow2_image *img, struct qcow2_io **out)
+{
+    char err[512] = "";
+    unsigned flags = QCOW2_IO_NOLOCK;
+    int rc;
+
+    if (!img->external_data) {
+        *out = &img->io;
+        return 0;
+    }
+    if (img->data_io_open) {
+        *out = &img->data_io;
+        return 0;
+    }
+    if (!img->data_file_name)
+        return q2_err(img, -QCOW2_ECORRUPT, "image has an external data file "
+                      "but does not name it");
+    if (q2_name_has_protocol(img->data_file_name) &&
+        strncmp(img->data_file_name, "./", 2) != 0)
+        return q2_err(img, -ENOTSUP, "external data file name '%s' is a "
+                      "protocol name, which qchain never follows",
+                      img->data_file_name);
+    if (!(img->opts.flags & QCOW2_OPEN_FORCE_SHARE))
+        flags = 0;
+    /* QEMU opens data file names as given, relative to the working
+     * directory, not to the image */
+    rc = img->opts.open_file
+             ? img->opts.open_file(img->opts.open_ctx, img->data_file_name,
+                                   flags, &img->data_io, err, sizeof(err))
+             : qcow2_io_open_file(img->data_file_name, flags, &img->data_io,
+                                  err, sizeof(err));
+    if (rc < 0)
+        return q2_err(img, rc, "cannot open external data file '%s': %s",
+                      img->data_file_name, err[0] ? err : qcow2_strerror(rc));
+    img->data_io_open = true;
+    *out = &img->data_io;
+    return 0;
+}
+
+int64_t qcow2_host_pread(struct qcow2_image *img, bool data_file, void *buf,
+                         size_t len, uint64_t off)
+{
+    struct qcow2_io *io = &img->io;
+    int64_t n;
+    int rc;
+
+    if (!usable(img))
+        return -EINVAL;
+    if (data_file) {
+        rc = q2_data_io(img, &io);
+        if (rc < 0)
+            return rc;
+    }
+    n = q2_pread_full(io, buf, len, off);
+    if (n < 0)
+        return q2_err(img, (int)n, "cannot read '%s': %s (at offset 0x%"
+                      PRIx64 ")", img->filename, qcow2_strerror((int)n), off);
+    return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Mapping through the chain                                                */
+/* ------------------------------------------------------------------------ */
+
+/* A layer's answer, refined by holes in its host file (QEMU's want_zero
+ * block status). */
+static int layer_status(struct qcow2_image *img, uint64_t start, uint64_t len,
+                        bool holes, struct qcow2_extent *ext)
+{
+    struct qcow2_io *io;
+    uint64_t pnum, fsize, n;
+    int64_t sz;
+    int rc;
+
+    rc = q2_map_layer(img, start, len, ext);
+    if (rc < 0 || !holes || ext->kind != QCOW2_KIND_DATA || img->encrypted)
+        return rc;
+    if (img->format == QCOW2_FORMAT_QCOW2 && q2_detect_prealloc(img) != 1)
+        return 0;
+    rc = q2_data_io(img, &io);
+    if (rc < 0)
+        return rc;
+    if (!io->block_status)
+        return 0;
+    sz = io->size(io->ctx);
+    if (sz < 0)
+        return 0;
+    fsize = (uint64_t)sz;
+    if (img->format == QCOW2_FORMAT_RAW) {
+        /* raw: the file's answer is the layer's answer */
+        if (ext->offset >= fsize) {
+            ext->kind = QCOW2_KIND_ZERO;
+            ext->flags = QCOW2_EXTENT_PRESENT | QCOW2_EXTENT_ZERO |
+                         QCOW2_EXTENT_OFFSET_VALID;
+            return 0;
+        }
+        n = ext->length < fsize - ext->offset ? ext->length
+                                              : fsize - ext->offset;
+        rc = io->block_status(io->ctx, ext->offset, n, &pnum);
+        if (rc < 0)
+            return 0;
+        if (rc == 0) {
+            ext->kind = QCOW2_KIND_ZERO;
+            ext->flags = QCOW2_EXTENT_PRESENT | QCOW2_EXTENT_ZERO |
+                         QCOW2_EXTENT_OFFSET_VALID;
+            if (ext->offset + pnum < fsize)
+                ext->length = pnum;
+        } else {
+            ext->length = pnum;
+        }
+        return 0;
+    }
+    /* qcow2 data cluster: look through into the host file */
+    if (ext->offset >= fsize) {
+        ext->flags |= QCOW2_EXTENT_ZERO;
+        return 0;
+    }
+    n = ext->length < fsize - ext->offset ? ext->length : fsize - ext->offset;
+    rc = io->block_status(io->ctx, ext->offset, n, &pnum);
+    if (rc < 0)
+        return 0;
+    if (rc == 0 && ext->offset + pnum >= fsize) {
+        ext->flags |= QCOW2_EXTENT_ZERO; /* a hole up to EOF: all zero */
+        return 0;
+    }
+    ext->length = pnum;
+    if (rc == 0)
+        ext->flags |= QCOW2_EXTENT_ZERO;
+    return 0;
+}
+
+static int map_chain(struct qcow2_image *img, uint64_t start, uint64_t len,
+                     unsigned flags, struct qcow2_extent *ext)
+{
+    struct qcow2_image *cur = img;
+    bool holes = (flags & QCOW2_MAP_HOLES) != 0;
+    unsigned depth = 0;
+    int rc;
+
+    for (;;) {
+        if (cur != img)
+            q2_err_clear(cur);
+        rc = layer_status(cur, start, len, holes, ext);
+        if (rc < 0) {
+            if (cur != img)
+                return q2_err(img, rc, "'%s': %s", cur->filename,
+                              cur->errmsg);
+            return rc;
+        }
+        len = ext->length;
+        if (!(flags & QCOW2_MAP_CHAIN) ||
+            (ext->flags & (QCOW2_EXTENT_DATA | QCOW2_EXTENT_ZERO)))
+            break;
+        if (!cur->backing || start >= cur->backing->virtual_size) {
+            ext->flags |= QCOW2_EXTENT_ZERO; /* nothing below: zeros */
+            break;
+        }
+        cur = cur->backing;
+        depth++;
+    }
+    ext->depth = depth;
+    return 0;
+}
+
+int qcow2_map(struct qcow2_image *img, uint64_t start, uint64_t len,
+              unsigned flags, struct qcow2_extent *ext)
+{
+    if (!usable(img) || !ext)
+        return -EINVAL;
+    q2_err_clear(img);
+    if (start >= img->virtual_size || len == 0)
+        return q2_err(img, -EINVAL, "qcow2_map: range 0x%" PRIx64 "+%" PRIu64
+                      " is outside the image", start, len);
+    if (len > img->virtual_size - start)
+        len = img->virtual_size - start;
+    return map_chain(img, start, len, flags, ext);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
+                           const struct qcow2_extent *e, uint8_t *buf)
+{
+    uint64_t in_cluster = e->start & (l->cluster_size - 1);
+    int64_t n;
+    int rc;
+
+    if (!l->dbuf) {
+        l->cbuf = malloc(2 * l->cluster_size);
+        l->dbuf = malloc(l->cluster_size);
+        if (!l->cbuf || !l->dbuf)
+            return -ENOMEM;
+    }
+    /* key: the descriptor's offset + 1 (0 means empty) */
+    if (l->dbuf_key != e->offset + 1) {
+        l->dbuf_key = 0;
+        n = q2_pread_full(&l->io, l->cbuf, e->csize, e->offset);
+        if (n < 0)
+            return q2_err(top, (int)n, "'%s': cannot read compressed cluster: "
+                          "%s (at offset 0x%" PRIx64 ")", l->filename,
+                          qcow2_strerror((int)n), e->offset);
+        rc = q2_decompress(l->hp.h.compression_type, l->cbuf, e->csize,
+                           l->dbuf, l->cluster_size);
+        if (rc < 0)
+            return q2_err(top, rc, "'%s': compressed cluster cannot be "
+                          "decompressed (%s) (at offset 0x%" PRIx64 ")",
+                          l->filename,
+                          l->hp.h.compression_type ? "zstd" : "zlib",
+                          e->offset);
+        l->dbuf_key = e->offset + 1;
+    }
+    memcpy(buf, l->dbuf + in_cluster, e->length);
+    return 0;
+}
+
+int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
+                    uint64_t off)
+{
+    uint8_t *p = buf;
+    uint64_t done = 0;
+    struct qcow2_extent e;
+    int rc;
+
+    if (!usable(img) || (!buf && len))
+        return -EINVAL;
+    q2_err_clear(img);
+    if (off >= img->virtual_size)
+        return 0;
+    if (len > img->virtual_size - off)
+        len = (size_t)(img->virtual_size - off);
+    while (done < len) {
+        rc = map_chain(img, off + done, len - done, QCOW2_MAP_CHAIN, &e);
+        if (rc < 0)
+            return rc;
+        if (e.flags & QCOW2_EXTENT_ZERO || !(e.flags & QCOW2_EXTENT_DATA)) {
+            memset(p + done, 0, e.length);
+        } else if (e.layer->encrypted) {
+            return q2_err(img, -ENOTSUP, "'%s' is encrypted; qchain cannot "
+                          "read encrypted data", e.layer->filename);
+        } else if (e.kind == QCOW2_KIND_COMPRESSED) {
+            rc = read_compressed(img, e.layer, &e, p + done);
+            if (rc < 0)
+                return rc;
+        } else {
+            struct qcow2_io *io = &e.layer->io;
+            int64_t n;
+            if (e.in_data_file) {
+                rc = q2_data_io(e.layer, &io);
+                if (rc < 0)
+                    return e.layer == img ? rc
+                                          : q2_err(img, rc, "'%s': %s",
+                                                   e.layer->filename,
+                                                   e.layer->errmsg);
+            }
+            n = q2_pread_full(io, p + done, e.length, e.offset);
+            if (n < 0)
+                return q2_err(img, (int)n, "'%s': cannot read data: %s (at "
+                              "offset 0x%" PRIx64 ")", e.layer->filename,
+                              qcow2_strerror((int)n), e.offset);
+        }
+        done += e.length;
+    }
+    return (int64_t)done;
+}

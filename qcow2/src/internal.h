@@ -1,0 +1,236 @@
+/*
+ * internal.h - the private side of libqcow2: the image handle, named limits,
+ * and the prototypes modules share.  Only src/ and the unit tests include it.
+ *
+ * Module hierarchy (lower never calls upward):
+ *   endian.h, err.c, io_posix.c, io_mem.c       depend on nothing
+ *   header.c, cache.c, compress.c, snapshot.c,  on those
+ *   bitmap.c
+ *   map.c                                       on cache.c
+ *   backing.c                                   name resolution (pure)
+ *   image.c                                     wires the public API
+ */
+#ifndef Q2_INTERNAL_H
+#define Q2_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qcow2/qcow2.h"
+
+#define Q2_HIDDEN __attribute__((visibility("hidden")))
+
+#ifdef QCOW2_TESTING
+#define Q2_TESTABLE Q2_HIDDEN
+#else
+#define Q2_TESTABLE static
+#endif
+
+/* ---- Limits (QEMU's where it has one, so everything we accept QEMU does
+ * too; each bounds an allocation or a loop driven by file content). ---- */
+#define Q2_MIN_CLUSTER_BITS 9          /* spec minimum */
+#define Q2_MAX_CLUSTER_BITS 21         /* QEMU: 2 MiB clusters */
+#define Q2_MIN_CLUSTER_BITS_EXTL2 14   /* 32 subclusters of >= 512 bytes */
+#define Q2_MAX_REFCOUNT_ORDER 6        /* 64-bit refcounts */
+#define Q2_MAX_BACKING_NAME 1023       /* spec */
+#define Q2_MAX_BACKING_FORMAT 15       /* QEMU: backing_format[16] */
+#define Q2_MAX_L1_BYTES (32u << 20)    /* QEMU QCOW_MAX_L1_SIZE */
+#define Q2_MAX_REFTABLE_BYTES (8u << 20) /* QEMU QCOW_MAX_REFTABLE_SIZE */
+#define Q2_MAX_SNAPSHOTS 65536         /* QEMU QCOW_MAX_SNAPSHOTS */
+#define Q2_MAX_SNAPSHOT_EXTRA 1024     /* QEMU QCOW_MAX_SNAPSHOT_EXTRA_DATA */
+#define Q2_MAX_SNAPSHOTS_BYTES (64u << 20) /* QEMU QCOW_MAX_SNAPSHOTS_SIZE */
+#define Q2_MAX_BITMAPS 65535           /* QEMU QCOW2_MAX_BITMAPS */
+#define Q2_MAX_BITMAP_NAME 1023        /* QEMU BME_MAX_NAME_SIZE */
+#define Q2_MAX_BITMAP_DIR_BYTES (1024ull * 65535) /* QEMU */
+#define Q2_MAX_HOST_OFFSET (1ull << 56) /* QEMU QCOW_MAX_CLUSTER_OFFSET */
+#define Q2_DEFAULT_CACHE_BYTES (1u << 20) /* metadata cache per image */
+#define Q2_MIN_CACHE_SLOTS 4           /* L1 page + L2 + refcount pages */
+
+/* ---- Errors (err.c) ---- */
+/* Record a message on the handle (the first one of a failing call wins)
+ * and return err.  Corruption is reported as -QCOW2_ECORRUPT. */
+Q2_HIDDEN int q2_err(struct qcow2_image *img, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+Q2_HIDDEN void q2_err_clear(struct qcow2_image *img);
+Q2_HIDDEN void q2_warn(struct qcow2_image *img, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- Header (header.c): pure parse of the first cluster ---- */
+struct q2_ext {
+    uint32_t type;
+    uint32_t len;
+    uint64_t off;        /* offset of the extension header in the file */
+    const uint8_t *data; /* points into the header copy */
+};
+
+struct q2_hdr_parsed {
+    struct qcow2_header h;
+    struct q2_ext *exts; /* malloc'd, n_exts entries */
+    unsigned n_exts;
+    const uint8_t *backing_name;  /* into buf, backing_name_len bytes */
+    uint32_t backing_name_len;
+    int ext_backing_format;       /* index into exts or -1 (last wins) */
+    int ext_feature_table;
+    int ext_bitmaps;
+    int ext_crypto;
+    int ext_data_file;
+};
+
+/* Parse and validate a qcow2 header held in buf[0..len) (the first cluster,
+ * or as much of the file as there is).  file_size bounds every table.
+ * On failure writes a message into err and returns -QCOW2_ECORRUPT,
+ * -ENOTSUP or -ENOMEM.  The caller frees out->exts. */
+Q2_HIDDEN int q2_hdr_parse(const uint8_t *buf, size_t len, uint64_t file_size,
+                           struct q2_hdr_parsed *out, char *err,
+                           size_t errlen);
+
+/* Name of an incompatible feature bit from a feature name table. */
+Q2_HIDDEN void q2_hdr_feature_name(const struct q2_hdr_parsed *p, unsigned type,
+                                   unsigned bit, char *name, size_t len);
+
+/* ---- Metadata cache (cache.c): fixed number of cluster-sized pages keyed
+ * by host offset, LRU replacement. ---- */
+struct q2_cache_slot {
+    uint64_t key;  /* host offset of the page */
+    uint64_t used; /* LRU tick */
+    bool valid;
+};
+
+struct q2_cache {
+    unsigned nslots;
+    size_t page;          /* bytes per page (cluster size) */
+    uint64_t tick;
+    struct q2_cache_slot *slots;
+    uint8_t *mem;         /* nslots * page bytes */
+    uint64_t hits, misses;
+};
+
+Q2_HIDDEN int q2_cache_init(struct q2_cache *c, size_t page, size_t budget);
+Q2_HIDDEN void q2_cache_free(struct q2_cache *c);
+/* Page at host offset key (page aligned), read through io when missing;
+ * bytes past EOF read as zeros.  Returns 0 or -errno, *out valid until the
+ * next call. */
+Q2_HIDDEN int q2_cache_get(struct q2_cache *c, const struct qcow2_io *io,
+                           uint64_t key, const uint8_t **out);
+
+/* ---- Compressed clusters (compress.c) ---- */
+/* Decompress src[0..srclen) into exactly dstlen bytes.  Returns 0,
+ * -QCOW2_ECORRUPT when the data does not decode to dstlen bytes, -ENOTSUP
+ * for an unknown type, -ENOMEM. */
+Q2_HIDDEN int q2_decompress(unsigned type, const uint8_t *src, size_t srclen,
+                            uint8_t *dst, size_t dstlen);
+
+/* ---- Backing names (backing.c) ---- */
+/* True when QEMU would treat name as a protocol (':' before any '/'). */
+Q2_HIDDEN bool q2_name_has_protocol(const char *name);
+/* QEMU's path_combine: name relative to the directory of base_path (the
+ * path string as opened).  Returns a malloc'd string or NULL. */
+Q2_HIDDEN char *q2_path_combine(const char *base_path, const char *name);
+
+/* ---- Snapshots (snapshot.c) ---- */
+struct q2_snapshot {
+    struct qcow2_snapshot pub;
+    char *id;
+    char *name;
+    uint8_t *extra;
+};
+
+/* Parse the snapshot table from buf[0..len) (read from snapshots_offset).
+ * Returns 0 or -QCOW2_ECORRUPT/-ENOMEM with a message in err. */
+Q2_HIDDEN int q2_snap_parse(const uint8_t *buf, size_t len, uint64_t table_off,
+                            uint32_t count, unsigned version,
+                            uint64_t image_size, struct q2_snapshot **out,
+                            char *err, size_t errlen);
+Q2_HIDDEN void q2_snap_free(struct q2_snapshot *s, unsigned n);
+
+/* ---- Bitmaps (bitmap.c) ---- */
+struct q2_bitmap {
+    struct qcow2_bitmap pub;
+    char *name;
+};
+
+Q2_HIDDEN int q2_bitmap_parse(const uint8_t *buf, size_t len, uint64_t dir_off,
+                              uint32_t count, unsigned cluster_bits,
+                              struct q2_bitmap **out, char *err,
+                              size_t errlen);
+Q2_HIDDEN void q2_bitmap_free(struct q2_bitmap *b, unsigned n);
+
+/* ---- The image handle ---- */
+#define Q2_HANDLE_MAGIC 0x71326831U /* "q2h1" */
+
+enum q2_state { Q2_STATE_NEW = 0, Q2_STATE_OPEN, Q2_STATE_CLOSED };
+
+struct qcow2_image {
+    uint32_t magic;            /* Q2_HANDLE_MAGIC */
+    enum q2_state state;
+    char errmsg[1024];         /* first message of the failing call */
+    bool err_set;
+    char *filename;            /* as opened */
+    struct qcow2_open_opts opts; /* copy of the caller's options */
+    struct qcow2_io io;        /* the image file */
+    bool io_open;
+    enum qcow2_format format;
+    int64_t file_size;         /* at open */
+    uint64_t virtual_size;     /* guest size of the active view */
+
+    /* qcow2 only */
+    struct q2_hdr_parsed hp;   /* decoded header and extensions */
+    uint8_t *hdr_buf;          /* the first cluster (or the file) */
+    size_t hdr_len;
+    unsigned cluster_bits;
+    uint64_t cluster_size;
+    unsigned l2_bits;          /* log2 of entries per L2 table */
+    unsigned l2_entry_len;     /* 8, or 16 with extended L2 */
+    bool extended_l2;
+    bool external_data;
+    bool encrypted;
+    unsigned csize_shift;      /* compressed descriptor decoding */
+    uint64_t csize_mask;
+    uint64_t coffset_mask;
+    uint64_t l1_offset;        /* L1 of the active view */
+    uint32_t l1_size;
+    uint64_t l1_guest_entries; /* L1 entries that map guest data */
+    int selected_snapshot;     /* -1: the active image */
+    char *backing_name;        /* NUL-terminated copies */
+    char *backing_format;
+    char *backing_path;        /* resolved */
+    char *data_file_name;
+    struct q2_snapshot *snaps;
+    unsigned n_snaps;
+    struct q2_bitmap *bitmaps;
+    unsigned n_bitmaps;
+    struct q2_cache cache;     /* L1 pages, L2 tables, refcount pages */
+    struct qcow2_io data_io;   /* external data file, opened on demand */
+    bool data_io_open;
+    uint8_t *cbuf;             /* compressed input, 2 clusters */
+    uint8_t *dbuf;             /* decompressed cluster */
+    uint64_t dbuf_key;         /* L2 entry dbuf holds, 0: none */
+    int prealloc;              /* -1 unknown, 0/1 QEMU's heuristic */
+
+    /* chain */
+    struct qcow2_image *backing;
+    unsigned depth;            /* position in the chain, 0 = top */
+};
+
+/* ---- map.c ---- */
+/* One layer's answer for the bytes at guest offset `start` (< virtual
+ * size), at most len bytes, not crossing an L2 table.  Fills kind, offset,
+ * csize, length, flags (PRESENT/ZERO/DATA/OFFSET_VALID as the layer alone
+ * sees it). */
+Q2_HIDDEN int q2_map_layer(struct qcow2_image *img, uint64_t start,
+                           uint64_t len, struct qcow2_extent *ext);
+
+/* QEMU's metadata-preallocation heuristic for an image (0 or 1). */
+Q2_HIDDEN int q2_detect_prealloc(struct qcow2_image *img);
+
+/* Refcount of a host cluster (cluster index). */
+Q2_HIDDEN int q2_refcount_get(struct qcow2_image *img, uint64_t cluster,
+                              uint64_t *out);
+
+/* Host I/O of an image: its file or its external data file. */
+Q2_HIDDEN int q2_data_io(struct qcow2_image *img, struct qcow2_io **out);
+Q2_HIDDEN int64_t q2_pread_full(const struct qcow2_io *io, void *buf,
+                                size_t len, uint64_t off);
+
+#endif /* Q2_INTERNAL_H */

@@ -1,0 +1,304 @@
+/*
+ * io_posix.c - POSIX file backend with QEMU-compatible image locking.
+ *
+ * QEMU's file driver (block/file-posix.c) announces what it does with an
+ * image through one-byte OFD read locks: byte 100+n while it holds
+ * permission n, byte 200+n while it refuses to share permission n
+ * (n: 0 consistent-read, 1 write, 2 write-unchanged, 3 resize).  A reader
+ * holds 100 and refuses to share write and resize (201, 203); a writer also
+ * holds 101 and 103.  We take the same bytes, so QEMU and qchain see each
+ * other, and close the check/lock race the way QEMU does: lock our own bytes
+ * first, then test for the others' (F_OFD_GETLK with a write lock conflicts
+ * exactly with read locks held through other open file descriptions).
+ *
+ * A writer is stricter than QEMU: it refuses when any other process holds
+ * any lock byte at all (a running VM reading the image as a backing file).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "format.h"
+#include "internal.h"
+
+#define NPERMS 5 /* bits 0..4, 4 = the removed graph-mod permission */
+
+static const char *const perm_names[NPERMS] = {
+    "consistent read", "write", "write unchanged", "resize", "graph mod"};
+
+struct posix_file {
+    int fd;
+};
+
+static int64_t posix_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+    struct posix_file *f = ctx;
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = pread(f->fd, (char *)buf + done, len - done,
+                          (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (int64_t)done;
+}
+
+static int64_t posix_pwrite(void *ctx, const void *buf, size_t len,
+                            uint64_t off)
+{
+    struct posix_file *f = ctx;
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = pwrite(f->fd, (const char *)buf + done, len - done,
+                           (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EIO;
+        done += (size_t)n;
+    }
+    return (int64_t)done;
+}
+
+static int posix_flush(void *ctx)
+{
+    struct posix_file *f = ctx;
+    return fdatasync(f->fd) < 0 ? -errno : 0;
+}
+
+static int posix_truncate(void *ctx, uint64_t size)
+{
+    struct posix_file *f = ctx;
+    return ftruncate(f->fd, (off_t)size) < 0 ? -errno : 0;
+}
+
+static int64_t posix_size(void *ctx)
+{
+    struct posix_file *f = ctx;
+    struct stat st;
+
+    if (fstat(f->fd, &st) < 0)
+        return -errno;
+    return (int64_t)st.st_size;
+}
+
+static void posix_close(void *ctx)
+{
+    struct posix_file *f = ctx;
+    if (f) {
+        close(f->fd); /* drops our OFD locks */
+        free(f);
+    }
+}
+
+/* The answer of file-posix's block status: SEEK_DATA / SEEK_HOLE. */
+static int posix_block_status(void *ctx, uint64_t off, uint64_t len,
+                              uint64_t *pnum)
+{
+    struct posix_file *f = ctx;
+    off_t data, hole;
+
+    data = lseek(f->fd, (off_t)off, SEEK_DATA);
+    if (data < 0) {
+        if (errno == ENXIO) { /* trailing hole, or past EOF */
+            *pnum = len;
+            return 0;
+        }
+        *pnum = len; /* no information: everything is data */
+        return 1;
+    }
+    if ((uint64_t)data > off) {
+        uint64_t n = (uint64_t)data - off;
+        *pnum = n < len ? n : len;
+        return 0;
+    }
+    hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
+    if (hole < 0 || (uint64_t)hole <= off) {
+        *pnum = len;
+        return 1;
+    }
+    *pnum = (uint64_t)hole - off < len ? (uint64_t)hole - off : len;
+    return 1;
+}
+
+static int posix_identity(void *ctx, uint64_t *dev, uint64_t *ino)
+{
+    struct posix_file *f = ctx;
+    struct stat st;
+
+    if (fstat(f->fd, &st) < 0)
+        return -errno;
+    *dev = (uint64_t)st.st_dev;
+    *ino = (uint64_t)st.st_ino;
+    return 0;
+}
+
+static int64_t posix_allocated(void *ctx)
+{
+    struct posix_file *f = ctx;
+    struct stat st;
+
+    if (fstat(f->fd, &st) < 0)
+        return -errno;
+    return (int64_t)st.st_blocks * 512;
+}
+
+static int lock_byte(int fd, int byte)
+{
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET,
+                       .l_start = byte, .l_len = 1};
+    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+/* 1 when another open file description holds a lock on the byte. */
+static int byte_held(int fd, int byte)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = byte, .l_len = 1};
+
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return -errno;
+    return fl.l_type != F_UNLCK;
+}
+
+static int take_locks(int fd, bool writer, char *err, size_t errlen)
+{
+    /* held permissions and permissions we do not share */
+    unsigned held = 1u << Q2_PERM_CONSISTENT_READ;
+    unsigned unshared = 1u << Q2_PERM_WRITE | 1u << Q2_PERM_RESIZE;
+    int n, rc;
+
+    if (writer)
+        held |= 1u << Q2_PERM_WRITE | 1u << Q2_PERM_RESIZE;
+    for (n = 0; n < NPERMS; n++) {
+        if ((held >> n & 1) &&
+            (rc = lock_byte(fd, Q2_LOCK_PERM_BASE + n)) < 0)
+            goto fail;
+        if ((unshared >> n & 1) &&
+            (rc = lock_byte(fd, Q2_LOCK_SHARED_BASE + n)) < 0)
+            goto fail;
+    }
+    for (n = 0; n < NPERMS; n++) {
+        /* someone refuses to share a permission we hold */
+        if ((writer || (held >> n & 1)) &&
+            (rc = byte_held(fd, Q2_LOCK_SHARED_BASE + n)) != 0) {
+            if (rc > 0)
+                snprintf(err, errlen,
+                         "image is in use: another process holds it and "
+                         "does not share the \"%s\" permission (lock byte %d)",
+                         perm_names[n], Q2_LOCK_SHARED_BASE + n);
+            return rc > 0 ? -EBUSY : rc;
+        }
+        /* someone holds a permission we do not share (a writer: any) */
+        if ((writer || (unshared >> n & 1)) &&
+            (rc = byte_held(fd, Q2_LOCK_PERM_BASE + n)) != 0) {
+            if (rc > 0)
+                snprintf(err, errlen,
+                         "image is in use: another process holds the \"%s\" "
+                         "permission (lock byte %d)",
+                         perm_names[n], Q2_LOCK_PERM_BASE + n);
+            return rc > 0 ? -EBUSY : rc;
+        }
+    }
+    return 0;
+fail:
+    if (rc == -EINVAL || rc == -ENOSYS)
+        return 0; /* no OFD locks here: QEMU's locking=auto takes none */
+    snprintf(err, errlen, "cannot take image lock: %s", strerror(-rc));
+    return rc;
+}
+
+int qcow2_io_lock_probe(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int n, mask = 0, rc;
+
+    if (fd < 0)
+        return -errno;
+    for (n = 0; n < NPERMS; n++) {
+        if ((rc = byte_held(fd, Q2_LOCK_PERM_BASE + n)) < 0)
+            goto out;
+        mask |= rc << n;
+        if ((rc = byte_held(fd, Q2_LOCK_SHARED_BASE + n)) < 0)
+            goto out;
+        mask |= rc << (8 + n);
+    }
+    rc = mask;
+out:
+    close(fd);
+    return rc;
+}
+
+int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
+                       char *err, size_t errlen)
+{
+    struct posix_file *f;
+    int oflags = O_CLOEXEC, fd, rc;
+    struct stat st;
+    char dummy[1];
+
+    if (!err) {
+        err = dummy;
+        errlen = sizeof(dummy);
+    }
+    err[0] = '\0';
+    if (!path || !io)
+        return -EINVAL;
+    oflags |= (flags & QCOW2_IO_RDWR) ? O_RDWR : O_RDONLY;
+    if (flags & QCOW2_IO_CREATE)
+        oflags |= O_CREAT | O_EXCL | O_RDWR;
+    fd = open(path, oflags, 0644);
+    if (fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s", strerror(errno));
+        return rc;
+    }
+    if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
+        rc = S_ISDIR(st.st_mode) ? -EISDIR : -errno;
+        snprintf(err, errlen, "%s", strerror(-rc));
+        close(fd);
+        return rc;
+    }
+    if (!(flags & QCOW2_IO_NOLOCK)) {
+        rc = take_locks(fd, (flags & (QCOW2_IO_RDWR | QCOW2_IO_CREATE)) != 0,
+                        err, errlen);
+        if (rc < 0) {
+            close(fd);
+            return rc;
+        }
+    }
+    f = malloc(sizeof(*f));
+    if (!f) {
+        close(fd);
+        return -ENOMEM;
+    }
+    f->fd = fd;
+    memset(io, 0, sizeof(*io));
+    io->version = QCOW2_IO_VERSION;
+    io->ctx = f;
+    io->pread = posix_pread;
+    io->pwrite = posix_pwrite;
+    io->flush = posix_flush;
+    io->truncate = posix_truncate;
+    io->size = posix_size;
+    io->close = posix_close;
+    io->block_status = posix_block_status;
+    io->identity = posix_identity;
+    io->allocated = posix_allocated;
+    return 0;
+}

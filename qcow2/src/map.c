@@ -1,0 +1,376 @@
+/*
+ * map.c - guest offset -> extent: decode L1/L2 entries into runs that have
+ * one answer to "who serves these bytes?".
+ *
+ * Mapping (cluster_size = 1 << cluster_bits, l2_entries = 1 << l2_bits):
+ *   cluster  = guest_offset >> cluster_bits
+ *   l1_index = cluster >> l2_bits,  l2_index = cluster & (l2_entries - 1)
+ *
+ *   L1 entry:  bit 63 COPIED | bits 9-55 L2 table offset | rest reserved
+ *   L2 entry (standard, 64 bits):
+ *     bit 63 COPIED, bit 62 COMPRESSED,
+ *     standard:   bits 9-55 host offset, bit 0 zero flag (v3 only)
+ *     compressed: bits 0..x-1 byte offset, x..61 extra 512-byte sectors,
+ *                 x = 62 - (cluster_bits - 8)
+ *   extended L2 (128 bits): the standard entry without the zero flag, then
+ *     a bitmap: bit i = subcluster i allocated, bit 32+i = reads as zero.
+ *
+ * One call decodes one L2 table at most: it reads the table once (through
+ * the cache) and walks its entries forward while they continue the same
+ * run (same kind, contiguous host offsets), so a whole-image walk costs one
+ * table read per L2 table.  Nothing here allocates.
+ *
+ * Invariants of a returned extent: length > 0; start + length <= virtual
+ * size; a DATA extent's host offset is cluster-aligned (plus the offset into
+ * the cluster) and starts inside the host file; a COMPRESSED extent's data
+ * starts inside the file and its csize <= 2 clusters.
+ *
+ * The chain walk (qcow2_map with QCOW2_MAP_CHAIN) follows QEMU's
+ * bdrv_block_status / qemu-img map rules, so `qchain-map --output=json`
+ * reproduces `qemu-img map --output=json`: a range that no layer allocates
+ * resolves at the bottom layer as an unallocated zero, a range beyond the
+ * end of a shorter backing file resolves as zero at the layer above it, and
+ * with QCOW2_MAP_HOLES holes in the host file read as zeros (for raw
+ * layers always, for qcow2 data clusters when QEMU's metadata
+ * preallocation heuristic says so).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "endian.h"
+#include "format.h"
+#include "internal.h"
+
+/* One decoded allocation unit (a cluster, or a subcluster). */
+struct unit {
+    enum qcow2_kind kind;
+    bool has_offset;
+    uint64_t host;   /* host offset of the unit's first byte */
+    uint64_t coff;   /* compressed: byte offset */
+    uint32_t csize;  /* compressed: bytes */
+};
+
+static int read_l1_entry(struct qcow2_image *img, uint64_t idx, uint64_t *out)
+{
+    uint64_t pos = img->l1_offset + idx * 8;
+    uint64_t key = pos & ~(img->cluster_size - 1);
+    const uint8_t *page;
+    int rc = q2_cache_get(&img->cache, &img->io, key, &page);
+
+    if (rc < 0)
+        return q2_err(img, rc, "cannot read L1 table: %s (at offset 0x%"
+                      PRIx64 ")", qcow2_strerror(rc), pos);
+    *out = q2_load_be64(page + (pos - key));
+    return 0;
+}
+
+/* Decode the L2 entry for cluster index l2_idx of table `l2`, unit u
+ * (subcluster index with extended L2, else 0). */
+static int decode(struct qcow2_image *img, const uint8_t *l2, uint64_t l2_off,
+                  unsigned l2_idx, unsigned sc, struct unit *u)
+{
+    uint64_t pos = l2_off + (uint64_t)l2_idx * img->l2_entry_len;
+    uint64_t e = q2_load_be64(l2 + (size_t)l2_idx * img->l2_entry_len);
+    uint64_t bitmap = 0, host;
+
+    memset(u, 0, sizeof(*u));
+    if (img->extended_l2)
+        bitmap = q2_load_be64(l2 + (size_t)l2_idx * 16 + 8);
+
+    if (e & Q2_OFLAG_COMPRESSED) {
+        uint64_t nb;
+        if (img->external_data)
+            return q2_err(img, -QCOW2_ECORRUPT, "compressed cluster in an "
+                          "image with an external data file (at offset 0x%"
+                          PRIx64 ")", pos);
+        if (bitmap)
+            return q2_err(img, -QCOW2_ECORRUPT, "compressed cluster with a "
+                          "non-zero subcluster bitmap (at offset 0x%" PRIx64
+                          ")", pos);
+        u->kind = QCOW2_KIND_COMPRESSED;
+        u->coff = e & img->coffset_mask;
+        nb = ((e >> img->csize_shift) & img->csize_mask) + 1;
+        u->csize = (uint32_t)(nb * 512 - (u->coff & 511));
+        if (u->coff >= Q2_MAX_HOST_OFFSET ||
+            u->coff >= (uint64_t)img->file_size)
+            return q2_err(img, -QCOW2_ECORRUPT, "compressed cluster data at "
+                          "0x%" PRIx64 " lies past the end of the file "
+                          "(L2 entry at offset 0x%" PRIx64 ")", u->coff, pos);
+        return 0;
+    }
+
+    host = e & Q2_L2E_OFFSET_MASK;
+    if (host & (img->cluster_size - 1))
+        return q2_err(img, -QCOW2_ECORRUPT, "data cluster offset 0x%" PRIx64
+                      " is not cluster aligned (L2 entry at offset 0x%" PRIx64
+                      ")", host, pos);
+    if (host == 0 && img->external_data && (e & Q2_OFLAG_COPIED))
+        host = 0, u->has_offset = true; /* data file offset 0 */
+    else if (host)
+        u->has_offset = true;
+    if (u->has_offset && !img->external_data &&
+        host >= (uint64_t)img->file_size)
+        return q2_err(img, -QCOW2_ECORRUPT, "data cluster at 0x%" PRIx64
+                      " lies past the end of the file (L2 entry at offset "
+                      "0x%" PRIx64 ")", host, pos);
+
+    if (!img->extended_l2) {
+        if (e & Q2_OFLAG_ZERO) {
+            if (img->hp.h.version < 3)
+                return q2_err(img, -QCOW2_ECORRUPT, "zero cluster in a "
+                              "version 2 image (L2 entry at offset 0x%" PRIx64
+                              ")", pos);
+            u->kind = QCOW2_KIND_ZERO;
+        } else {
+            u->kind = u->has_offset ? QCOW2_KIND_DATA
+                                    : QCOW2_KIND_UNALLOCATED;
+        }
+        u->host = host;
+        return 0;
+    }
+
+    {
+        uint32_t alloc = (uint32_t)bitmap, zero = (uint32_t)(bitmap >> 32);
+        uint64_t scsize = img->cluster_size >> 5;
+
+        if (alloc & zero)
+            return q2_err(img, -QCOW2_ECORRUPT, "subcluster both allocated "
+                          "and zero (L2 entry at offset 0x%" PRIx64 ")", pos);
+        if (!u->has_offset && alloc)
+            return q2_err(img, -QCOW2_ECORRUPT, "allocated subclusters in an "
+                          "unallocated cluster (L2 entry at offset 0x%" PRIx64
+                          ")", pos);
+        if (zero >> sc & 1)
+            u->kind = QCOW2_KIND_ZERO;
+        else if (alloc >> sc & 1)
+            u->kind = QCOW2_KIND_DATA;
+        else
+            u->kind = QCOW2_KIND_UNALLOCATED;
+        u->host = host + sc * scsize;
+    }
+    return 0;
+}
+
+static unsigned layer_flags(const struct qcow2_image *img, const struct unit *u)
+{
+    unsigned f = 0;
+
+    switch (u->kind) {
+    case QCOW2_KIND_DATA:
+        f = QCOW2_EXTENT_PRESENT | QCOW2_EXTENT_DATA;
+        break;
+    case QCOW2_KIND_ZERO:
+        f = QCOW2_EXTENT_PRESENT | QCOW2_EXTENT_ZERO;
+        break;
+    case QCOW2_KIND_COMPRESSED:
+        return QCOW2_EXTENT_PRESENT | QCOW2_EXTENT_DATA;
+    case QCOW2_KIND_UNALLOCATED:
+        break;
+    }
+    if (u->has_offset && !img->encrypted)
+        f |= QCOW2_EXTENT_OFFSET_VALID;
+    return f;
+}
+
+static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
+                     struct qcow2_extent *ext)
+{
+    uint64_t cs = img->cluster_size;
+    unsigned ubits = img->extended_l2 ? img->cluster_bits - 5
+                                      : img->cluster_bits;
+    uint64_t usize = 1ull << ubits;
+    uint64_t cluster = start >> img->cluster_bits;
+    uint64_t l1_idx = cluster >> img->l2_bits;
+    uint64_t l2_span = 1ull << (img->cluster_bits + img->l2_bits);
+    uint64_t table_end = (start & ~(l2_span - 1)) + l2_span;
+    uint64_t l1e, l2_off, pos, done;
+    const uint8_t *l2;
+    struct unit first, u;
+    int rc;
+
+    /* never cross an L2 table: one table read per call */
+    if (len > table_end - start)
+        len = table_end - start;
+
+    memset(ext, 0, sizeof(*ext));
+    ext->start = start;
+    ext->layer = img;
+
+    l1e = 0;
+    if (l1_idx < img->l1_size) {
+        rc = read_l1_entry(img, l1_idx, &l1e);
+        if (rc < 0)
+            return rc;
+    }
+    if (l1e & Q2_L1E_RESERVED_MASK)
+        return q2_err(img, -QCOW2_ECORRUPT, "L1 entry %" PRIu64 " has "
+                      "reserved bits set: 0x%016" PRIx64 " (at offset 0x%"
+                      PRIx64 ")", l1_idx, l1e, img->l1_offset + l1_idx * 8);
+    l2_off = l1e & Q2_L1E_OFFSET_MASK;
+    if (l2_off == 0) {
+        ext->length = len;
+        ext->kind = QCOW2_KIND_UNALLOCATED;
+        return 0;
+    }
+    if (l2_off & (cs - 1))
+        return q2_err(img, -QCOW2_ECORRUPT, "L2 table offset 0x%" PRIx64
+                      " is not cluster aligned (L1 entry at offset 0x%" PRIx64
+                      ")", l2_off, img->l1_offset + l1_idx * 8);
+    if (l2_off >= (uint64_t)img->file_size)
+        return q2_err(img, -QCOW2_ECORRUPT, "L2 table at 0x%" PRIx64 " lies "
+                      "past the end of the file (L1 entry at offset 0x%"
+                      PRIx64 ")", l2_off, img->l1_offset + l1_idx * 8);
+    rc = q2_cache_get(&img->cache, &img->io, l2_off, &l2);
+    if (rc < 0)
+        return q2_err(img, rc, "cannot read L2 table: %s (at offset 0x%"
+                      PRIx64 ")", qcow2_strerror(rc), l2_off);
+
+    /* the first unit, possibly entered in its middle */
+    pos = start;
+    rc = decode(img, l2, l2_off, (unsigned)(cluster & ((1u << img->l2_bits) - 1)),
+                (unsigned)((start & (cs - 1)) >> ubits), &first);
+    if (rc < 0)
+        return rc;
+    done = usize - (start & (usize - 1));
+    if (first.kind == QCOW2_KIND_COMPRESSED)
+        done = cs - (start & (cs - 1));
+    if (done > len)
+        done = len;
+    ext->kind = first.kind;
+    ext->flags = layer_flags(img, &first);
+    ext->in_data_file = img->external_data && first.has_offset;
+    if (first.kind == QCOW2_KIND_COMPRESSED) {
+        ext->offset = first.coff;
+        ext->csize = first.csize;
+        ext->length = done;
+        return 0;
+    }
+    ext->offset = first.host + (start & (usize - 1));
+    pos += done;
+
+    /* extend over following units with the same answer */
+    while (pos - start < len) {
+        uint64_t c = pos >> img->cluster_bits;
+        rc = decode(img, l2, l2_off,
+                    (unsigned)(c & ((1u << img->l2_bits) - 1)),
+                    (unsigned)((pos & (cs - 1)) >> ubits), &u);
+        if (rc < 0)
+            return rc;
+        if (u.kind != first.kind || u.has_offset != first.has_offset)
+            break;
+        if (u.has_offset && u.host != ext->offset + (pos - start))
+            break;
+        pos += usize;
+    }
+    ext->length = pos - start < len ? pos - start : len;
+    return 0;
+}
+
+int q2_map_layer(struct qcow2_image *img, uint64_t start, uint64_t len,
+                 struct qcow2_extent *ext)
+{
+    uint64_t vs = img->virtual_size;
+
+    if (start >= vs || len == 0)
+        return -EINVAL;
+    if (len > vs - start)
+        len = vs - start;
+    if (img->format == QCOW2_FORMAT_RAW) {
+        memset(ext, 0, sizeof(*ext));
+        ext->start = start;
+        ext->length = len;
+        ext->kind = QCOW2_KIND_DATA;
+        ext->offset = start;
+        ext->layer = img;
+        ext->flags = QCOW2_EXTENT_PRESENT | QCOW2_EXTENT_DATA |
+                     QCOW2_EXTENT_OFFSET_VALID;
+        return 0;
+    }
+    return map_qcow2(img, start, len, ext);
+}
+
+/* ---- refcounts (read side) ---- */
+
+int q2_refcount_get(struct qcow2_image *img, uint64_t cluster, uint64_t *out)
+{
+    unsigned order = img->hp.h.refcount_order;
+    unsigned rb_bits = img->cluster_bits + 3 - order; /* entries per block */
+    uint64_t rt_idx = cluster >> rb_bits;
+    uint64_t rt_entries = ((uint64_t)img->hp.h.refcount_table_clusters
+                           << img->cluster_bits) / 8;
+    uint64_t pos, key, rb_off, i;
+    const uint8_t *page;
+    int rc;
+
+    *out = 0;
+    if (rt_idx >= rt_entries)
+        return 0;
+    pos = img->hp.h.refcount_table_offset + rt_idx * 8;
+    key = pos & ~(img->cluster_size - 1);
+    rc = q2_cache_get(&img->cache, &img->io, key, &page);
+    if (rc < 0)
+        return rc;
+    rb_off = q2_load_be64(page + (pos - key)) & Q2_REFT_OFFSET_MASK;
+    if (rb_off == 0)
+        return 0;
+    if (rb_off & (img->cluster_size - 1))
+        return q2_err(img, -QCOW2_ECORRUPT, "refcount block offset 0x%" PRIx64
+                      " is not cluster aligned (at offset 0x%" PRIx64 ")",
+                      rb_off, pos);
+    rc = q2_cache_get(&img->cache, &img->io, rb_off, &page);
+    if (rc < 0)
+        return rc;
+    i = cluster & ((1ull << rb_bits) - 1);
+    switch (order) {
+    case 0: case 1: case 2: {
+        unsigned w = 1u << order;
+        uint64_t bit = i * w;
+        *out = (page[bit / 8] >> (bit % 8)) & ((1u << w) - 1);
+        break;
+    }
+    case 3: *out = page[i]; break;
+    case 4: *out = q2_load_be16(page + i * 2); break;
+    case 5: *out = q2_load_be32(page + i * 4); break;
+    default: *out = q2_load_be64(page + i * 8); break;
+    }
+    return 0;
+}
+
+/*
+ * QEMU decides whether an image "was preallocated with metadata" by
+ * counting clusters with a non-zero refcount against the clusters the file
+ * really occupies (qcow2_detect_metadata_preallocation); when it says yes,
+ * block status looks through data clusters into the host file for holes.
+ * qemu-img map's output depends on it, so we compute the same answer.
+ */
+int q2_detect_prealloc(struct qcow2_image *img)
+{
+    int64_t alloc, real_clusters, threshold, count = 0;
+    uint64_t end_cluster, i, rc_val;
+
+    if (img->prealloc >= 0)
+        return img->prealloc;
+    img->prealloc = 0;
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return 0;
+    alloc = img->io.allocated ? img->io.allocated(img->io.ctx)
+                              : img->file_size;
+    if (alloc < 0)
+        return 0;
+    real_clusters = alloc / (int64_t)img->cluster_size;
+    threshold = real_clusters * 10 / 9;
+    if (threshold < real_clusters + 2)
+        threshold = real_clusters + 2;
+    end_cluster = ((uint64_t)img->file_size + img->cluster_size - 1) >>
+                  img->cluster_bits;
+    for (i = 0; i < end_cluster && count <= threshold; i++) {
+        if (q2_refcount_get(img, i, &rc_val) < 0) {
+            q2_err_clear(img);
+            return 0; /* QEMU treats a failure as "not preallocated" */
+        }
+        count += rc_val != 0;
+    }
+    img->prealloc = count > threshold;
+    return img->prealloc;
+}
