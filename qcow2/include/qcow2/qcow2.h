@@ -32,8 +32,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "qcow2_io.h"
-#include "qcow2_version.h"
+#include <qcow2/qcow2_io.h>
+#include <qcow2/qcow2_version.h>
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,0 +1,206 @@
+/*
+ * cli.c - messages, exit codes and option helpers shared by the commands.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char *progname = "qchain";
+
+void cli_init(const char *name)
+{
+    progname = name;
+}
+
+const char *cli_progname(void)
+{
+    return progname;
+}
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void cli_error_file(const char *file, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: '%s': ", progname, file);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void cli_warning(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: warning: ", progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s --help' for more information.\n", progname);
+    exit(QCHAIN_EXIT_USAGE);
+}
+
+void cli_warn_cb(void *ctx, const char *msg)
+{
+    (void)ctx;
+    cli_warning("%s", msg);
+}
+
+int cli_common_option(int opt, const char *arg, struct cli_common *c,
+                      void (*usage)(void))
+{
+    switch (opt) {
+    case 'h':
+        usage();
+        exit(QCHAIN_EXIT_OK);
+    case 'V':
+        printf("%s (qchain) %s\nlibqcow2 %s\n", progname, QCHAIN_VERSION,
+               qcow2_version_string());
+        exit(QCHAIN_EXIT_OK);
+    case 'f':
+        if (strcmp(arg, "qcow2") != 0 && strcmp(arg, "raw") != 0)
+            cli_usage_error("unknown image format '%s' (qcow2 or raw)", arg);
+        c->format = arg;
+        return 1;
+    case 'U':
+        c->force_share = true;
+        return 1;
+    case CLI_OPT_OUTPUT:
+        if (strcmp(arg, "json") == 0)
+            c->output = CLI_OUTPUT_JSON;
+        else if (strcmp(arg, "human") == 0)
+            c->output = CLI_OUTPUT_HUMAN;
+        else
+            cli_usage_error("--output must be 'human' or 'json', not '%s'",
+                            arg);
+        return 1;
+    case CLI_OPT_JSON:
+        c->output = CLI_OUTPUT_JSON;
+        return 1;
+    case '?':
+        cli_usage_error("incorrect parameter");
+    default:
+        return 0;
+    }
+}
+
+void cli_open_opts(const struct cli_common *c, struct qcow2_open_opts *o,
+                   unsigned flags)
+{
+    memset(o, 0, sizeof(*o));
+    o->size = sizeof(*o);
+    o->flags = flags | (c->force_share ? QCOW2_OPEN_FORCE_SHARE : 0);
+    o->format = c->format;
+    o->warn = cli_warn_cb;
+}
+
+int cli_parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (!s || !*s || *s == '-' || *s == '+')
+        return -1;
+    errno = 0;
+    v = strtoull(s, &end, 0);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_size(const char *s, uint64_t *out)
+{
+    const char *p = s;
+    uint64_t whole = 0, mult = 1;
+    double frac = 0, scale = 0.1;
+    unsigned shift = 0;
+    bool digits = false;
+
+    while (*p >= '0' && *p <= '9') {
+        uint64_t d = (uint64_t)(*p - '0');
+        if (whole > (UINT64_MAX - d) / 10)
+            return -1;
+        whole = whole * 10 + d;
+        digits = true;
+        p++;
+    }
+    if (*p == '.') {
+        p++;
+        while (*p >= '0' && *p <= '9') {
+            frac += (*p - '0') * scale;
+            scale /= 10;
+            digits = true;
+            p++;
+        }
+    }
+    if (!digits)
+        return -1;
+    switch (*p) {
+    case '\0': break;
+    case 'b': case 'B': p++; break;
+    case 'k': case 'K': shift = 10; p++; break;
+    case 'm': case 'M': shift = 20; p++; break;
+    case 'g': case 'G': shift = 30; p++; break;
+    case 't': case 'T': shift = 40; p++; break;
+    case 'p': case 'P': shift = 50; p++; break;
+    case 'e': case 'E': shift = 60; p++; break;
+    default: return -1;
+    }
+    if (*p)
+        return -1;
+    mult = 1ull << shift;
+    if (frac > 0 && shift == 0)
+        return -1; /* fractions of a byte */
+    if (whole > UINT64_MAX / mult)
+        return -1;
+    whole *= mult;
+    if (frac > 0) {
+        double extra = frac * (double)mult;
+        if ((double)(UINT64_MAX - whole) < extra)
+            return -1;
+        whole += (uint64_t)extra;
+    }
+    *out = whole;
+    return 0;
+}
+
+char *cli_size_str(uint64_t v, char *buf, unsigned len)
+{
+    static const char *const suffix[] = {"", "Ki", "Mi", "Gi",
+                                         "Ti", "Pi", "Ei"};
+    int e;
+    unsigned i;
+
+    frexp((double)v / (1000.0 / 1024.0), &e);
+    i = e > 0 ? (unsigned)(e - 1) / 10 : 0;
+    if (i > 6)
+        i = 6;
+    snprintf(buf, len, "%0.3g %sB", (double)v / (double)(1ull << (i * 10)),
+             suffix[i]);
+    return buf;
+}

@@ -1,0 +1,549 @@
+/*
+ * qchain-info - describe an image, or its whole backing chain.
+ *
+ * With --output=json the keys qemu-img info has carry the same values
+ * (filename, format, virtual-size, actual-size, cluster-size, dirty-flag,
+ * backing-filename, full-backing-filename, backing-filename-format,
+ * snapshots, format-specific, encrypted), in qemu-img's order; after them
+ * come the forensic details qemu-img does not show: every header field,
+ * every extension with its offset, the feature name table, the positions of
+ * the L1 and refcount tables, the full snapshot table with extra data and
+ * the bitmap directory.
+ *
+ * Without --backing-chain the image is read alone (as qemu-img info reads
+ * it), so an overlay with a missing or hostile backing file still shows its
+ * header; with --backing-chain the chain must open.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "json.h"
+
+static void usage(void)
+{
+    printf("Usage: %s [OPTIONS] IMAGE\n"
+           "Describe IMAGE: qemu-img info's fields and every structure of "
+           "its header.\n\n"
+           "  --backing-chain      describe every image of the backing chain\n"
+           "  --output=human|json  output format (default human); --json\n"
+           "  -f, --format=FMT     format of IMAGE (qcow2 or raw)\n"
+           "  -U, --force-share    read an image another process holds\n"
+           "  -h, --help           this help\n"
+           "  -V, --version        version\n",
+           cli_progname());
+}
+
+static const char *ext_name(uint32_t type)
+{
+    switch (type) {
+    case QCOW2_EXT_BACKING_FORMAT: return "backing format";
+    case QCOW2_EXT_FEATURE_TABLE: return "feature name table";
+    case QCOW2_EXT_BITMAPS: return "bitmaps";
+    case QCOW2_EXT_CRYPTO: return "full disk encryption header";
+    case QCOW2_EXT_DATA_FILE: return "external data file name";
+    default: return "unknown";
+    }
+}
+
+static const char *feature_type(unsigned t)
+{
+    return t == 0 ? "incompatible" : t == 1 ? "compatible"
+                                   : t == 2 ? "autoclear" : "unknown";
+}
+
+static void hex(char *out, const uint8_t *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        sprintf(out + 2 * i, "%02x", p[i]);
+    out[2 * n] = '\0';
+}
+
+/* Backing path for the report: resolved name, or the name itself when it
+ * is a protocol name (as QEMU reports it). */
+static const char *full_backing(const struct qcow2_info *in)
+{
+    return in->backing_path ? in->backing_path : in->backing_name;
+}
+
+/* ---------------------------------------------------------------- JSON */
+
+static void json_snapshots(struct json *j, const struct qcow2_image *img,
+                           const struct qcow2_info *in)
+{
+    unsigned i;
+
+    json_array_begin(j, "snapshots");
+    for (i = 0; i < in->nb_snapshots; i++) {
+        struct qcow2_snapshot s;
+        qcow2_snapshot_get(img, i, &s);
+        json_object_begin(j, NULL);
+        if (s.has_icount && s.icount != UINT64_MAX)
+            json_u64(j, "icount", s.icount);
+        json_u64(j, "vm-clock-nsec", s.vm_clock_nsec % 1000000000ull);
+        json_string(j, "name", s.name);
+        json_u64(j, "date-sec", s.date_sec);
+        json_u64(j, "date-nsec", s.date_nsec);
+        json_u64(j, "vm-clock-sec", s.vm_clock_nsec / 1000000000ull);
+        json_string(j, "id", s.id);
+        json_u64(j, "vm-state-size", s.vm_state_size);
+        json_object_end(j);
+    }
+    json_array_end(j);
+}
+
+static void json_format_specific(struct json *j, const struct qcow2_image *img,
+                                 const struct qcow2_info *in)
+{
+    unsigned i;
+
+    json_object_begin(j, "format-specific");
+    json_string(j, "type", "qcow2");
+    json_object_begin(j, "data");
+    json_string(j, "compat", in->version >= 3 ? "1.1" : "0.10");
+    json_string(j, "compression-type", in->compression);
+    if (in->version >= 3)
+        json_bool(j, "lazy-refcounts", in->lazy_refcounts);
+    if (in->nb_bitmaps) {
+        json_array_begin(j, "bitmaps");
+        for (i = 0; i < in->nb_bitmaps; i++) {
+            struct qcow2_bitmap b;
+            qcow2_bitmap_get(img, i, &b);
+            json_object_begin(j, NULL);
+            json_array_begin(j, "flags");
+            if (b.flags & QCOW2_BITMAP_IN_USE)
+                json_string(j, NULL, "in-use");
+            if (b.flags & QCOW2_BITMAP_AUTO)
+                json_string(j, NULL, "auto");
+            json_array_end(j);
+            json_string(j, "name", b.name);
+            json_u64(j, "granularity", 1ull << b.granularity_bits);
+            json_object_end(j);
+        }
+        json_array_end(j);
+    }
+    json_u64(j, "refcount-bits", in->refcount_bits);
+    if (in->encrypted) {
+        json_object_begin(j, "encrypt");
+        json_string(j, "format", in->crypt_method == 2 ? "luks" : "aes");
+        json_object_end(j);
+    }
+    if (in->data_file)
+        json_string(j, "data-file", in->data_file);
+    if (in->has_external_data)
+        json_bool(j, "data-file-raw", in->data_file_raw);
+    if (in->version >= 3) {
+        json_bool(j, "corrupt", in->corrupt);
+        json_bool(j, "extended-l2", in->extended_l2);
+    }
+    json_object_end(j);
+    json_object_end(j);
+}
+
+static void json_forensics(struct json *j, const struct qcow2_image *img,
+                           const struct qcow2_info *in)
+{
+    const struct qcow2_header *h = qcow2_get_header(img);
+    unsigned i;
+    char buf[2 * 1024 + 1];
+
+    json_u64(j, "file-size", (uint64_t)in->file_size);
+    json_object_begin(j, "header");
+    json_u64(j, "magic", h->magic);
+    json_u64(j, "version", h->version);
+    json_u64(j, "backing-file-offset", h->backing_file_offset);
+    json_u64(j, "backing-file-size", h->backing_file_size);
+    json_u64(j, "cluster-bits", h->cluster_bits);
+    json_u64(j, "size", h->size);
+    json_u64(j, "crypt-method", h->crypt_method);
+    json_u64(j, "l1-size", h->l1_size);
+    json_u64(j, "l1-table-offset", h->l1_table_offset);
+    json_u64(j, "refcount-table-offset", h->refcount_table_offset);
+    json_u64(j, "refcount-table-clusters", h->refcount_table_clusters);
+    json_u64(j, "nb-snapshots", h->nb_snapshots);
+    json_u64(j, "snapshots-offset", h->snapshots_offset);
+    json_u64(j, "incompatible-features", h->incompatible_features);
+    json_u64(j, "compatible-features", h->compatible_features);
+    json_u64(j, "autoclear-features", h->autoclear_features);
+    json_u64(j, "refcount-order", h->refcount_order);
+    json_u64(j, "header-length", h->header_length);
+    json_u64(j, "compression-type", h->compression_type);
+    json_object_end(j);
+
+    json_array_begin(j, "extensions");
+    for (i = 0; i < in->nb_extensions; i++) {
+        struct qcow2_extension e;
+        qcow2_extension_get(img, i, &e);
+        json_object_begin(j, NULL);
+        json_u64(j, "type", e.type);
+        json_string(j, "name", ext_name(e.type));
+        json_u64(j, "offset", e.offset);
+        json_u64(j, "length", e.length);
+        if (e.type == QCOW2_EXT_BACKING_FORMAT ||
+            e.type == QCOW2_EXT_DATA_FILE) {
+            json_string_len(j, "value", (const char *)e.data, e.length);
+        } else if (!e.known && e.length <= 1024) {
+            hex(buf, e.data, e.length);
+            json_string(j, "data", buf);
+        }
+        json_object_end(j);
+    }
+    json_array_end(j);
+
+    json_array_begin(j, "feature-table");
+    for (i = 0; i < in->nb_features; i++) {
+        struct qcow2_feature f;
+        qcow2_feature_get(img, i, &f);
+        json_object_begin(j, NULL);
+        json_string(j, "type", feature_type(f.type));
+        json_u64(j, "bit", f.bit);
+        json_string(j, "name", f.name);
+        json_object_end(j);
+    }
+    json_array_end(j);
+
+    json_object_begin(j, "l1-table");
+    json_u64(j, "offset", h->l1_table_offset);
+    json_u64(j, "entries", h->l1_size);
+    json_object_end(j);
+    json_object_begin(j, "refcount-table");
+    json_u64(j, "offset", h->refcount_table_offset);
+    json_u64(j, "clusters", h->refcount_table_clusters);
+    json_u64(j, "refcount-bits", in->refcount_bits);
+    json_object_end(j);
+
+    json_array_begin(j, "snapshot-table");
+    for (i = 0; i < in->nb_snapshots; i++) {
+        struct qcow2_snapshot s;
+        qcow2_snapshot_get(img, i, &s);
+        json_object_begin(j, NULL);
+        json_u64(j, "entry-offset", s.entry_offset);
+        json_string(j, "id", s.id);
+        json_string(j, "name", s.name);
+        json_u64(j, "l1-table-offset", s.l1_table_offset);
+        json_u64(j, "l1-size", s.l1_size);
+        json_u64(j, "date-sec", s.date_sec);
+        json_u64(j, "date-nsec", s.date_nsec);
+        json_u64(j, "vm-clock-nsec", s.vm_clock_nsec);
+        json_u64(j, "vm-state-size-32", s.vm_state_size32);
+        json_u64(j, "vm-state-size", s.vm_state_size);
+        if (s.has_disk_size)
+            json_u64(j, "disk-size", s.disk_size);
+        if (s.has_icount)
+            json_i64(j, "icount", (int64_t)s.icount);
+        json_u64(j, "extra-data-size", s.extra_data_size);
+        hex(buf, s.extra_data, s.extra_data_size);
+        json_string(j, "extra-data", buf);
+        json_object_end(j);
+    }
+    json_array_end(j);
+
+    json_array_begin(j, "bitmap-directory");
+    for (i = 0; i < in->nb_bitmaps; i++) {
+        struct qcow2_bitmap b;
+        qcow2_bitmap_get(img, i, &b);
+        json_object_begin(j, NULL);
+        json_u64(j, "entry-offset", b.entry_offset);
+        json_string(j, "name", b.name);
+        json_u64(j, "table-offset", b.table_offset);
+        json_u64(j, "table-size", b.table_size);
+        json_u64(j, "flags", b.flags);
+        json_u64(j, "type", b.type);
+        json_u64(j, "granularity-bits", b.granularity_bits);
+        json_u64(j, "extra-data-size", b.extra_data_size);
+        json_object_end(j);
+    }
+    json_array_end(j);
+}
+
+static void json_image(struct json *j, const struct qcow2_image *img)
+{
+    struct qcow2_info in;
+
+    qcow2_get_info(img, &in);
+    json_object_begin(j, NULL);
+    if (in.nb_snapshots)
+        json_snapshots(j, img, &in);
+    if (in.backing_format)
+        json_string(j, "backing-filename-format", in.backing_format);
+    json_u64(j, "virtual-size", in.virtual_size);
+    json_string(j, "filename", in.filename);
+    if (in.format == QCOW2_FORMAT_QCOW2)
+        json_u64(j, "cluster-size", in.cluster_size);
+    json_string(j, "format", in.format == QCOW2_FORMAT_QCOW2 ? "qcow2"
+                                                             : "raw");
+    if (in.actual_size >= 0)
+        json_u64(j, "actual-size", (uint64_t)in.actual_size);
+    if (in.format == QCOW2_FORMAT_QCOW2)
+        json_format_specific(j, img, &in);
+    if (in.backing_name) {
+        json_string(j, "full-backing-filename", full_backing(&in));
+        json_string(j, "backing-filename", in.backing_name);
+    }
+    if (in.encrypted)
+        json_bool(j, "encrypted", true);
+    json_bool(j, "dirty-flag", in.dirty);
+    if (in.format == QCOW2_FORMAT_QCOW2)
+        json_forensics(j, img, &in);
+    json_object_end(j);
+}
+
+/* --------------------------------------------------------------- human */
+
+static void human_snapshots(const struct qcow2_image *img,
+                            const struct qcow2_info *in)
+{
+    unsigned i;
+    char size[32], date[64], clock[64], icount[32];
+
+    printf("Snapshot list:\n");
+    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+           "VM CLOCK", "ICOUNT");
+    for (i = 0; i < in->nb_snapshots; i++) {
+        struct qcow2_snapshot s;
+        time_t t;
+        struct tm tm;
+        uint64_t secs;
+
+        qcow2_snapshot_get(img, i, &s);
+        t = (time_t)s.date_sec;
+        localtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        secs = s.vm_clock_nsec / 1000000000ull;
+        snprintf(clock, sizeof(clock), "%02d:%02d:%02d.%03d",
+                 (int)(secs / 3600), (int)((secs / 60) % 60),
+                 (int)(secs % 60),
+                 (int)((s.vm_clock_nsec / 1000000) % 1000));
+        icount[0] = '\0';
+        if (s.has_icount && s.icount != UINT64_MAX)
+            snprintf(icount, sizeof(icount), "%" PRIu64, s.icount);
+        printf("%-9s %-16s %8s%20s%13s%11s\n", s.id, s.name,
+               cli_size_str(s.vm_state_size, size, sizeof(size)), date, clock,
+               icount);
+    }
+}
+
+static void human_image(const struct qcow2_image *img)
+{
+    struct qcow2_info in;
+    const struct qcow2_header *h;
+    char a[32], b[32];
+    unsigned i;
+
+    qcow2_get_info(img, &in);
+    printf("image: %s\n", in.filename);
+    printf("file format: %s\n",
+           in.format == QCOW2_FORMAT_QCOW2 ? "qcow2" : "raw");
+    printf("virtual size: %s (%" PRIu64 " bytes)\n",
+           cli_size_str(in.virtual_size, a, sizeof(a)), in.virtual_size);
+    if (in.actual_size >= 0)
+        printf("disk size: %s\n",
+               cli_size_str((uint64_t)in.actual_size, b, sizeof(b)));
+    if (in.encrypted)
+        printf("encrypted: yes\n");
+    if (in.format != QCOW2_FORMAT_QCOW2)
+        return;
+    printf("cluster_size: %u\n", in.cluster_size);
+    if (in.backing_name) {
+        if (strcmp(full_backing(&in), in.backing_name) != 0)
+            printf("backing file: %s (actual path: %s)\n", in.backing_name,
+                   full_backing(&in));
+        else
+            printf("backing file: %s\n", in.backing_name);
+    }
+    if (in.backing_format)
+        printf("backing file format: %s\n", in.backing_format);
+    if (in.dirty)
+        printf("cleanly shut down: no\n");
+    if (in.nb_snapshots)
+        human_snapshots(img, &in);
+    printf("Format specific information:\n");
+    printf("    compat: %s\n", in.version >= 3 ? "1.1" : "0.10");
+    printf("    compression type: %s\n", in.compression);
+    if (in.version >= 3)
+        printf("    lazy refcounts: %s\n",
+               in.lazy_refcounts ? "true" : "false");
+    if (in.nb_bitmaps) {
+        printf("    bitmaps:\n");
+        for (i = 0; i < in.nb_bitmaps; i++) {
+            struct qcow2_bitmap bm;
+            unsigned k = 0;
+            qcow2_bitmap_get(img, i, &bm);
+            printf("        [%u]:\n            flags:\n", i);
+            if (bm.flags & QCOW2_BITMAP_IN_USE)
+                printf("                [%u]: in-use\n", k++);
+            if (bm.flags & QCOW2_BITMAP_AUTO)
+                printf("                [%u]: auto\n", k++);
+            printf("            name: %s\n", bm.name);
+            printf("            granularity: %llu\n",
+                   1ull << bm.granularity_bits);
+        }
+    }
+    printf("    refcount bits: %u\n", in.refcount_bits);
+    if (in.data_file)
+        printf("    data file: %s\n", in.data_file);
+    if (in.has_external_data)
+        printf("    data file raw: %s\n", in.data_file_raw ? "true" : "false");
+    if (in.version >= 3) {
+        printf("    corrupt: %s\n", in.corrupt ? "true" : "false");
+        printf("    extended l2: %s\n", in.extended_l2 ? "true" : "false");
+    }
+
+    /* what qemu-img does not show */
+    h = qcow2_get_header(img);
+    printf("Header (file size %" PRId64 " bytes):\n", in.file_size);
+    printf("    magic:                   0x%08" PRIx32 "\n", h->magic);
+    printf("    version:                 %" PRIu32 "\n", h->version);
+    printf("    backing file offset:     0x%" PRIx64 " (%" PRIu32
+           " bytes)\n", h->backing_file_offset, h->backing_file_size);
+    printf("    cluster bits:            %" PRIu32 "\n", h->cluster_bits);
+    printf("    size:                    %" PRIu64 "\n", h->size);
+    printf("    crypt method:            %" PRIu32 "\n", h->crypt_method);
+    printf("    L1 table:                0x%" PRIx64 " (%" PRIu32
+           " entries)\n", h->l1_table_offset, h->l1_size);
+    printf("    refcount table:          0x%" PRIx64 " (%" PRIu32
+           " clusters)\n", h->refcount_table_offset,
+           h->refcount_table_clusters);
+    printf("    snapshot table:          0x%" PRIx64 " (%" PRIu32
+           " snapshots)\n", h->snapshots_offset, h->nb_snapshots);
+    printf("    incompatible features:   0x%016" PRIx64 "\n",
+           h->incompatible_features);
+    printf("    compatible features:     0x%016" PRIx64 "\n",
+           h->compatible_features);
+    printf("    autoclear features:      0x%016" PRIx64 "\n",
+           h->autoclear_features);
+    printf("    refcount order:          %" PRIu32 "\n", h->refcount_order);
+    printf("    header length:           %" PRIu32 "\n", h->header_length);
+    printf("    compression type:        %u\n", h->compression_type);
+    if (in.nb_extensions) {
+        printf("Header extensions:\n");
+        for (i = 0; i < in.nb_extensions; i++) {
+            struct qcow2_extension e;
+            qcow2_extension_get(img, i, &e);
+            printf("    0x%08" PRIx32 " %-28s at 0x%" PRIx64 ", %" PRIu32
+                   " bytes\n", e.type, ext_name(e.type), e.offset, e.length);
+        }
+    }
+    if (in.nb_features) {
+        printf("Feature name table:\n");
+        for (i = 0; i < in.nb_features; i++) {
+            struct qcow2_feature f;
+            qcow2_feature_get(img, i, &f);
+            printf("    %-12s bit %2u: %s\n", feature_type(f.type), f.bit,
+                   f.name);
+        }
+    }
+    for (i = 0; i < in.nb_snapshots; i++) {
+        struct qcow2_snapshot s;
+        qcow2_snapshot_get(img, i, &s);
+        if (i == 0)
+            printf("Snapshot table:\n");
+        printf("    [%u] at 0x%" PRIx64 ": id %s, name %s, L1 0x%" PRIx64
+               " (%" PRIu32 " entries), %" PRIu32 " bytes of extra data\n",
+               i, s.entry_offset, s.id, s.name, s.l1_table_offset, s.l1_size,
+               s.extra_data_size);
+    }
+    for (i = 0; i < in.nb_bitmaps; i++) {
+        struct qcow2_bitmap bm;
+        qcow2_bitmap_get(img, i, &bm);
+        if (i == 0)
+            printf("Bitmap directory:\n");
+        printf("    [%u] at 0x%" PRIx64 ": %s, table 0x%" PRIx64 " (%" PRIu32
+               " entries), flags 0x%" PRIx32 "\n", i, bm.entry_offset,
+               bm.name, bm.table_offset, bm.table_size, bm.flags);
+    }
+}
+
+/* An image read alone: say what is wrong with its backing file, if
+ * anything, without failing. */
+static void check_backing(const struct qcow2_image *img)
+{
+    struct qcow2_info in;
+
+    qcow2_get_info(img, &in);
+    if (!in.backing_name)
+        return;
+    if (!in.backing_path)
+        cli_warning("'%s': backing file name '%s' is a protocol or json: "
+                    "name, which qchain never follows", in.filename,
+                    in.backing_name);
+    else if (access(in.backing_path, F_OK) != 0)
+        cli_warning("'%s': backing file '%s' does not exist", in.filename,
+                    in.backing_path);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        CLI_COMMON_LONGOPTS,
+        {"backing-chain", no_argument, NULL, 'b'},
+        {NULL, 0, NULL, 0}};
+    struct cli_common common = {0};
+    struct qcow2_open_opts opts;
+    struct qcow2_image *img, *l;
+    bool chain = false;
+    const char *file;
+    int opt, rc;
+
+    cli_init("qchain-info");
+    while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS, longopts,
+                              NULL)) != -1) {
+        if (cli_common_option(opt, optarg, &common, usage))
+            continue;
+        if (opt == 'b')
+            chain = true;
+        else
+            cli_usage_error("incorrect parameter");
+    }
+    if (optind != argc - 1)
+        cli_usage_error(optind >= argc ? "missing IMAGE"
+                                       : "too many arguments");
+    file = argv[optind];
+
+    img = qcow2_new();
+    if (!img) {
+        cli_error("out of memory");
+        return QCHAIN_EXIT_FAILURE;
+    }
+    cli_open_opts(&common, &opts, chain ? 0 : QCOW2_OPEN_NO_BACKING);
+    rc = qcow2_open(img, file, &opts);
+    if (rc < 0) {
+        cli_error_file(file, "%s", qcow2_errmsg(img));
+        qcow2_close(img);
+        return QCHAIN_EXIT_FAILURE;
+    }
+    if (!chain)
+        check_backing(img);
+
+    if (common.output == CLI_OUTPUT_JSON) {
+        struct json j;
+        json_init(&j, stdout, true);
+        if (chain) {
+            json_array_begin(&j, NULL);
+            for (l = img; l; l = qcow2_backing(l))
+                json_image(&j, l);
+            json_array_end(&j);
+        } else {
+            json_image(&j, img);
+        }
+        json_end(&j);
+    } else {
+        for (l = img; l; l = chain ? qcow2_backing(l) : NULL) {
+            if (l != img)
+                putchar('\n');
+            human_image(l);
+        }
+    }
+    qcow2_close(img);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        cli_error("error writing the output");
+        return QCHAIN_EXIT_FAILURE;
+    }
+    return QCHAIN_EXIT_OK;
+}

@@ -1,0 +1,194 @@
+/*
+ * qchain-map - which layer of a chain serves each guest byte.
+ *
+ * --output=json prints exactly what `qemu-img map --output=json` prints for
+ * the same file (QEMU 7.2's layout): the same extents, merged by the same
+ * rule (entry_mergeable: equal depth, present, zero, data, file, and
+ * contiguous host offsets).
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "json.h"
+
+static void usage(void)
+{
+    printf("Usage: %s [OPTIONS] IMAGE\n"
+           "Show which layer of IMAGE's backing chain serves each guest "
+           "byte.\n\n"
+           "  --start-offset=N     start at guest offset N\n"
+           "  --max-length=N       map at most N bytes\n"
+           "  --output=human|json  output format (default human); --json\n"
+           "  -f, --format=FMT     format of IMAGE (qcow2 or raw)\n"
+           "  -U, --force-share    read an image another process holds\n"
+           "  -h, --help           this help\n"
+           "  -V, --version        version\n\n"
+           "JSON output matches `qemu-img map --output=json`.\n",
+           cli_progname());
+}
+
+struct entry {
+    uint64_t start, length, offset;
+    unsigned depth;
+    bool present, zero, data, has_offset;
+    const struct qcow2_image *layer; /* file the offset refers to */
+    bool in_data_file;
+};
+
+static bool mergeable(const struct entry *a, const struct entry *b)
+{
+    if (a->length == 0)
+        return false;
+    if (a->zero != b->zero || a->data != b->data || a->depth != b->depth ||
+        a->present != b->present || a->has_offset != b->has_offset)
+        return false;
+    if (a->has_offset && (a->layer != b->layer ||
+                          a->in_data_file != b->in_data_file ||
+                          a->offset + a->length != b->offset))
+        return false;
+    return true;
+}
+
+static const char *entry_file(const struct entry *e)
+{
+    struct qcow2_info info;
+
+    if (e->in_data_file && qcow2_get_info(e->layer, &info) == 0 &&
+        info.data_file)
+        return info.data_file;
+    return qcow2_filename(e->layer);
+}
+
+static int dump(const struct entry *e, enum cli_output out, bool first)
+{
+    if (out == CLI_OUTPUT_JSON) {
+        if (!first)
+            fputs(",\n", stdout);
+        printf("{ \"start\": %" PRIu64 ", \"length\": %" PRIu64
+               ", \"depth\": %u, \"present\": %s, \"zero\": %s, \"data\": %s",
+               e->start, e->length, e->depth, e->present ? "true" : "false",
+               e->zero ? "true" : "false", e->data ? "true" : "false");
+        if (e->has_offset)
+            printf(", \"offset\": %" PRIu64, e->offset);
+        putchar('}');
+        return 0;
+    }
+    if (e->data && !e->zero) {
+        if (e->has_offset)
+            printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
+                   e->start, e->length, e->offset, entry_file(e));
+        else
+            printf("%#-16" PRIx64 "%#-16" PRIx64 "%-16s%s\n", e->start,
+                   e->length, "compressed", qcow2_filename(e->layer));
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        CLI_COMMON_LONGOPTS,
+        {"start-offset", required_argument, NULL, 's'},
+        {"max-length", required_argument, NULL, 'l'},
+        {NULL, 0, NULL, 0}};
+    struct cli_common common = {0};
+    struct qcow2_open_opts opts;
+    struct qcow2_image *img;
+    uint64_t start = 0, max_len = UINT64_MAX, end, pos;
+    struct entry curr = {0}, next;
+    bool first = true;
+    const char *file;
+    int opt, rc;
+
+    cli_init("qchain-map");
+    while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS "s:l:",
+                              longopts, NULL)) != -1) {
+        if (cli_common_option(opt, optarg, &common, usage))
+            continue;
+        switch (opt) {
+        case 's':
+            if (cli_parse_size(optarg, &start) < 0 || start > INT64_MAX)
+                cli_usage_error("invalid --start-offset '%s'", optarg);
+            break;
+        case 'l':
+            if (cli_parse_size(optarg, &max_len) < 0 || max_len > INT64_MAX)
+                cli_usage_error("invalid --max-length '%s'", optarg);
+            break;
+        default:
+            cli_usage_error("incorrect parameter");
+        }
+    }
+    if (optind != argc - 1)
+        cli_usage_error(optind >= argc ? "missing IMAGE"
+                                       : "too many arguments");
+    file = argv[optind];
+
+    img = qcow2_new();
+    if (!img) {
+        cli_error("out of memory");
+        return QCHAIN_EXIT_FAILURE;
+    }
+    cli_open_opts(&common, &opts, 0);
+    rc = qcow2_open(img, file, &opts);
+    if (rc < 0) {
+        cli_error_file(file, "%s", qcow2_errmsg(img));
+        qcow2_close(img);
+        return QCHAIN_EXIT_FAILURE;
+    }
+
+    end = qcow2_virtual_size(img);
+    if (max_len < end && start + max_len < end)
+        end = start + max_len;
+    if (common.output == CLI_OUTPUT_JSON)
+        putchar('[');
+    else
+        printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
+
+    curr.start = start;
+    for (pos = start; pos < end; pos += next.length) {
+        struct qcow2_extent ext;
+        rc = qcow2_map(img, pos, end - pos,
+                       QCOW2_MAP_CHAIN | QCOW2_MAP_HOLES, &ext);
+        if (rc < 0) {
+            fflush(stdout);
+            cli_error_file(file, "%s", qcow2_errmsg(img));
+            qcow2_close(img);
+            return QCHAIN_EXIT_FAILURE;
+        }
+        next = (struct entry){
+            .start = pos,
+            .length = ext.length,
+            .offset = ext.offset,
+            .depth = ext.depth,
+            .present = (ext.flags & QCOW2_EXTENT_PRESENT) != 0,
+            .zero = (ext.flags & QCOW2_EXTENT_ZERO) != 0,
+            .data = (ext.flags & QCOW2_EXTENT_DATA) != 0,
+            .has_offset = (ext.flags & QCOW2_EXTENT_OFFSET_VALID) != 0,
+            .layer = ext.layer,
+            .in_data_file = ext.in_data_file,
+        };
+        if (mergeable(&curr, &next)) {
+            curr.length += next.length;
+            continue;
+        }
+        if (curr.length > 0) {
+            dump(&curr, common.output, first);
+            first = false;
+        }
+        curr = next;
+    }
+    if (curr.length > 0)
+        dump(&curr, common.output, first);
+    if (common.output == CLI_OUTPUT_JSON)
+        puts("]");
+    qcow2_close(img);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        cli_error("error writing the output");
+        return QCHAIN_EXIT_FAILURE;
+    }
+    return QCHAIN_EXIT_OK;
+}
