@@ -675,6 +675,7 @@ int qcow2_snapshot_select(struct qcow2_image *img, const char *which)
     img->virtual_size = vs & ~511ull;
     img->selected_snapshot = idx;
     img->dbuf_key = 0;
+    img->l1_checked = false;
     return 0;
 }
 

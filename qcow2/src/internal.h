@@ -207,6 +207,7 @@ struct qcow2_image {
     uint8_t *dbuf;             /* decompressed cluster */
     uint64_t dbuf_key;         /* L2 entry dbuf holds, 0: none */
     int prealloc;              /* -1 unknown, 0/1 QEMU's heuristic */
+    bool l1_checked;           /* the active view's L1 passed q2_l1_check */
 
     /* chain */
     struct qcow2_image *backing;
@@ -220,6 +221,12 @@ struct qcow2_image {
  * sees it). */
 Q2_HIDDEN int q2_map_layer(struct qcow2_image *img, uint64_t start,
                            uint64_t len, struct qcow2_extent *ext);
+
+/* Validate the whole L1 table of the active view once: reserved bits, L2
+ * offsets aligned and inside the file, and no L2 table named twice (which
+ * QEMU never writes, and which would let a small file describe an
+ * unbounded amount of mapping work). */
+Q2_HIDDEN int q2_l1_check(struct qcow2_image *img);
 
 /* QEMU's metadata-preallocation heuristic for an image (0 or 1). */
 Q2_HIDDEN int q2_detect_prealloc(struct qcow2_image *img);

@@ -36,6 +36,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "endian.h"
@@ -189,6 +190,11 @@ static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
     struct unit first, u;
     int rc;
 
+    if (!img->l1_checked) {
+        rc = q2_l1_check(img);
+        if (rc < 0)
+            return rc;
+    }
     /* never cross an L2 table: one table read per call */
     if (len > table_end - start)
         len = table_end - start;
@@ -249,6 +255,25 @@ static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
     ext->offset = first.host + (start & (usize - 1));
     pos += done;
 
+    /* Fast path: unallocated runs of all-zero entries (most of a sparse
+     * image) are skipped without decoding each entry. */
+    if (first.kind == QCOW2_KIND_UNALLOCATED && !first.has_offset &&
+        (pos & (cs - 1)) == 0) {
+        size_t elen = img->l2_entry_len;
+        uint64_t idx = (pos >> img->cluster_bits) &
+                       ((1ull << img->l2_bits) - 1);
+        uint64_t last = idx + ((len - (pos - start) + cs - 1) >>
+                               img->cluster_bits);
+        uint64_t k = idx;
+        static const uint8_t zero16[16];
+
+        if (last > (1ull << img->l2_bits))
+            last = 1ull << img->l2_bits;
+        while (k < last && memcmp(l2 + k * elen, zero16, elen) == 0)
+            k++;
+        pos += (k - idx) << img->cluster_bits;
+    }
+
     /* extend over following units with the same answer */
     while (pos - start < len) {
         uint64_t c = pos >> img->cluster_bits;
@@ -265,6 +290,80 @@ static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
     }
     ext->length = pos - start < len ? pos - start : len;
     return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int q2_l1_check(struct qcow2_image *img)
+{
+    enum { CHUNK = 8192 }; /* entries per read */
+    uint8_t *buf;
+    uint64_t *l2s, i, n = 0;
+    int rc = 0;
+
+    /* l1_size * 8 <= 32 MiB and lies inside the file (header.c, snapshot
+     * selection), so both buffers are bounded by the file */
+    buf = malloc(CHUNK * 8);
+    l2s = malloc((img->l1_size ? img->l1_size : 1) * sizeof(*l2s));
+    if (!buf || !l2s) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (i = 0; i < img->l1_size; i++) {
+        uint64_t pos = img->l1_offset + i * 8, e, off;
+        if (i % CHUNK == 0) {
+            uint64_t left = img->l1_size - i;
+            size_t len = (size_t)(left < CHUNK ? left : CHUNK) * 8;
+            int64_t got = q2_pread_full(&img->io, buf, len, pos);
+            if (got < 0) {
+                rc = q2_err(img, (int)got, "cannot read L1 table: %s (at "
+                            "offset 0x%" PRIx64 ")", qcow2_strerror((int)got),
+                            pos);
+                goto out;
+            }
+        }
+        e = q2_load_be64(buf + (i % CHUNK) * 8);
+        if (e & Q2_L1E_RESERVED_MASK) {
+            rc = q2_err(img, -QCOW2_ECORRUPT, "L1 entry %" PRIu64 " has "
+                        "reserved bits set: 0x%016" PRIx64 " (at offset 0x%"
+                        PRIx64 ")", i, e, pos);
+            goto out;
+        }
+        off = e & Q2_L1E_OFFSET_MASK;
+        if (!off)
+            continue;
+        if (off & (img->cluster_size - 1)) {
+            rc = q2_err(img, -QCOW2_ECORRUPT, "L2 table offset 0x%" PRIx64
+                        " is not cluster aligned (L1 entry at offset 0x%"
+                        PRIx64 ")", off, pos);
+            goto out;
+        }
+        if (off >= (uint64_t)img->file_size) {
+            rc = q2_err(img, -QCOW2_ECORRUPT, "L2 table at 0x%" PRIx64
+                        " lies past the end of the file (L1 entry at offset "
+                        "0x%" PRIx64 ")", off, pos);
+            goto out;
+        }
+        l2s[n++] = off;
+    }
+    qsort(l2s, n, sizeof(*l2s), cmp_u64);
+    for (i = 1; i < n; i++) {
+        if (l2s[i] == l2s[i - 1]) {
+            rc = q2_err(img, -QCOW2_ECORRUPT, "L2 table at 0x%" PRIx64
+                        " is named by two L1 entries (L1 table at offset 0x%"
+                        PRIx64 ")", l2s[i], img->l1_offset);
+            goto out;
+        }
+    }
+    img->l1_checked = true;
+out:
+    free(buf);
+    free(l2s);
+    return rc;
 }
 
 int q2_map_layer(struct qcow2_image *img, uint64_t start, uint64_t len,

@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# Command-level benchmarks: a qchain command vs. its qemu-img counterpart,
+# side by side in one run (DESIGN.md B.12, issue 2).
+#
+# Usage: benchmarks/run.sh [--build DIR] [--bin DIR] [--work DIR] [--runs N]
+#                          [--keep] [--strict] [CASE...]
+#
+#   --build DIR  build tree; tools are taken from DIR/tools   (default ./build)
+#   --bin DIR    directory holding the qchain-* binaries       (overrides --build)
+#   --work DIR   where images are built; kept and reused across runs
+#                (default: a fresh mktemp dir under /var/tmp, removed at exit)
+#   --runs N     timed runs per command, alternating ours/qemu-img (default 5)
+#   --keep       keep the mktemp work dir
+#   --strict     exit 1 if a target is missed or outputs differ
+#   CASE         one of the case_* functions below (default: all cases)
+#
+# Cases
+# -----
+# map   Image: `qemu-img create -f qcow2 img.qcow2 1T` (qcow2 v3, 64 KiB clusters,
+#       16-bit refcounts, no backing file), then MAP_CLUSTERS = 20,000 distinct
+#       64 KiB clusters written with `write -P <pattern> <offset> 64k` through ONE
+#       qemu-io process fed on stdin.  Offsets are cluster-aligned, drawn from
+#       the 2^24 clusters of the 1 TiB disk by the 31-bit LCG
+#       x' = (1103515245*x + 12345) mod 2^31 seeded with MAP_SEED = 20240601
+#       (cluster index = 15 high bits of one draw << 9 | 9 high bits of the
+#       next; duplicates skipped), written in draw order, so host offsets do
+#       not follow guest order.  Pattern byte of the i-th write = 1 + i % 255.
+#       Result: ~1.3 GiB file, ~2,000 L2 tables, ~20,000 data extents.
+#       Compared: `qchain-map --output=json img.qcow2 > /dev/null`
+#             vs. `qemu-img map --output=json img.qcow2 > /dev/null`
+#       Targets (issue 2): qemu-img time / qchain time >= 4, qchain peak RSS
+#       < 16 MiB.  The two JSON outputs must be byte-identical.
+#
+# Measurement
+# -----------
+# Each command runs once untimed (warm-up, page cache; also the output
+# comparison), then N times alternating A B A B ...  Wall time is taken with
+# bash's $EPOCHREALTIME around the command (microseconds; /usr/bin/time's %e
+# has only 10 ms resolution), peak RSS with `/usr/bin/time -f %M` (maxrss of
+# the command, KiB; the same figure `/usr/bin/time -v` prints as "Maximum
+# resident set size").  Absolute times drift on shared machines; the ratio
+# from one run is the figure that counts.
+#
+# Adding a case
+# -------------
+# Write `case_<name>`: build the images under "$WORK/<name>" (reuse them when
+# the stamp matches, see map_setup), set the argv arrays OURS and REF, and
+# optionally PREP (a function run untimed before every timed run, e.g. to
+# restore a fresh copy for commands that modify their images), then call
+# run_pair with the targets.  Add the name to ALL_CASES.
+
+# Functions are called indirectly ("case_$c", "$PREP"):
+# shellcheck disable=SC2317
+set -euo pipefail
+export LC_ALL=C
+
+ALL_CASES=(map)
+
+# --- parameters of case map (change the stamp if you change these) ---------
+MAP_SIZE=1T
+MAP_CLUSTER=65536
+MAP_DISK_CLUSTERS=$((1 << 24))        # 1 TiB / 64 KiB
+MAP_CLUSTERS=20000
+MAP_SEED=20240601
+
+# --- options ----------------------------------------------------------------
+BUILD=./build
+BIN=
+WORK=
+RUNS=5
+KEEP=0
+STRICT=0
+CASES=()
+
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 2; }
+note() { printf '%s\n' "$*" >&2; }
+
+usage() {
+    sed -n '2,/^# Cases/{/^# Cases/d;s/^# \{0,1\}//;p}' "$0"
+}
+
+while (($#)); do
+    case $1 in
+        --build) (($# >= 2)) || die "--build needs a directory"; BUILD=$2; shift 2 ;;
+        --build=*) BUILD=${1#*=}; shift ;;
+        --bin) (($# >= 2)) || die "--bin needs a directory"; BIN=$2; shift 2 ;;
+        --bin=*) BIN=${1#*=}; shift ;;
+        --work) (($# >= 2)) || die "--work needs a directory"; WORK=$2; shift 2 ;;
+        --work=*) WORK=${1#*=}; shift ;;
+        --runs) (($# >= 2)) || die "--runs needs a number"; RUNS=$2; shift 2 ;;
+        --runs=*) RUNS=${1#*=}; shift ;;
+        --keep) KEEP=1; shift ;;
+        --strict) STRICT=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; CASES+=("$@"); break ;;
+        -*) usage >&2; die "unknown option: $1" ;;
+        *) CASES+=("$1"); shift ;;
+    esac
+done
+
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs: not a positive number: $RUNS"
+((${#CASES[@]})) || CASES=("${ALL_CASES[@]}")
+BIN=${BIN:-$BUILD/tools}
+
+# --- prerequisites ----------------------------------------------------------
+((BASH_VERSINFO[0] >= 5)) || die "bash >= 5 needed (for \$EPOCHREALTIME)"
+for t in qemu-img qemu-io; do
+    command -v "$t" >/dev/null || die "$t not found (Debian/Ubuntu: apt-get install qemu-utils)"
+done
+if [[ ! -x /usr/bin/time ]]; then
+    if ((EUID == 0)) && command -v apt-get >/dev/null; then
+        note "installing GNU time (/usr/bin/time) with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q time >/dev/null ||
+            { apt-get update -q >/dev/null &&
+              DEBIAN_FRONTEND=noninteractive apt-get install -y -q time >/dev/null; } ||
+            die "could not install package 'time'"
+    fi
+    [[ -x /usr/bin/time ]] ||
+        die "/usr/bin/time (GNU time) is missing and this is not root; install package 'time'"
+fi
+
+# need_tool NAME: absolute path of a qchain tool, or a clear failure.
+need_tool() {
+    local p=$BIN/$1
+    [[ -x $p ]] || die "$p not found or not executable: build it first
+  (cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build --target $1)
+  or point --build/--bin at a build tree that has it"
+    printf '%s\n' "$(cd "$(dirname "$p")" && pwd)/$1"
+}
+
+# --- work dir ---------------------------------------------------------------
+if [[ -z $WORK ]]; then
+    WORK=$(mktemp -d /var/tmp/qchain-bench.XXXXXX)
+    if ((KEEP)); then
+        trap 'note "work dir kept: $WORK"' EXIT
+    else
+        trap 'rm -rf -- "$WORK"' EXIT
+    fi
+else
+    mkdir -p -- "$WORK"
+fi
+WORK=$(cd "$WORK" && pwd)
+
+# --- measurement ------------------------------------------------------------
+FAILED=0
+TABLE=()
+
+# median/min/max of the numbers on stdin -> "median min max"
+stats() {
+    sort -g | awk '{ v[NR] = $1 }
+        END { if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2;
+              printf "%.6f %.6f %.6f\n", m, v[1], v[NR] }'
+}
+
+# timed OUTFILE_SECONDS OUTFILE_RSS ARGV...: one run, stdout to /dev/null.
+timed() {
+    local secs=$1 rss=$2 tf=$WORK/.time.$$ t0 t1
+    shift 2
+    t0=${EPOCHREALTIME/./}
+    if ! /usr/bin/time -f '%M' -o "$tf" "$@" >/dev/null; then
+        die "command failed: $* (see its stderr above)"
+    fi
+    t1=${EPOCHREALTIME/./}
+    awk -v d=$((t1 - t0)) 'BEGIN { printf "%.6f\n", d / 1e6 }' >>"$secs"
+    tail -n 1 "$tf" >>"$rss"
+    rm -f -- "$tf"
+}
+
+# run_pair CASE [--min-speedup X] [--max-rss-kib K] [--same-output]
+#   Runs OURS and REF (argv arrays) alternately RUNS times, PREP (if set)
+#   before each run; records a table block and checks the targets.
+run_pair() {
+    local name=$1 min_speedup='' max_rss='' same=0
+    shift
+    while (($#)); do
+        case $1 in
+            --min-speedup) min_speedup=$2; shift 2 ;;
+            --max-rss-kib) max_rss=$2; shift 2 ;;
+            --same-output) same=1; shift ;;
+            *) die "run_pair: bad argument $1" ;;
+        esac
+    done
+    local d=$WORK/.res.$name i out_ours out_ref
+    rm -rf -- "$d"; mkdir -p -- "$d"
+
+    # Warm-up + output comparison (untimed).
+    out_ours=$d/ours.out; out_ref=$d/ref.out
+    [[ -z ${PREP:-} ]] || "$PREP"
+    "${OURS[@]}" >"$out_ours" || die "command failed: ${OURS[*]}"
+    [[ -z ${PREP:-} ]] || "$PREP"
+    "${REF[@]}" >"$out_ref" || die "command failed: ${REF[*]}"
+    local cmp=-
+    if ((same)); then
+        if cmp -s -- "$out_ours" "$out_ref"; then
+            cmp=OK
+        else
+            cmp=DIFFER
+            FAILED=1
+            note "[$name] outputs differ; first lines of the diff:"
+            diff -- "$out_ref" "$out_ours" | head -n 10 >&2 || true
+        fi
+    fi
+
+    note "[$name] timing $RUNS x (${OURS[0]##*/} / ${REF[0]##*/} ${REF[1]:-}), alternating"
+    for ((i = 1; i <= RUNS; i++)); do
+        [[ -z ${PREP:-} ]] || "$PREP"
+        timed "$d/ours.s" "$d/ours.rss" "${OURS[@]}"
+        [[ -z ${PREP:-} ]] || "$PREP"
+        timed "$d/ref.s" "$d/ref.rss" "${REF[@]}"
+    done
+
+    local mo omin omax mr rmin rmax rss_o rss_r _
+    read -r mo omin omax <<<"$(stats <"$d/ours.s")"
+    read -r mr rmin rmax <<<"$(stats <"$d/ref.s")"
+    read -r rss_o _ <<<"$(stats <"$d/ours.rss")"
+    read -r rss_r _ <<<"$(stats <"$d/ref.rss")"
+    local lo=${OURS[0]##*/} lr="${REF[0]##*/} ${REF[1]:-}"
+    TABLE+=("$(printf '%-8s %-16s %4d %10.4f %10.4f %10.4f %12.0f' \
+        "$name" "$lo" "$RUNS" "$mo" "$omin" "$omax" "$rss_o")")
+    TABLE+=("$(printf '%-8s %-16s %4d %10.4f %10.4f %10.4f %12.0f' \
+        "$name" "$lr" "$RUNS" "$mr" "$rmin" "$rmax" "$rss_r")")
+
+    local speed ratio verdict
+    speed=$(awk -v a="$mr" -v b="$mo" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')
+    ratio=$(awk -v a="$mo" -v b="$mr" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')
+    local line="  $name: time ours/qemu-img = $ratio, speedup qemu-img/ours = ${speed}x"
+    if [[ -n $min_speedup ]]; then
+        if awk -v s="$speed" -v t="$min_speedup" 'BEGIN { exit !(s >= t) }'; then
+            verdict=MET
+        else
+            verdict="NOT MET"; FAILED=1
+        fi
+        line+=" (target >= ${min_speedup}x: $verdict)"
+    fi
+    TABLE+=("$line")
+    line=$(printf '  %s: peak RSS ours = %.0f KiB, qemu-img = %.0f KiB' "$name" "$rss_o" "$rss_r")
+    if [[ -n $max_rss ]]; then
+        if awk -v r="$rss_o" -v t="$max_rss" 'BEGIN { exit !(r < t) }'; then
+            verdict=MET
+        else
+            verdict="NOT MET"; FAILED=1
+        fi
+        line+=" (target < $max_rss KiB: $verdict)"
+    fi
+    TABLE+=("$line")
+    ((same)) && TABLE+=("  $name: outputs byte-identical: $cmp")
+    TABLE+=("")
+    unset PREP
+}
+
+# --- case map ---------------------------------------------------------------
+map_setup() {
+    local dir=$WORK/map img=$WORK/map/img.qcow2
+    local stamp="map size=$MAP_SIZE clusters=$MAP_CLUSTERS seed=$MAP_SEED v1"
+    mkdir -p -- "$dir"
+    if [[ -f $img && -f $dir/stamp && $(<"$dir/stamp") == "$stamp" ]]; then
+        note "[map] reusing $img"
+        return
+    fi
+    rm -f -- "$img" "$dir/stamp"
+    note "[map] building $img: $MAP_SIZE, $MAP_CLUSTERS scattered 64 KiB clusters (seed $MAP_SEED)"
+
+    # Command script: one `write` per distinct pseudo-random cluster.
+    local x=$MAP_SEED n=0 hi lo c
+    local -A seen=()
+    {
+        while ((n < MAP_CLUSTERS)); do
+            x=$(((1103515245 * x + 12345) & 0x7fffffff)); hi=$((x >> 16))
+            x=$(((1103515245 * x + 12345) & 0x7fffffff)); lo=$((x >> 22))
+            c=$(((hi << 9 | lo) % MAP_DISK_CLUSTERS))
+            [[ -z ${seen[$c]:-} ]] || continue
+            seen[$c]=1
+            printf 'write -P %d %d 64k\n' $((1 + n % 255)) $((c * MAP_CLUSTER))
+            n=$((n + 1))
+        done
+        printf 'quit\n'
+    } >"$dir/cmds"
+
+    qemu-img create -q -f qcow2 -o "cluster_size=$MAP_CLUSTER" "$img" "$MAP_SIZE"
+    local t0=$SECONDS
+    qemu-io -f qcow2 "$img" <"$dir/cmds" >"$dir/qemu-io.log" 2>&1 ||
+        die "qemu-io failed, see $dir/qemu-io.log"
+    if grep -q -i 'error\|failed' "$dir/qemu-io.log"; then
+        die "qemu-io reported errors, see $dir/qemu-io.log"
+    fi
+    # Every write allocates exactly one cluster; check says so.
+    local alloc
+    alloc=$(qemu-img check "$img" | sed -n 's|^\([0-9]*\)/[0-9]* = .* allocated.*|\1|p')
+    [[ $alloc == "$MAP_CLUSTERS" ]] ||
+        die "image has ${alloc:-?} allocated clusters, expected $MAP_CLUSTERS"
+    note "[map] built in $((SECONDS - t0)) s, $(du -h --apparent-size "$img" | cut -f1) file"
+    printf '%s\n' "$stamp" >"$dir/stamp"
+}
+
+case_map() {
+    local qmap
+    qmap=$(need_tool qchain-map)
+    map_setup
+    local img=$WORK/map/img.qcow2
+    OURS=("$qmap" --output=json "$img")
+    REF=(qemu-img map --output=json "$img")
+    run_pair map --min-speedup 4 --max-rss-kib 16384 --same-output
+}
+
+# --- main -------------------------------------------------------------------
+for c in "${CASES[@]}"; do
+    declare -F "case_$c" >/dev/null || die "unknown case: $c (known: ${ALL_CASES[*]})"
+done
+for c in "${CASES[@]}"; do
+    "case_$c"
+done
+
+printf '\n%-8s %-16s %4s %10s %10s %10s %12s\n' \
+    case command runs median_s min_s max_s med_rss_KiB
+printf '%s\n' "${TABLE[@]}"
+if ((FAILED)); then
+    printf 'RESULT: some targets NOT MET or outputs DIFFER\n'
+    ((STRICT)) && exit 1
+else
+    printf 'RESULT: all targets met\n'
+fi
+exit 0
