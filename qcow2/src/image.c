@@ -296,11 +296,16 @@ static int open_qcow2(struct qcow2_image *img)
     return 0;
 }
 
-static bool probe_qcow2(struct qcow2_image *img)
+/* QEMU's probe: qcow2 when the magic is there with version >= 2, raw
+ * otherwise (a file shorter than 8 bytes too).  Returns 1, 0 or -errno. */
+static int probe_qcow2(struct qcow2_image *img)
 {
     uint8_t b[8];
     int64_t n = img->io.pread(img->io.ctx, b, sizeof(b), 0);
 
+    if (n < 0)
+        return q2_err(img, (int)n, "cannot read the image to probe its "
+                      "format: %s", qcow2_strerror((int)n));
     return n == 8 && q2_load_be32(b) == Q2_MAGIC && q2_load_be32(b + 4) >= 2;
 }
 
@@ -333,8 +338,10 @@ static int open_layer(struct qcow2_image *img, const char *name,
         return q2_err(img, -ENOTSUP, "unsupported image format '%s'",
                       img->opts.format);
     } else {
-        img->format = probe_qcow2(img) ? QCOW2_FORMAT_QCOW2
-                                        : QCOW2_FORMAT_RAW;
+        rc = probe_qcow2(img);
+        if (rc < 0)
+            return rc;
+        img->format = rc ? QCOW2_FORMAT_QCOW2 : QCOW2_FORMAT_RAW;
     }
     if (img->format == QCOW2_FORMAT_RAW) {
         /* QEMU counts whole sectors, rounding a raw file up */
@@ -517,10 +524,11 @@ int qcow2_open(struct qcow2_image *img, const char *path,
 int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *out)
 {
     struct qcow2_info i;
-    const struct qcow2_header *h = &img->hp.h;
+    const struct qcow2_header *h;
 
     if (!usable(img) || !out)
         return -EINVAL;
+    h = &img->hp.h;
     memset(&i, 0, sizeof(i));
     i.format = img->format;
     i.filename = img->filename;
@@ -906,12 +914,12 @@ static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
     int64_t n;
     int rc;
 
-    if (!l->dbuf) {
+    if (!l->cbuf)
         l->cbuf = malloc(2 * l->cluster_size);
+    if (!l->dbuf)
         l->dbuf = malloc(l->cluster_size);
-        if (!l->cbuf || !l->dbuf)
-            return -ENOMEM;
-    }
+    if (!l->cbuf || !l->dbuf)
+        return q2_err(top, -ENOMEM, "out of memory");
     /* key: the descriptor's offset + 1 (0 means empty) */
     if (l->dbuf_key != e->offset + 1) {
         l->dbuf_key = 0;
