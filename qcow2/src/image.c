@@ -76,19 +76,29 @@ static void release(struct qcow2_image *img)
     free(img->data_file_name);
     free(img->cbuf);
     free(img->dbuf);
+    free(img->wbuf);
+    free(img->pending_free);
     q2_snap_free(img->snaps, img->n_snaps);
     q2_bitmap_free(img->bitmaps, img->n_bitmaps);
 }
 
-void qcow2_close(struct qcow2_image *img)
+int qcow2_close(struct qcow2_image *img)
 {
+    int rc = 0;
+
     while (img && img->magic == Q2_HANDLE_MAGIC) {
         struct qcow2_image *next = img->backing;
+        if (img->writable && img->state == Q2_STATE_OPEN) {
+            int r = q2_write_close(img);
+            if (r < 0 && rc == 0)
+                rc = r;
+        }
         release(img);
         img->magic = 0;
         free(img);
         img = next;
     }
+    return rc;
 }
 
 /* A NUL-terminated copy of a name read from the file; names with NUL bytes
@@ -470,8 +480,6 @@ int qcow2_open_io(struct qcow2_image *img, struct qcow2_io *io,
     img->io = *io;
     img->io_open = true;
     img->state = Q2_STATE_CLOSED; /* until fully open */
-    if (opts && (opts->flags & QCOW2_OPEN_RDWR))
-        return q2_err(img, -ENOTSUP, "writing images is not supported yet");
     rc = open_layer(img, name, opts);
     if (rc == 0 && img->backing_name &&
         !(img->opts.flags & QCOW2_OPEN_NO_BACKING)) {
@@ -483,7 +491,10 @@ int qcow2_open_io(struct qcow2_image *img, struct qcow2_io *io,
         if (!img->backing_path)
             rc = -ENOMEM;
     }
+    if (rc == 0 && (img->opts.flags & QCOW2_OPEN_RDWR))
+        rc = q2_write_prepare(img);
     if (rc < 0) {
+        img->writable = false;
         if (!img->err_set)
             q2_err(img, rc, "%s", qcow2_strerror(rc));
         return rc;

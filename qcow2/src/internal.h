@@ -91,10 +91,21 @@ Q2_HIDDEN void q2_hdr_feature_name(const struct q2_hdr_parsed *p, unsigned type,
 
 /* ---- Metadata cache (cache.c): fixed number of cluster-sized pages keyed
  * by host offset, LRU replacement. ---- */
+/* What a page holds; dirty pages are written back kind by kind. */
+enum q2_page_kind {
+    Q2_PAGE_META = 0, /* read only */
+    Q2_PAGE_REFBLOCK,
+    Q2_PAGE_REFTABLE,
+    Q2_PAGE_L2,
+    Q2_PAGE_L1
+};
+
 struct q2_cache_slot {
     uint64_t key;  /* host offset of the page */
     uint64_t used; /* LRU tick */
     bool valid;
+    bool dirty;
+    enum q2_page_kind kind;
 };
 
 struct q2_cache {
@@ -104,6 +115,8 @@ struct q2_cache {
     struct q2_cache_slot *slots;
     uint8_t *mem;         /* nslots * page bytes */
     uint64_t hits, misses;
+    int (*flush)(void *ctx); /* write every dirty page (owner's order) */
+    void *flush_ctx;
 };
 
 Q2_HIDDEN int q2_cache_init(struct q2_cache *c, size_t page, size_t budget);
@@ -113,6 +126,22 @@ Q2_HIDDEN void q2_cache_free(struct q2_cache *c);
  * next call. */
 Q2_HIDDEN int q2_cache_get(struct q2_cache *c, const struct qcow2_io *io,
                            uint64_t key, const uint8_t **out);
+/* Like q2_cache_get, for a page about to be modified (marked dirty). */
+Q2_HIDDEN int q2_cache_get_mut(struct q2_cache *c, const struct qcow2_io *io,
+                               uint64_t key, enum q2_page_kind kind,
+                               uint8_t **out);
+/* A zero-filled dirty page for a newly allocated cluster (no read). */
+Q2_HIDDEN int q2_cache_new(struct q2_cache *c, uint64_t key,
+                           enum q2_page_kind kind, uint8_t **out);
+/* Write every dirty page of one kind; counts them in *written. */
+Q2_HIDDEN int q2_cache_write_kind(struct q2_cache *c,
+                                  const struct qcow2_io *io,
+                                  enum q2_page_kind kind, unsigned *written);
+Q2_HIDDEN bool q2_cache_dirty(const struct q2_cache *c);
+Q2_HIDDEN bool q2_cache_dirty_kind(const struct q2_cache *c,
+                                   enum q2_page_kind kind);
+/* Forget a page (its cluster was freed or rewritten behind the cache). */
+Q2_HIDDEN void q2_cache_drop(struct q2_cache *c, uint64_t key);
 
 /* ---- Compressed clusters (compress.c) ---- */
 /* Decompress src[0..srclen) into exactly dstlen bytes.  Returns 0,
@@ -209,6 +238,15 @@ struct qcow2_image {
     int prealloc;              /* -1 unknown, 0/1 QEMU's heuristic */
     bool l1_checked;           /* the active view's L1 passed q2_l1_check */
 
+    /* writer (write.c, refcount.c) */
+    bool writable;
+    int write_err;             /* sticky: first failed write, refuses more */
+    uint64_t free_hint;        /* lowest cluster index that may be free */
+    uint64_t *pending_free;    /* clusters to decrement after the next L2/L1
+                                  barrier (q2_flush step 5) */
+    size_t n_pending, cap_pending;
+    uint8_t *wbuf;             /* one cluster of scratch for copy on write */
+
     /* chain */
     struct qcow2_image *backing;
     unsigned depth;            /* position in the chain, 0 = top */
@@ -227,6 +265,28 @@ Q2_HIDDEN int q2_map_layer(struct qcow2_image *img, uint64_t start,
  * QEMU never writes, and which would let a small file describe an
  * unbounded amount of mapping work). */
 Q2_HIDDEN int q2_l1_check(struct qcow2_image *img);
+
+/* ---- refcount.c ---- */
+/* Add delta (+1 or -1) to a cluster's refcount in its (cached) block. */
+Q2_HIDDEN int q2_rc_update(struct qcow2_image *img, uint64_t cluster,
+                           int delta);
+/* Allocate n contiguous clusters (refcounts set to 1); *out = offset. */
+Q2_HIDDEN int q2_rc_alloc(struct qcow2_image *img, uint64_t n,
+                          uint64_t *out);
+/* Decrement every cluster touching [off, off+len) once the references to
+ * them are gone from durable metadata (after the next flush barrier). */
+Q2_HIDDEN int q2_rc_free_later(struct qcow2_image *img, uint64_t off,
+                               uint64_t len);
+Q2_HIDDEN int q2_rc_apply_pending(struct qcow2_image *img);
+
+/* ---- write.c ---- */
+/* Write every dirty page in crash-safe order (refcount blocks, table,
+ * fsync, L2 tables, fsync, L1, fsync) and apply deferred frees. */
+Q2_HIDDEN int q2_flush(struct qcow2_image *img);
+/* Make a freshly opened image writable (checks, autoclear bits). */
+Q2_HIDDEN int q2_write_prepare(struct qcow2_image *img);
+/* Final flushes at close; returns the first error. */
+Q2_HIDDEN int q2_write_close(struct qcow2_image *img);
 
 /* QEMU's metadata-preallocation heuristic for an image (0 or 1). */
 Q2_HIDDEN int q2_detect_prealloc(struct qcow2_image *img);

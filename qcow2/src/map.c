@@ -389,53 +389,6 @@ int q2_map_layer(struct qcow2_image *img, uint64_t start, uint64_t len,
     return map_qcow2(img, start, len, ext);
 }
 
-/* ---- refcounts (read side) ---- */
-
-int q2_refcount_get(struct qcow2_image *img, uint64_t cluster, uint64_t *out)
-{
-    unsigned order = img->hp.h.refcount_order;
-    unsigned rb_bits = img->cluster_bits + 3 - order; /* entries per block */
-    uint64_t rt_idx = cluster >> rb_bits;
-    uint64_t rt_entries = ((uint64_t)img->hp.h.refcount_table_clusters
-                           << img->cluster_bits) / 8;
-    uint64_t pos, key, rb_off, i;
-    const uint8_t *page;
-    int rc;
-
-    *out = 0;
-    if (rt_idx >= rt_entries)
-        return 0;
-    pos = img->hp.h.refcount_table_offset + rt_idx * 8;
-    key = pos & ~(img->cluster_size - 1);
-    rc = q2_cache_get(&img->cache, &img->io, key, &page);
-    if (rc < 0)
-        return rc;
-    rb_off = q2_load_be64(page + (pos - key)) & Q2_REFT_OFFSET_MASK;
-    if (rb_off == 0)
-        return 0;
-    if (rb_off & (img->cluster_size - 1))
-        return q2_err(img, -QCOW2_ECORRUPT, "refcount block offset 0x%" PRIx64
-                      " is not cluster aligned (at offset 0x%" PRIx64 ")",
-                      rb_off, pos);
-    rc = q2_cache_get(&img->cache, &img->io, rb_off, &page);
-    if (rc < 0)
-        return rc;
-    i = cluster & ((1ull << rb_bits) - 1);
-    switch (order) {
-    case 0: case 1: case 2: {
-        unsigned w = 1u << order;
-        uint64_t bit = i * w;
-        *out = (page[bit / 8] >> (bit % 8)) & ((1u << w) - 1);
-        break;
-    }
-    case 3: *out = page[i]; break;
-    case 4: *out = q2_load_be16(page + i * 2); break;
-    case 5: *out = q2_load_be32(page + i * 4); break;
-    default: *out = q2_load_be64(page + i * 8); break;
-    }
-    return 0;
-}
-
 /*
  * QEMU decides whether an image "was preallocated with metadata" by
  * counting clusters with a non-zero refcount against the clusters the file

@@ -110,8 +110,13 @@ QCOW2_API int qcow2_open_io(struct qcow2_image *img, struct qcow2_io *io,
                             const char *name,
                             const struct qcow2_open_opts *opts);
 
-/** Close a handle and its whole backing chain.  Accepts NULL. */
-QCOW2_API void qcow2_close(struct qcow2_image *img);
+/**
+ * Close a handle and its whole backing chain.  Accepts NULL.  A writable
+ * image is flushed first.
+ * @return 0, or the first error of the final flush (the handle is freed
+ *         all the same).
+ */
+QCOW2_API int qcow2_close(struct qcow2_image *img);
 
 /** Message describing the last failure on this handle ("" if none). */
 QCOW2_API const char *qcow2_errmsg(const struct qcow2_image *img);
@@ -350,6 +355,45 @@ QCOW2_API int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
  */
 QCOW2_API int64_t qcow2_host_pread(struct qcow2_image *img, bool data_file,
                                    void *buf, size_t len, uint64_t off);
+
+/* ------------------------------------------------------------------------ */
+/* Writing (open with QCOW2_OPEN_RDWR)                                      */
+/* ------------------------------------------------------------------------ */
+/*
+ * Writes are crash safe by order: a cluster's refcount and data are durable
+ * before any table points to it, so a writer killed at any moment leaves an
+ * image with leaked clusters at worst.  Metadata is written back in batches
+ * (when the cache fills, on qcow2_flush, at close).  After a failed write
+ * the handle refuses further writes with the same error.  Writing refuses
+ * images with the corrupt or dirty bit, encryption, an external data file
+ * or persistent bitmaps (-EACCES / -ENOTSUP at open).
+ */
+
+/** Write guest data.  @return len, -EROFS, -EINVAL (beyond the virtual
+ *  size), -ENOSPC/-EIO/... from the backend, -EFBIG (QEMU limits). */
+QCOW2_API int64_t qcow2_pwrite(struct qcow2_image *img, const void *buf,
+                               size_t len, uint64_t off);
+
+/** Make a guest range read as zeros: whole clusters (subclusters) become
+ *  zero clusters and release their storage; partial ones get zero bytes.
+ *  @return 0 or as qcow2_pwrite. */
+QCOW2_API int qcow2_pwrite_zeroes(struct qcow2_image *img, uint64_t off,
+                                  uint64_t len);
+
+/** Discard whole clusters of a range as QEMU does: they read as zeros
+ *  afterwards (version 3, or without a backing file); partial clusters and
+ *  version 2 images over a backing file are left as they are.
+ *  @return 0 or as qcow2_pwrite. */
+QCOW2_API int qcow2_discard(struct qcow2_image *img, uint64_t off,
+                            uint64_t len);
+
+/** Make everything written so far durable.  @return 0 or -errno. */
+QCOW2_API int qcow2_flush(struct qcow2_image *img);
+
+/** Grow the virtual size (a multiple of 512).  Data a larger backing file
+ *  holds past the old size does not show through.
+ *  @return 0, -EINVAL, -ENOTSUP (shrinking), -EFBIG. */
+QCOW2_API int qcow2_resize(struct qcow2_image *img, uint64_t size);
 
 #ifdef __cplusplus
 }

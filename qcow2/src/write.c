@@ -1,0 +1,731 @@
+/*
+ * write.c - guest writes into qcow2 and raw images: allocation, copy on
+ * write, zero writes, discard, growth, and the order of durable writes.
+ *
+ * Crash safety comes from the order in which the pieces reach the disk
+ * (QEMU's cache dependencies, made explicit):
+ *
+ *   guest write of a new cluster:
+ *     allocate (refcount +1 in a cached block)   -> dirty REFBLOCK page
+ *     write the cluster's data (pwrite, now)      -> data in the file
+ *     set the L2 entry (host | COPIED)            -> dirty L2 page
+ *     old cluster replaced (shared/compressed)    -> deferred decrement
+ *
+ *   q2_flush, the only writer of metadata:
+ *     1. write dirty refcount blocks
+ *     2. if the refcount table changed: fsync, then write its pages
+ *     3. fsync              refcounts and data are durable
+ *     4. write dirty L2 tables, fsync
+ *     5. write dirty L1 pages, fsync
+ *     6. apply deferred decrements (they reach the disk at the next
+ *        flush's step 1, after the references they drop are gone)
+ *
+ * So at every moment the file holds, for every L2/L1 entry on disk, a
+ * durable cluster with a durable refcount >= its references: a writer
+ * killed anywhere leaves leaked clusters at worst.  Flushes are batched:
+ * they happen when the cache is full of dirty pages, on qcow2_flush and at
+ * close, not per cluster.
+ *
+ * A failed write or flush makes the handle refuse every later write with
+ * the same error (sticky, like SQLite's pager ERROR state).
+ *
+ * Clusters whose L2 entry lacks COPIED (shared with an internal snapshot)
+ * and compressed clusters are never written in place: the new data goes to
+ * a new cluster together with the old content of the rest of it.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "endian.h"
+#include "format.h"
+#include "internal.h"
+
+#define MAX_PENDING_FREES (1u << 16) /* flush when this many wait */
+
+/* ------------------------------------------------------------------------ */
+/* Flush                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static int fail(struct qcow2_image *img, int rc, const char *what)
+{
+    if (!img->write_err)
+        img->write_err = rc;
+    return q2_err(img, rc, "%s: %s", what, qcow2_strerror(rc));
+}
+
+int q2_flush(struct qcow2_image *img)
+{
+    unsigned n = 0;
+    int rc;
+
+    if (img->write_err)
+        return img->write_err;
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return (rc = img->io.flush(img->io.ctx)) < 0
+                   ? fail(img, rc, "cannot flush the image") : 0;
+
+    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_REFBLOCK,
+                                  &n)) < 0)
+        return fail(img, rc, "cannot write refcount blocks");
+    if (q2_cache_dirty_kind(&img->cache, Q2_PAGE_REFTABLE)) {
+        /* a new block must be durable before the table entry naming it */
+        if ((rc = img->io.flush(img->io.ctx)) < 0)
+            return fail(img, rc, "cannot flush the image");
+        if ((rc = q2_cache_write_kind(&img->cache, &img->io,
+                                      Q2_PAGE_REFTABLE, &n)) < 0)
+            return fail(img, rc, "cannot write the refcount table");
+    }
+    if ((rc = img->io.flush(img->io.ctx)) < 0)
+        return fail(img, rc, "cannot flush the image");
+    n = 0;
+    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_L2, &n)) < 0)
+        return fail(img, rc, "cannot write L2 tables");
+    if (n && (rc = img->io.flush(img->io.ctx)) < 0)
+        return fail(img, rc, "cannot flush the image");
+    n = 0;
+    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_L1, &n)) < 0)
+        return fail(img, rc, "cannot write the L1 table");
+    if (n && (rc = img->io.flush(img->io.ctx)) < 0)
+        return fail(img, rc, "cannot flush the image");
+    if (img->n_pending && (rc = q2_rc_apply_pending(img)) < 0)
+        return fail(img, rc, "cannot free clusters");
+    return 0;
+}
+
+static int flush_cb(void *ctx)
+{
+    return q2_flush(ctx);
+}
+
+int q2_write_close(struct qcow2_image *img)
+{
+    int rc;
+
+    if (!img->writable || img->write_err)
+        return img->write_err;
+    /* twice: the second writes the decrements the first released */
+    rc = q2_flush(img);
+    if (rc == 0 && img->format == QCOW2_FORMAT_QCOW2)
+        rc = q2_flush(img);
+    return rc;
+}
+
+/* A synced write of header bytes (single fields, as QEMU updates them). */
+static int write_header(struct qcow2_image *img, uint64_t off,
+                        const void *buf, size_t len)
+{
+    int64_t n = img->io.pwrite(img->io.ctx, buf, len, off);
+    int rc;
+
+    if (n < 0)
+        return fail(img, (int)n, "cannot write the header");
+    if ((rc = img->io.flush(img->io.ctx)) < 0)
+        return fail(img, rc, "cannot flush the header");
+    return 0;
+}
+
+int q2_write_prepare(struct qcow2_image *img)
+{
+    struct qcow2_header *h = &img->hp.h;
+    uint8_t b[8];
+    int rc;
+
+    img->writable = true;
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return 0;
+    if (h->incompatible_features & Q2_INCOMPAT_CORRUPT)
+        return q2_err(img, -EACCES, "image is marked corrupt and cannot be "
+                      "opened for writing (repair it first)");
+    if (h->incompatible_features & Q2_INCOMPAT_DIRTY)
+        return q2_err(img, -ENOTSUP, "image was not closed cleanly (dirty "
+                      "bit, lazy refcounts): its refcounts must be rebuilt "
+                      "before it is written");
+    if (img->encrypted)
+        return q2_err(img, -ENOTSUP, "writing encrypted images is not "
+                      "supported");
+    if (img->external_data)
+        return q2_err(img, -ENOTSUP, "writing images with an external data "
+                      "file is not supported");
+    if (img->n_bitmaps)
+        return q2_err(img, -ENOTSUP, "writing images with persistent "
+                      "bitmaps is not supported yet");
+    img->wbuf = malloc(img->cluster_size);
+    if (!img->wbuf)
+        return -ENOMEM;
+    img->cache.flush = flush_cb;
+    img->cache.flush_ctx = img;
+    if (h->autoclear_features & ~Q2_AUTOCLEAR_KNOWN) {
+        /* the spec: clear unknown autoclear bits before the first write */
+        h->autoclear_features &= Q2_AUTOCLEAR_KNOWN;
+        q2_store_be64(b, h->autoclear_features);
+        rc = write_header(img, 88, b, 8);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* L1 / L2 access for writing                                               */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t l1_pos(const struct qcow2_image *img, uint64_t idx)
+{
+    return img->l1_offset + idx * 8;
+}
+
+static int l1_read(struct qcow2_image *img, uint64_t idx, uint64_t *out)
+{
+    uint64_t pos = l1_pos(img, idx), key = pos & ~(img->cluster_size - 1);
+    const uint8_t *page;
+    int rc = q2_cache_get(&img->cache, &img->io, key, &page);
+
+    if (rc < 0)
+        return rc;
+    *out = q2_load_be64(page + (pos - key));
+    return 0;
+}
+
+static int l1_write(struct qcow2_image *img, uint64_t idx, uint64_t v)
+{
+    uint64_t pos = l1_pos(img, idx), key = pos & ~(img->cluster_size - 1);
+    uint8_t *page;
+    int rc = q2_cache_get_mut(&img->cache, &img->io, key, Q2_PAGE_L1, &page);
+
+    if (rc < 0)
+        return rc;
+    q2_store_be64(page + (pos - key), v);
+    return 0;
+}
+
+/* The L2 table for l1 index idx, allocated or copied so that it can be
+ * written (COPIED set in the L1 entry).  *l2_off receives its offset. */
+static int l2_for_write(struct qcow2_image *img, uint64_t idx,
+                        uint64_t *l2_off)
+{
+    uint64_t e, old, neu;
+    const uint8_t *src;
+    uint8_t *dst;
+    int rc;
+
+    rc = l1_read(img, idx, &e);
+    if (rc < 0)
+        return rc;
+    old = e & Q2_L1E_OFFSET_MASK;
+    if (old && (e & Q2_OFLAG_COPIED)) {
+        *l2_off = old;
+        return 0;
+    }
+    rc = q2_rc_alloc(img, 1, &neu);
+    if (rc < 0)
+        return rc;
+    if (old) {
+        /* shared with a snapshot: copy it (the data clusters it names are
+         * already counted for both tables) */
+        rc = q2_cache_get(&img->cache, &img->io, old, &src);
+        if (rc < 0)
+            return rc;
+        memcpy(img->wbuf, src, img->cluster_size);
+        rc = q2_cache_new(&img->cache, neu, Q2_PAGE_L2, &dst);
+        if (rc < 0)
+            return rc;
+        memcpy(dst, img->wbuf, img->cluster_size);
+        rc = q2_rc_free_later(img, old, img->cluster_size);
+        if (rc < 0)
+            return rc;
+    } else {
+        rc = q2_cache_new(&img->cache, neu, Q2_PAGE_L2, &dst);
+        if (rc < 0)
+            return rc;
+    }
+    rc = l1_write(img, idx, neu | Q2_OFLAG_COPIED);
+    if (rc < 0)
+        return rc;
+    *l2_off = neu;
+    return 0;
+}
+
+/* Read and write one L2 entry (and its bitmap with extended L2). */
+static int l2_get(struct qcow2_image *img, uint64_t l2_off, unsigned i,
+                  uint64_t *e, uint64_t *bm)
+{
+    const uint8_t *page;
+    int rc = q2_cache_get(&img->cache, &img->io, l2_off, &page);
+
+    if (rc < 0)
+        return rc;
+    *e = q2_load_be64(page + (size_t)i * img->l2_entry_len);
+    *bm = img->extended_l2 ? q2_load_be64(page + (size_t)i * 16 + 8) : 0;
+    return 0;
+}
+
+static int l2_set(struct qcow2_image *img, uint64_t l2_off, unsigned i,
+                  uint64_t e, uint64_t bm)
+{
+    uint8_t *page;
+    int rc = q2_cache_get_mut(&img->cache, &img->io, l2_off, Q2_PAGE_L2,
+                              &page);
+
+    if (rc < 0)
+        return rc;
+    q2_store_be64(page + (size_t)i * img->l2_entry_len, e);
+    if (img->extended_l2)
+        q2_store_be64(page + (size_t)i * 16 + 8, bm);
+    return 0;
+}
+
+/* Release whatever host storage an L2 entry holds (after the barrier). */
+static int free_entry_later(struct qcow2_image *img, uint64_t e)
+{
+    if (e & Q2_OFLAG_COMPRESSED) {
+        uint64_t coff = e & img->coffset_mask;
+        uint64_t nb = ((e >> img->csize_shift) & img->csize_mask) + 1;
+        return q2_rc_free_later(img, coff & ~511ull, nb * 512);
+    }
+    if (e & Q2_L2E_OFFSET_MASK)
+        return q2_rc_free_later(img, e & Q2_L2E_OFFSET_MASK,
+                                img->cluster_size);
+    return 0;
+}
+
+static int64_t data_pwrite(struct qcow2_image *img, const void *buf,
+                           size_t len, uint64_t off)
+{
+    int64_t n = img->io.pwrite(img->io.ctx, buf, len, off);
+    if (n < 0)
+        return fail(img, (int)n, "cannot write data");
+    return n;
+}
+
+/* The current guest view of [off, off+len) (for copy on write). */
+static int read_view(struct qcow2_image *img, uint8_t *buf, size_t len,
+                     uint64_t off)
+{
+    int64_t n = qcow2_pread(img, buf, len, off);
+
+    if (n < 0)
+        return (int)n;
+    if ((size_t)n < len)
+        memset(buf + n, 0, len - (size_t)n);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* One cluster                                                              */
+/* ------------------------------------------------------------------------ */
+
+enum wmode { W_DATA, W_ZERO, W_DISCARD };
+
+/*
+ * Write into guest cluster `gc`, bytes [in, in+len) of it.  src: the data
+ * (W_DATA), NULL for zeros.  Standard L2 entries.
+ */
+static int write_std(struct qcow2_image *img, uint64_t gc, uint64_t in,
+                     uint64_t len, const uint8_t *src, enum wmode mode)
+{
+    uint64_t cs = img->cluster_size, goff = gc << img->cluster_bits;
+    uint64_t l1_idx = gc >> img->l2_bits, l2_off, e, bm, host, neu;
+    unsigned i = (unsigned)(gc & ((1ull << img->l2_bits) - 1));
+    bool full = in == 0 && len == cs;
+    bool v3 = img->hp.h.version >= 3;
+    bool in_place;
+    int rc;
+
+    /* whole clusters of zeros or discards change only metadata */
+    if (mode != W_DATA && full) {
+        if (mode == W_DISCARD && !v3 && img->backing)
+            return 0; /* QEMU ignores discards there */
+        rc = l2_for_write(img, l1_idx, &l2_off);
+        if (rc < 0)
+            return rc;
+        rc = l2_get(img, l2_off, i, &e, &bm);
+        if (rc < 0)
+            return rc;
+        if (v3) {
+            /* the zero flag; discarding without a backing file leaves the
+             * cluster unallocated, which reads as zeros as well */
+            uint64_t ne = (mode == W_DISCARD && !img->backing)
+                              ? 0 : Q2_OFLAG_ZERO;
+            if (e == ne)
+                return 0;
+            rc = l2_set(img, l2_off, i, ne, 0);
+            if (rc < 0)
+                return rc;
+            return free_entry_later(img, e);
+        }
+        if (!img->backing) {
+            if (e == 0)
+                return 0;
+            rc = l2_set(img, l2_off, i, 0, 0);
+            if (rc < 0)
+                return rc;
+            return free_entry_later(img, e);
+        }
+        /* version 2 over a backing file: real zeros below */
+    }
+    if (mode == W_DISCARD)
+        return 0; /* partial discards are ignored, as QEMU does */
+
+    rc = l2_for_write(img, l1_idx, &l2_off);
+    if (rc < 0)
+        return rc;
+    rc = l2_get(img, l2_off, i, &e, &bm);
+    if (rc < 0)
+        return rc;
+    host = e & Q2_L2E_OFFSET_MASK;
+    in_place = !(e & Q2_OFLAG_COMPRESSED) && host &&
+               (e & Q2_OFLAG_COPIED);
+    if (in_place && !(e & Q2_OFLAG_ZERO)) {
+        /* our own cluster: overwrite in place */
+        if (src) {
+            if (data_pwrite(img, src, len, host + in) < 0)
+                return img->write_err;
+        } else {
+            memset(img->wbuf, 0, len);
+            if (data_pwrite(img, img->wbuf, len, host + in) < 0)
+                return img->write_err;
+        }
+        return 0;
+    }
+    /* build the whole new cluster: old view, then the new bytes */
+    if (!full) {
+        if (e & Q2_OFLAG_ZERO)
+            memset(img->wbuf, 0, cs);
+        else if ((rc = read_view(img, img->wbuf, cs, goff)) < 0)
+            return rc;
+    }
+    if (src)
+        memcpy(img->wbuf + in, src, len);
+    else
+        memset(img->wbuf + in, 0, len);
+    if (in_place) {
+        /* a preallocated zero cluster of ours: reuse it */
+        neu = host;
+    } else {
+        rc = q2_rc_alloc(img, 1, &neu);
+        if (rc < 0)
+            return rc;
+    }
+    if (data_pwrite(img, img->wbuf, cs, neu) < 0)
+        return img->write_err;
+    rc = l2_set(img, l2_off, i, neu | Q2_OFLAG_COPIED, 0);
+    if (rc < 0)
+        return rc;
+    return in_place ? 0 : free_entry_later(img, e);
+}
+
+/*
+ * Extended L2: the same, subcluster by subcluster.  A cluster that is not
+ * ours (unallocated, compressed, shared) first gets a cluster of its own
+ * holding what it held; then the touched subclusters are written in place,
+ * partial ones completed from the current view.
+ */
+static int write_ext(struct qcow2_image *img, uint64_t gc, uint64_t in,
+                     uint64_t len, const uint8_t *src, enum wmode mode)
+{
+    uint64_t cs = img->cluster_size, sc = cs >> 5;
+    uint64_t goff = gc << img->cluster_bits;
+    uint64_t l1_idx = gc >> img->l2_bits, l2_off, e, bm, host, neu, pos;
+    unsigned i = (unsigned)(gc & ((1ull << img->l2_bits) - 1));
+    uint32_t alloc, zero;
+    int rc;
+
+    if (mode == W_DISCARD && !(in == 0 && len == cs))
+        return 0;
+    rc = l2_for_write(img, l1_idx, &l2_off);
+    if (rc < 0)
+        return rc;
+    rc = l2_get(img, l2_off, i, &e, &bm);
+    if (rc < 0)
+        return rc;
+    host = e & Q2_L2E_OFFSET_MASK;
+
+    if (mode != W_DATA && in == 0 && len == cs) {
+        /* whole cluster: all subclusters zero (or unallocated when
+         * discarding without a backing file), host released */
+        uint64_t nbm = (mode == W_DISCARD && !img->backing)
+                           ? 0 : 0xffffffff00000000ull;
+        if (e == 0 && bm == nbm)
+            return 0;
+        rc = l2_set(img, l2_off, i, 0, nbm);
+        if (rc < 0)
+            return rc;
+        return free_entry_later(img, e);
+    }
+
+    if ((e & Q2_OFLAG_COMPRESSED) || !host || !(e & Q2_OFLAG_COPIED)) {
+        /* give the cluster a host cluster of its own */
+        uint32_t keep_zero = (uint32_t)(bm >> 32);
+        uint32_t keep_alloc = (uint32_t)bm;
+        rc = q2_rc_alloc(img, 1, &neu);
+        if (rc < 0)
+            return rc;
+        if (e & Q2_OFLAG_COMPRESSED) {
+            if ((rc = read_view(img, img->wbuf, cs, goff)) < 0)
+                return rc;
+            keep_alloc = 0xffffffffu;
+            keep_zero = 0;
+        } else if (host) {
+            int64_t n = q2_pread_full(&img->io, img->wbuf, cs, host);
+            if (n < 0)
+                return fail(img, (int)n, "cannot read a shared cluster");
+        } else {
+            memset(img->wbuf, 0, cs);
+        }
+        if (data_pwrite(img, img->wbuf, cs, neu) < 0)
+            return img->write_err;
+        bm = (uint64_t)keep_zero << 32 | keep_alloc;
+        rc = l2_set(img, l2_off, i, neu | Q2_OFLAG_COPIED, bm);
+        if (rc < 0)
+            return rc;
+        rc = free_entry_later(img, e);
+        if (rc < 0)
+            return rc;
+        host = neu;
+    }
+
+    alloc = (uint32_t)bm;
+    zero = (uint32_t)(bm >> 32);
+    for (pos = in; pos < in + len;) {
+        unsigned s = (unsigned)(pos / sc);
+        uint64_t s_start = (uint64_t)s * sc, s_end = s_start + sc;
+        uint64_t a = pos, b = in + len < s_end ? in + len : s_end;
+        bool whole = a == s_start && b == s_end;
+
+        if (mode != W_DATA && whole) {
+            zero |= 1u << s;
+            alloc &= ~(1u << s);
+        } else {
+            const uint8_t *data = src ? src + (a - in) : NULL;
+            if (!(alloc >> s & 1) && !whole) {
+                /* complete the subcluster from the current view */
+                if (zero >> s & 1)
+                    memset(img->wbuf, 0, sc);
+                else if ((rc = read_view(img, img->wbuf, sc,
+                                         goff + s_start)) < 0)
+                    return rc;
+                if (data)
+                    memcpy(img->wbuf + (a - s_start), data, b - a);
+                else
+                    memset(img->wbuf + (a - s_start), 0, b - a);
+                if (data_pwrite(img, img->wbuf, sc, host + s_start) < 0)
+                    return img->write_err;
+            } else if (data) {
+                if (data_pwrite(img, data, b - a, host + a) < 0)
+                    return img->write_err;
+            } else {
+                memset(img->wbuf, 0, b - a);
+                if (data_pwrite(img, img->wbuf, b - a, host + a) < 0)
+                    return img->write_err;
+            }
+            alloc |= 1u << s;
+            zero &= ~(1u << s);
+        }
+        pos = b;
+    }
+    return l2_set(img, l2_off, i, host | Q2_OFLAG_COPIED,
+                  (uint64_t)zero << 32 | alloc);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public entry points                                                      */
+/* ------------------------------------------------------------------------ */
+
+static int check_writable(struct qcow2_image *img, uint64_t off, uint64_t len)
+{
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN)
+        return -EINVAL;
+    q2_err_clear(img);
+    if (!img->writable)
+        return q2_err(img, -EROFS, "image is open read-only");
+    if (img->write_err)
+        return q2_err(img, img->write_err, "an earlier write failed (%s); "
+                      "the image refuses further writes",
+                      qcow2_strerror(img->write_err));
+    if (off > img->virtual_size || len > img->virtual_size - off)
+        return q2_err(img, -EINVAL, "range 0x%" PRIx64 "+%" PRIu64 " is "
+                      "beyond the virtual size", off, len);
+    return 0;
+}
+
+static int do_write(struct qcow2_image *img, const uint8_t *src,
+                    uint64_t off, uint64_t len, enum wmode mode)
+{
+    uint64_t cs = img->cluster_size;
+    int rc = check_writable(img, off, len);
+
+    if (rc < 0)
+        return rc;
+    if (img->format == QCOW2_FORMAT_RAW) {
+        int64_t n;
+        if (mode == W_DISCARD)
+            return 0;
+        if (src) {
+            n = img->io.pwrite(img->io.ctx, src, len, off);
+            return n < 0 ? fail(img, (int)n, "cannot write data") : 0;
+        }
+        /* zeros: written in bounded chunks */
+        while (len) {
+            static const uint8_t zeros[65536];
+            size_t k = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
+            n = img->io.pwrite(img->io.ctx, zeros, k, off);
+            if (n < 0)
+                return fail(img, (int)n, "cannot write zeros");
+            off += k;
+            len -= k;
+        }
+        return 0;
+    }
+    while (len) {
+        uint64_t gc = off >> img->cluster_bits, in = off & (cs - 1);
+        uint64_t n = cs - in < len ? cs - in : len;
+        rc = img->extended_l2 ? write_ext(img, gc, in, n, src, mode)
+                              : write_std(img, gc, in, n, src, mode);
+        if (rc < 0) {
+            if (!img->write_err)
+                img->write_err = rc;
+            return rc;
+        }
+        if (img->n_pending > MAX_PENDING_FREES &&
+            (rc = q2_flush(img)) < 0)
+            return rc;
+        if (src)
+            src += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int64_t qcow2_pwrite(struct qcow2_image *img, const void *buf, size_t len,
+                     uint64_t off)
+{
+    int rc;
+
+    if (!buf && len)
+        return -EINVAL;
+    rc = do_write(img, buf, off, len, W_DATA);
+    return rc < 0 ? rc : (int64_t)len;
+}
+
+int qcow2_pwrite_zeroes(struct qcow2_image *img, uint64_t off, uint64_t len)
+{
+    return do_write(img, NULL, off, len, W_ZERO);
+}
+
+int qcow2_discard(struct qcow2_image *img, uint64_t off, uint64_t len)
+{
+    return do_write(img, NULL, off, len, W_DISCARD);
+}
+
+int qcow2_flush(struct qcow2_image *img)
+{
+    int rc;
+
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN)
+        return -EINVAL;
+    q2_err_clear(img);
+    if (!img->writable)
+        return 0;
+    rc = q2_flush(img);
+    if (rc == 0 && img->format == QCOW2_FORMAT_QCOW2 && img->n_pending)
+        rc = q2_flush(img);
+    return rc;
+}
+
+/* Grow the L1 table to `entries` (QEMU's qcow2_grow_l1_table): write a new
+ * table, switch the header to it with one synced write, free the old. */
+static int grow_l1(struct qcow2_image *img, uint64_t entries)
+{
+    uint64_t cs = img->cluster_size, bytes = entries * 8, old_bytes, neu, k;
+    uint64_t old_off = img->l1_offset, old_size = img->l1_size;
+    uint64_t clusters = (bytes + cs - 1) / cs;
+    uint8_t hdr[12], *buf;
+    int64_t n;
+    int rc;
+
+    if (bytes > Q2_MAX_L1_BYTES)
+        return q2_err(img, -EFBIG, "the L1 table would exceed QEMU's limit "
+                      "of 32 MiB");
+    rc = q2_flush(img); /* the old table is all on disk */
+    if (rc < 0)
+        return rc;
+    rc = q2_rc_alloc(img, clusters, &neu);
+    if (rc < 0)
+        return rc;
+    rc = q2_flush(img); /* the new table's refcounts first */
+    if (rc < 0)
+        return rc;
+    buf = calloc(1, clusters * cs);
+    if (!buf)
+        return -ENOMEM;
+    old_bytes = old_size * 8;
+    if (old_bytes && (n = q2_pread_full(&img->io, buf, old_bytes,
+                                        old_off)) < 0) {
+        free(buf);
+        return fail(img, (int)n, "cannot read the L1 table");
+    }
+    n = img->io.pwrite(img->io.ctx, buf, clusters * cs, neu);
+    free(buf);
+    if (n < 0)
+        return fail(img, (int)n, "cannot write the L1 table");
+    if ((rc = img->io.flush(img->io.ctx)) < 0)
+        return fail(img, rc, "cannot flush the image");
+    q2_store_be32(hdr, (uint32_t)entries);
+    q2_store_be64(hdr + 4, neu);
+    rc = write_header(img, 36, hdr, sizeof(hdr));
+    if (rc < 0)
+        return rc;
+    for (k = 0; k * cs < old_bytes; k++)
+        q2_cache_drop(&img->cache, (old_off & ~(cs - 1)) + k * cs);
+    img->l1_offset = img->hp.h.l1_table_offset = neu;
+    img->l1_size = img->hp.h.l1_size = (uint32_t)entries;
+    if (old_bytes)
+        rc = q2_rc_free_later(img, old_off, old_bytes);
+    return rc;
+}
+
+int qcow2_resize(struct qcow2_image *img, uint64_t size)
+{
+    uint64_t old, need, bytes_per_l2, back;
+    uint8_t b[8];
+    int rc = check_writable(img, 0, 0);
+
+    if (rc < 0)
+        return rc;
+    old = img->virtual_size;
+    if (size & 511)
+        return q2_err(img, -EINVAL, "size %" PRIu64 " is not a multiple of "
+                      "512 bytes", size);
+    if (size < old)
+        return q2_err(img, -ENOTSUP, "shrinking images is not supported");
+    if (size == old)
+        return 0;
+    if (size > INT64_MAX)
+        return q2_err(img, -EFBIG, "size %" PRIu64 " is too large", size);
+    if (img->format == QCOW2_FORMAT_RAW) {
+        rc = img->io.truncate(img->io.ctx, size);
+        if (rc < 0)
+            return fail(img, rc, "cannot grow the file");
+        img->virtual_size = size;
+        return 0;
+    }
+    bytes_per_l2 = 1ull << (img->cluster_bits + img->l2_bits);
+    need = size / bytes_per_l2 + (size % bytes_per_l2 != 0);
+    if (need > img->l1_size && (rc = grow_l1(img, need)) < 0)
+        return rc;
+    q2_store_be64(b, size);
+    rc = write_header(img, 24, b, 8);
+    if (rc < 0)
+        return rc;
+    img->hp.h.size = size;
+    img->virtual_size = size;
+    /* QEMU: data a larger backing file holds past the old end must not
+     * show through the new range */
+    back = img->backing ? img->backing->virtual_size : 0;
+    if (back > old)
+        rc = qcow2_pwrite_zeroes(img, old, (back < size ? back : size) - old);
+    return rc;
+}
