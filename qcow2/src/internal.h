@@ -285,6 +285,9 @@ Q2_HIDDEN int q2_rc_apply_pending(struct qcow2_image *img);
 Q2_HIDDEN int q2_flush(struct qcow2_image *img);
 /* Make a freshly opened image writable (checks, autoclear bits). */
 Q2_HIDDEN int q2_write_prepare(struct qcow2_image *img);
+/* Grow to size bytes (any size: the header keeps it exactly, the guest
+ * sees whole sectors, as QEMU does). */
+Q2_HIDDEN int q2_resize(struct qcow2_image *img, uint64_t size);
 /* Final flushes at close; returns the first error. */
 Q2_HIDDEN int q2_write_close(struct qcow2_image *img);
 

@@ -288,46 +288,34 @@ fail:
                   qcow2_strerror(rc));
 }
 
-int q2_rc_alloc(struct qcow2_image *img, uint64_t n, uint64_t *out)
+/* First fit: the lowest run of n clusters with refcount 0 at or after
+ * the hint; ranges without a refcount block are all free. */
+static int find_run(struct qcow2_image *img, uint64_t n, uint64_t *out)
 {
     unsigned order = img->hp.h.refcount_order;
-    uint64_t rbe = 1ull << rb_bits(img), i = img->free_hint;
-    uint64_t run_start = i, run = 0, k;
+    uint64_t rbe = 1ull << rb_bits(img), i = img->free_hint ? img->free_hint
+                                                             : 1;
+    uint64_t run_start = i, run = 0;
     int rc;
 
-    if (i == 0)
-        i = run_start = 1; /* cluster 0 is the header */
     while (run < n) {
-        uint64_t rt = i / rbe, rb_off, end;
+        uint64_t rt = i / rbe, rb_off, end = (rt + 1) * rbe;
         const uint8_t *page;
 
         if (rt >= rt_entries(img)) {
             rc = grow_reftable(img, i + (n - run));
             if (rc < 0)
                 return rc;
-            /* the new structures sit at i or later: rescan from there */
-            continue;
+            continue; /* its structures sit at i or later */
         }
         rc = rt_get(img, rt, &rb_off);
         if (rc < 0)
             return rc;
         if (rb_off == 0) {
-            /* no block for this range: cluster i becomes it */
-            uint8_t *blk;
-            if ((i << img->cluster_bits) >= Q2_MAX_HOST_OFFSET)
-                return q2_err(img, -EFBIG, "image file would exceed QEMU's "
-                              "size limit");
-            rc = q2_cache_new(&img->cache, i << img->cluster_bits,
-                              Q2_PAGE_REFBLOCK, &blk);
-            if (rc < 0)
-                return rc;
-            entry_set(blk, order, i % rbe, 1);
-            rc = rt_set(img, rt, i << img->cluster_bits);
-            if (rc < 0)
-                return rc;
-            i++;
-            run = 0;
-            run_start = i;
+            if (run == 0)
+                run_start = i;
+            run += end - i;
+            i = end;
             continue;
         }
         rc = q2_cache_get(&img->cache, &img->io, rb_off, &page);
@@ -335,7 +323,6 @@ int q2_rc_alloc(struct qcow2_image *img, uint64_t n, uint64_t *out)
             return q2_err(img, rc, "cannot read a refcount block: %s (at "
                           "offset 0x%" PRIx64 ")", qcow2_strerror(rc),
                           rb_off);
-        end = (rt + 1) * rbe;
         for (; i < end && run < n; i++) {
             if (entry_get(page, order, i % rbe) == 0) {
                 if (run++ == 0)
@@ -348,18 +335,63 @@ int q2_rc_alloc(struct qcow2_image *img, uint64_t n, uint64_t *out)
     if (((run_start + n) << img->cluster_bits) > Q2_MAX_HOST_OFFSET)
         return q2_err(img, -EFBIG, "image file would exceed QEMU's size "
                       "limit");
+    *out = run_start;
+    return 0;
+}
+
+int q2_rc_alloc(struct qcow2_image *img, uint64_t n, uint64_t *out)
+{
+    unsigned order = img->hp.h.refcount_order;
+    uint64_t rbe = 1ull << rb_bits(img), start = 0, rt, last, rb_off, k;
+    int rc;
+
+    for (;;) {
+        rc = find_run(img, n, &start);
+        if (rc < 0)
+            return rc;
+        /* every range the run touches needs a refcount block; a missing
+         * one takes the run's first cluster (counting itself when that
+         * lies in its own range), and the search starts again, as QEMU's
+         * alloc_refcount_block / -EAGAIN loop does */
+        last = (start + n - 1) / rbe;
+        for (rt = start / rbe; rt <= last; rt++) {
+            rc = rt_get(img, rt, &rb_off);
+            if (rc < 0)
+                return rc;
+            if (rb_off == 0)
+                break;
+        }
+        if (rt > last)
+            break;
+        {
+            uint8_t *blk;
+            rc = q2_cache_new(&img->cache, start << img->cluster_bits,
+                              Q2_PAGE_REFBLOCK, &blk);
+            if (rc < 0)
+                return rc;
+            if (start / rbe == rt)
+                entry_set(blk, order, start % rbe, 1);
+            rc = rt_set(img, rt, start << img->cluster_bits);
+            if (rc == 0 && start / rbe != rt)
+                rc = q2_rc_update(img, start, +1);
+            if (rc < 0)
+                return rc;
+            if ((int64_t)((start + 1) << img->cluster_bits) > img->file_size)
+                img->file_size = (int64_t)((start + 1) << img->cluster_bits);
+        }
+    }
     for (k = 0; k < n; k++) {
-        rc = q2_rc_update(img, run_start + k, +1);
+        rc = q2_rc_update(img, start + k, +1);
         if (rc < 0)
             return rc;
     }
-    if (n == 1 || img->free_hint >= run_start)
-        img->free_hint = run_start + n;
-    *out = run_start << img->cluster_bits;
+    if (n == 1 || img->free_hint >= start)
+        img->free_hint = start + n;
+    *out = start << img->cluster_bits;
     /* the clusters are about to be written: the mapping checks that
      * bound references by the file size must accept them */
-    if ((int64_t)((run_start + n) << img->cluster_bits) > img->file_size)
-        img->file_size = (int64_t)((run_start + n) << img->cluster_bits);
+    if ((int64_t)((start + n) << img->cluster_bits) > img->file_size)
+        img->file_size = (int64_t)((start + n) << img->cluster_bits);
     return 0;
 }
 

@@ -687,31 +687,28 @@ static int grow_l1(struct qcow2_image *img, uint64_t entries)
     return rc;
 }
 
-int qcow2_resize(struct qcow2_image *img, uint64_t size)
+int q2_resize(struct qcow2_image *img, uint64_t size)
 {
-    uint64_t old, need, bytes_per_l2, back;
+    uint64_t old, need, bytes_per_l2, back, vs = size & ~511ull;
     uint8_t b[8];
     int rc = check_writable(img, 0, 0);
 
     if (rc < 0)
         return rc;
     old = img->virtual_size;
-    if (size & 511)
-        return q2_err(img, -EINVAL, "size %" PRIu64 " is not a multiple of "
-                      "512 bytes", size);
-    if (size < old)
+    if (vs < old)
         return q2_err(img, -ENOTSUP, "shrinking images is not supported");
-    if (size == old)
-        return 0;
     if (size > INT64_MAX)
         return q2_err(img, -EFBIG, "size %" PRIu64 " is too large", size);
     if (img->format == QCOW2_FORMAT_RAW) {
         rc = img->io.truncate(img->io.ctx, size);
         if (rc < 0)
             return fail(img, rc, "cannot grow the file");
-        img->virtual_size = size;
+        img->virtual_size = (size + 511) & ~511ull;
         return 0;
     }
+    if (size == img->hp.h.size)
+        return 0;
     bytes_per_l2 = 1ull << (img->cluster_bits + img->l2_bits);
     need = size / bytes_per_l2 + (size % bytes_per_l2 != 0);
     if (need > img->l1_size && (rc = grow_l1(img, need)) < 0)
@@ -721,11 +718,21 @@ int qcow2_resize(struct qcow2_image *img, uint64_t size)
     if (rc < 0)
         return rc;
     img->hp.h.size = size;
-    img->virtual_size = size;
+    img->virtual_size = vs;
     /* QEMU: data a larger backing file holds past the old end must not
      * show through the new range */
     back = img->backing ? img->backing->virtual_size : 0;
-    if (back > old)
-        rc = qcow2_pwrite_zeroes(img, old, (back < size ? back : size) - old);
+    if (back > old && vs > old)
+        rc = qcow2_pwrite_zeroes(img, old, (back < vs ? back : vs) - old);
     return rc;
+}
+
+int qcow2_resize(struct qcow2_image *img, uint64_t size)
+{
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN)
+        return -EINVAL;
+    if (size & 511)
+        return q2_err(img, -EINVAL, "size %" PRIu64 " is not a multiple of "
+                      "512 bytes", size);
+    return q2_resize(img, size);
 }

@@ -395,6 +395,47 @@ QCOW2_API int qcow2_flush(struct qcow2_image *img);
  *  @return 0, -EINVAL, -ENOTSUP (shrinking), -EFBIG. */
 QCOW2_API int qcow2_resize(struct qcow2_image *img, uint64_t size);
 
+/* ------------------------------------------------------------------------ */
+/* Creating images                                                          */
+/* ------------------------------------------------------------------------ */
+
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+struct qcow2_create_opts {
+    size_t size;                /* sizeof(struct qcow2_create_opts) */
+    enum qcow2_format format;   /* 0: qcow2 */
+    uint64_t virtual_size;      /* bytes */
+    unsigned version;           /* 2 (compat 0.10) or 3 (1.1); 0: 3 */
+    uint32_t cluster_size;      /* 512 .. 2 MiB, power of two; 0: 64 KiB */
+    unsigned refcount_bits;     /* 1 .. 64, power of two; 0: 16 */
+    unsigned compression_type;  /* QCOW2_COMPRESSION_* */
+    bool extended_l2;           /* needs v3 and clusters >= 16 KiB */
+    bool lazy_refcounts;        /* the compatible bit (v3) */
+    const char *backing_name;   /* stored as given, or NULL */
+    const char *backing_format; /* required with a backing name */
+};
+
+/** Validate creation options as qemu-img create does.
+ *  @return 0 or -EINVAL with a message in err. */
+QCOW2_API int qcow2_create_check(const struct qcow2_create_opts *opts,
+                                 char *err, size_t errlen);
+
+/**
+ * Create a new image file.  Fails with -EEXIST when path exists; on any
+ * failure the file is removed.
+ * @return 0, -EEXIST, -EINVAL (options), or a backend errno; err explains.
+ */
+QCOW2_API int qcow2_create(const char *path,
+                           const struct qcow2_create_opts *opts, char *err,
+                           size_t errlen);
+
+/** Create an image in an empty caller-owned backend (name: for messages).
+ *  @return as qcow2_create. */
+QCOW2_API int qcow2_create_io(struct qcow2_io *io, const char *name,
+                              const struct qcow2_create_opts *opts,
+                              char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

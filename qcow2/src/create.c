@@ -1,0 +1,292 @@
+/*
+ * create.c - new qcow2 and raw images.
+ *
+ * A new qcow2 image starts the way QEMU starts one (qcow2_co_create):
+ *
+ *   cluster 0   header, extensions (backing format, feature name table),
+ *               end marker, backing file name
+ *   cluster 1   refcount table, entry 0 -> cluster 2
+ *   cluster 2   refcount block: clusters 0, 1, 2 have refcount 1
+ *
+ * with an empty L1 table; the image is then opened and grown to its size
+ * through the write path, which allocates the L1 table (and whatever
+ * refcount blocks or table growth that needs) like any other metadata.
+ * Everything written stays inside QEMU's limits, so QEMU opens it.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "endian.h"
+#include "format.h"
+#include "internal.h"
+
+static int cfail(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int cfail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static const struct {
+    uint8_t type, bit;
+    const char *name;
+} features[] = {
+    {0, 0, "dirty bit"},          {0, 1, "corrupt bit"},
+    {0, 2, "external data file"}, {0, 3, "compression type"},
+    {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
+    {2, 0, "bitmaps"},            {2, 1, "raw external data"},
+};
+
+int qcow2_create_check(const struct qcow2_create_opts *o, char *err,
+                       size_t errlen)
+{
+    unsigned version = o->version ? o->version : 3;
+    uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
+    unsigned rb = o->refcount_bits ? o->refcount_bits : 16;
+
+    if (o->format == QCOW2_FORMAT_RAW) {
+        if (o->backing_name)
+            return cfail(err, errlen, -EINVAL, "raw images have no backing "
+                         "file");
+        return 0;
+    }
+    if (o->format && o->format != QCOW2_FORMAT_QCOW2)
+        return cfail(err, errlen, -EINVAL, "unknown image format");
+    if (version != 2 && version != 3)
+        return cfail(err, errlen, -EINVAL, "compat must be 0.10 or 1.1");
+    if (cs < 512 || cs > (2u << 20) || (cs & (cs - 1)))
+        return cfail(err, errlen, -EINVAL, "cluster size must be a power of "
+                     "two between 512 and 2048k");
+    if (rb == 0 || rb > 64 || (rb & (rb - 1)))
+        return cfail(err, errlen, -EINVAL, "refcount width must be a power "
+                     "of two and may not exceed 64 bits");
+    if (version < 3 && rb != 16)
+        return cfail(err, errlen, -EINVAL, "refcount widths other than 16 "
+                     "bits need compat 1.1");
+    if (o->extended_l2 && version < 3)
+        return cfail(err, errlen, -EINVAL, "extended L2 entries need compat "
+                     "1.1");
+    if (o->extended_l2 && cs < 16384)
+        return cfail(err, errlen, -EINVAL, "extended L2 entries need a "
+                     "cluster size of at least 16384 bytes");
+    if (o->lazy_refcounts && version < 3)
+        return cfail(err, errlen, -EINVAL, "lazy refcounts need compat 1.1");
+    if (o->compression_type > 1)
+        return cfail(err, errlen, -EINVAL, "compression type must be zlib or "
+                     "zstd");
+    if (o->compression_type && version < 3)
+        return cfail(err, errlen, -EINVAL, "zstd compression needs compat "
+                     "1.1");
+    if (o->backing_name) {
+        size_t n = strlen(o->backing_name), f;
+        if (n == 0 || n > Q2_MAX_BACKING_NAME)
+            return cfail(err, errlen, -EINVAL, "backing file name must be 1 "
+                         "to 1023 bytes long");
+        if (!o->backing_format)
+            return cfail(err, errlen, -EINVAL, "a backing file needs its "
+                         "format");
+        f = strlen(o->backing_format);
+        if (f == 0 || f > Q2_MAX_BACKING_FORMAT)
+            return cfail(err, errlen, -EINVAL, "backing format name must be 1 "
+                         "to 15 bytes long");
+    }
+    if (o->virtual_size > INT64_MAX - cs)
+        return cfail(err, errlen, -EINVAL, "image size is too large");
+    return 0;
+}
+
+/* A non-owning view of a caller's backend (its close does nothing). */
+static int64_t v_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+    const struct qcow2_io *io = ctx;
+    return io->pread(io->ctx, buf, len, off);
+}
+static int64_t v_pwrite(void *ctx, const void *buf, size_t len, uint64_t off)
+{
+    const struct qcow2_io *io = ctx;
+    return io->pwrite(io->ctx, buf, len, off);
+}
+static int v_flush(void *ctx)
+{
+    const struct qcow2_io *io = ctx;
+    return io->flush(io->ctx);
+}
+static int v_truncate(void *ctx, uint64_t size)
+{
+    const struct qcow2_io *io = ctx;
+    return io->truncate(io->ctx, size);
+}
+static int64_t v_size(void *ctx)
+{
+    const struct qcow2_io *io = ctx;
+    return io->size(io->ctx);
+}
+static int64_t v_allocated(void *ctx)
+{
+    const struct qcow2_io *io = ctx;
+    return io->allocated ? io->allocated(io->ctx) : io->size(io->ctx);
+}
+static void v_close(void *ctx)
+{
+    (void)ctx;
+}
+
+int qcow2_create_io(struct qcow2_io *io, const char *name,
+                    const struct qcow2_create_opts *o, char *err,
+                    size_t errlen)
+{
+    unsigned version = o->version ? o->version : 3;
+    uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
+    unsigned rb = o->refcount_bits ? o->refcount_bits : 16;
+    unsigned cbits = (unsigned)__builtin_ctzll(cs);
+    unsigned order = (unsigned)__builtin_ctz(rb);
+    uint64_t incompat = 0, compat = 0, pos, i;
+    size_t hlen = version >= 3 ? Q2_V3_HEADER_LEN : Q2_V2_HEADER_LEN;
+    struct qcow2_open_opts oo = {.size = sizeof(oo),
+                                 .flags = QCOW2_OPEN_RDWR |
+                                          QCOW2_OPEN_NO_BACKING,
+                                 .format = "qcow2"};
+    struct qcow2_io view;
+    struct qcow2_image *img;
+    uint8_t *buf;
+    int64_t n;
+    int rc;
+
+    rc = qcow2_create_check(o, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (o->format == QCOW2_FORMAT_RAW) {
+        rc = io->truncate(io->ctx, o->virtual_size);
+        if (rc == 0)
+            rc = io->flush(io->ctx);
+        return rc < 0 ? cfail(err, errlen, rc, "cannot size the file: %s",
+                              qcow2_strerror(rc)) : 0;
+    }
+    if (o->compression_type)
+        incompat |= Q2_INCOMPAT_COMPRESSION;
+    if (o->extended_l2)
+        incompat |= Q2_INCOMPAT_EXTL2;
+    if (o->lazy_refcounts)
+        compat |= Q2_COMPAT_LAZY_REFCOUNTS;
+
+    buf = calloc(3, cs);
+    if (!buf)
+        return -ENOMEM;
+    q2_store_be32(buf, Q2_MAGIC);
+    q2_store_be32(buf + 4, version);
+    q2_store_be32(buf + 20, cbits);
+    q2_store_be64(buf + 48, cs);          /* refcount table: cluster 1 */
+    q2_store_be32(buf + 56, 1);
+    if (version >= 3) {
+        q2_store_be64(buf + 72, incompat);
+        q2_store_be64(buf + 80, compat);
+        q2_store_be32(buf + 96, order);
+        q2_store_be32(buf + 100, (uint32_t)hlen);
+        buf[104] = (uint8_t)o->compression_type;
+    }
+    pos = hlen;
+    if (o->backing_format) {
+        size_t f = strlen(o->backing_format);
+        q2_store_be32(buf + pos, Q2_EXT_BACKING_FORMAT);
+        q2_store_be32(buf + pos + 4, (uint32_t)f);
+        memcpy(buf + pos + 8, o->backing_format, f);
+        pos += 8 + ((f + 7) & ~(size_t)7);
+    }
+    if (version >= 3 && cs > 4096) { /* as QEMU writes it */
+        size_t k, nf = sizeof(features) / sizeof(features[0]);
+        q2_store_be32(buf + pos, Q2_EXT_FEATURE_TABLE);
+        q2_store_be32(buf + pos + 4, (uint32_t)(nf * Q2_FEATURE_ENTRY_LEN));
+        for (k = 0; k < nf; k++) {
+            uint8_t *e = buf + pos + 8 + k * Q2_FEATURE_ENTRY_LEN;
+            e[0] = features[k].type;
+            e[1] = features[k].bit;
+            memcpy(e + 2, features[k].name, strlen(features[k].name));
+        }
+        pos += 8 + nf * Q2_FEATURE_ENTRY_LEN;
+    }
+    pos += 8; /* end marker */
+    if (o->backing_name) {
+        size_t b = strlen(o->backing_name);
+        if (pos + b > cs) {
+            free(buf);
+            return cfail(err, errlen, -EINVAL, "backing file name does not "
+                         "fit in the first cluster");
+        }
+        q2_store_be64(buf + 8, pos);
+        q2_store_be32(buf + 16, (uint32_t)b);
+        memcpy(buf + pos, o->backing_name, b);
+    }
+    q2_store_be64(buf + cs, 2 * cs);     /* reftable[0] -> cluster 2 */
+    for (i = 0; i < 3; i++) {            /* clusters 0..2: refcount 1 */
+        uint8_t *blk = buf + 2 * cs;
+        switch (order) {
+        case 0: case 1: case 2:
+            blk[(i << order) / 8] |= (uint8_t)(1u << ((i << order) % 8));
+            break;
+        case 3: blk[i] = 1; break;
+        case 4: q2_store_be16(blk + i * 2, 1); break;
+        case 5: q2_store_be32(blk + i * 4, 1); break;
+        default: q2_store_be64(blk + i * 8, 1); break;
+        }
+    }
+    n = io->pwrite(io->ctx, buf, 3 * cs, 0);
+    free(buf);
+    if (n < 0)
+        return cfail(err, errlen, (int)n, "cannot write the image: %s",
+                     qcow2_strerror((int)n));
+    rc = io->flush(io->ctx);
+    if (rc < 0)
+        return cfail(err, errlen, rc, "cannot write the image: %s",
+                     qcow2_strerror(rc));
+
+    /* grow to the size through the write path */
+    view = (struct qcow2_io){.version = QCOW2_IO_VERSION, .ctx = io,
+                             .pread = v_pread, .pwrite = v_pwrite,
+                             .flush = v_flush, .truncate = v_truncate,
+                             .size = v_size, .allocated = v_allocated,
+                             .close = v_close};
+    img = qcow2_new();
+    if (!img)
+        return -ENOMEM;
+    rc = qcow2_open_io(img, &view, name, &oo);
+    if (rc == 0)
+        rc = q2_resize(img, o->virtual_size);
+    if (rc == 0)
+        rc = q2_flush(img);
+    if (rc < 0)
+        cfail(err, errlen, rc, "%s", qcow2_errmsg(img));
+    if (qcow2_close(img) < 0 && rc == 0)
+        rc = cfail(err, errlen, -EIO, "cannot flush the new image");
+    return rc;
+}
+
+int qcow2_create(const char *path, const struct qcow2_create_opts *o,
+                 char *err, size_t errlen)
+{
+    struct qcow2_io io;
+    int rc;
+
+    rc = qcow2_create_check(o, err, errlen);
+    if (rc < 0)
+        return rc;
+    rc = qcow2_io_open_file(path, QCOW2_IO_CREATE, &io, err, errlen);
+    if (rc < 0)
+        return rc;
+    rc = qcow2_create_io(&io, path, o, err, errlen);
+    io.close(io.ctx);
+    if (rc < 0)
+        unlink(path); /* we made it: a failed create leaves no file */
+    return rc;
+}

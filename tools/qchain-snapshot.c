@@ -1,0 +1,307 @@
+/*
+ * qchain-snapshot - the offline external snapshot: new qcow2 overlays on
+ * top of the images a VM runs on.
+ *
+ *   qchain-snapshot [--backing-path=auto|relative|absolute] ACTIVE OVERLAY
+ *   qchain-snapshot [...] ACTIVE:OVERLAY [ACTIVE:OVERLAY ...]
+ *
+ * Each OVERLAY is a qcow2 v3 image backed by ACTIVE, with ACTIVE's format
+ * recorded and ACTIVE's virtual size.  The backing name is stored relative
+ * to OVERLAY's directory when both files share it, absolute otherwise
+ * (--backing-path chooses).  All pairs (all disks of a VM) are created or
+ * none: every check runs before the first file is made, and a failure
+ * removes the overlays already made.  Refuses when an OVERLAY exists, when
+ * an ACTIVE cannot be opened with its whole chain, and when an ACTIVE is in
+ * use by another process (a VM still writing it).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "json.h"
+
+enum path_mode { PATH_AUTO, PATH_RELATIVE, PATH_ABSOLUTE };
+
+struct pair {
+    const char *active;
+    const char *overlay;
+    struct qcow2_image *img; /* ACTIVE, opened with its chain (read locks) */
+    char *backing_name;      /* what OVERLAY will store */
+    const char *format;      /* ACTIVE's format */
+    uint64_t size;
+    bool created;
+};
+
+static void usage(void)
+{
+    printf("Usage: %s [OPTIONS] ACTIVE OVERLAY\n"
+           "       %s [OPTIONS] ACTIVE:OVERLAY [ACTIVE:OVERLAY ...]\n"
+           "Create qcow2 overlays backed by the images a VM runs on (all or "
+           "none).\n\n"
+           "  --backing-path=auto|relative|absolute\n"
+           "                       how OVERLAY names ACTIVE (auto: relative "
+           "when both\n"
+           "                       are in one directory, else absolute)\n"
+           "  -f, --format=FMT     format of ACTIVE (qcow2 or raw; probed)\n"
+           "  --output=human|json  report format; --json\n"
+           "  -h, --help           this help\n"
+           "  -V, --version        version\n",
+           cli_progname(), cli_progname());
+}
+
+static char *dir_of(const char *path)
+{
+    char *copy = strdup(path), *d, *out;
+    if (!copy)
+        return NULL;
+    d = dirname(copy);
+    out = realpath(d, NULL);
+    free(copy);
+    return out;
+}
+
+/* target as a path relative to dir (both absolute, no symlinks). */
+static char *relative_to(const char *dir, const char *target)
+{
+    size_t common = 0, i, ups = 0;
+    char *out;
+
+    for (i = 0; dir[i] && dir[i] == target[i]; i++)
+        if (dir[i] == '/')
+            common = i + 1;
+    if (dir[i] == '\0' && target[i] == '/')
+        common = i + 1; /* dir is an ancestor of target */
+    if (dir[common]) {
+        ups = 1;
+        for (i = common; dir[i]; i++)
+            ups += dir[i] == '/';
+    }
+    out = malloc(ups * 3 + strlen(target + common) + 1);
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    for (i = 0; i < ups; i++)
+        strcat(out, "../");
+    strcat(out, target + common);
+    return out;
+}
+
+static int prepare(struct pair *p, enum path_mode mode,
+                   const struct cli_common *common)
+{
+    struct qcow2_open_opts o;
+    struct qcow2_info info;
+    char *adir = NULL, *odir = NULL, *areal = NULL;
+    const char *base;
+    int rc, locks;
+
+    if (access(p->overlay, F_OK) == 0) {
+        cli_error_file(p->overlay, "already exists");
+        return -1;
+    }
+    locks = qcow2_io_lock_probe(p->active);
+    if (locks > 0) {
+        cli_error_file(p->active, "image is in use by another process "
+                       "(QEMU lock bytes held%s); stop the VM or take the "
+                       "snapshot through it", (locks & 0x2) ? ", writing" : "");
+        return -1;
+    }
+    p->img = qcow2_new();
+    if (!p->img)
+        return -1;
+    cli_open_opts(common, &o, 0);
+    rc = qcow2_open(p->img, p->active, &o);
+    if (rc < 0) {
+        cli_error_file(p->active, "%s", qcow2_errmsg(p->img));
+        return -1;
+    }
+    qcow2_get_info(p->img, &info);
+    p->format = info.format == QCOW2_FORMAT_QCOW2 ? "qcow2" : "raw";
+    {
+        const struct qcow2_header *h = qcow2_get_header(p->img);
+        p->size = h ? h->size : info.virtual_size;
+    }
+
+    adir = dir_of(p->active);
+    odir = dir_of(p->overlay);
+    areal = realpath(p->active, NULL);
+    if (!adir || !odir || !areal) {
+        cli_error_file(p->overlay, "cannot resolve the directories of '%s' "
+                       "and '%s'", p->active, p->overlay);
+        rc = -1;
+        goto out;
+    }
+    base = strrchr(p->active, '/');
+    base = base ? base + 1 : p->active;
+    if (mode == PATH_ABSOLUTE ||
+        (mode == PATH_AUTO && strcmp(adir, odir) != 0)) {
+        p->backing_name = strdup(areal);
+    } else if (strcmp(adir, odir) == 0) {
+        /* "./" keeps a name with ':' from reading as a protocol */
+        p->backing_name = malloc(strlen(base) + 3);
+        if (p->backing_name)
+            sprintf(p->backing_name, "%s%s", strchr(base, ':') ? "./" : "",
+                    base);
+    } else {
+        char *rel = relative_to(odir, areal);
+        p->backing_name = rel;
+        if (rel && strchr(rel, ':') && rel[0] != '.') {
+            p->backing_name = malloc(strlen(rel) + 3);
+            if (p->backing_name)
+                sprintf(p->backing_name, "./%s", rel);
+            free(rel);
+        }
+    }
+    rc = p->backing_name ? 0 : -1;
+out:
+    free(adir);
+    free(odir);
+    free(areal);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        CLI_COMMON_LONGOPTS,
+        {"backing-path", required_argument, NULL, 'p'},
+        {NULL, 0, NULL, 0}};
+    struct cli_common common = {0};
+    enum path_mode mode = PATH_AUTO;
+    struct pair *pairs;
+    size_t n = 0, i, k;
+    int opt, status = QCHAIN_EXIT_FAILURE;
+    char err[512];
+
+    cli_init("qchain-snapshot");
+    while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS, longopts,
+                              NULL)) != -1) {
+        if (cli_common_option(opt, optarg, &common, usage))
+            continue;
+        if (opt != 'p')
+            cli_usage_error("incorrect parameter");
+        if (!strcmp(optarg, "auto"))
+            mode = PATH_AUTO;
+        else if (!strcmp(optarg, "relative"))
+            mode = PATH_RELATIVE;
+        else if (!strcmp(optarg, "absolute"))
+            mode = PATH_ABSOLUTE;
+        else
+            cli_usage_error("--backing-path must be auto, relative or "
+                            "absolute");
+    }
+    if (common.force_share)
+        cli_usage_error("-U does not apply: a snapshot of an image in use "
+                        "would be meaningless");
+    if (argc - optind < 1)
+        cli_usage_error("missing ACTIVE and OVERLAY");
+    pairs = calloc((size_t)argc, sizeof(*pairs));
+    if (!pairs)
+        return QCHAIN_EXIT_FAILURE;
+    if (argc - optind == 2 && !strchr(argv[optind], ':') &&
+        !strchr(argv[optind + 1], ':')) {
+        pairs[0].active = argv[optind];
+        pairs[0].overlay = argv[optind + 1];
+        n = 1;
+    } else {
+        for (i = (size_t)optind; i < (size_t)argc; i++) {
+            char *colon = strrchr(argv[i], ':');
+            if (!colon || colon == argv[i] || !colon[1])
+                cli_usage_error("'%s' is not ACTIVE:OVERLAY", argv[i]);
+            *colon = '\0';
+            pairs[n].active = argv[i];
+            pairs[n].overlay = colon + 1;
+            n++;
+        }
+    }
+    for (i = 0; i < n; i++)
+        for (k = 0; k < i; k++)
+            if (!strcmp(pairs[i].overlay, pairs[k].overlay))
+                cli_usage_error("overlay '%s' named twice", pairs[i].overlay);
+
+    /* every check before the first file is made */
+    for (i = 0; i < n; i++)
+        if (prepare(&pairs[i], mode, &common) < 0)
+            goto out;
+
+    for (i = 0; i < n; i++) {
+        struct pair *p = &pairs[i];
+        struct qcow2_create_opts o = {.size = sizeof(o),
+                                      .format = QCOW2_FORMAT_QCOW2,
+                                      .virtual_size = p->size,
+                                      .version = 3,
+                                      .backing_name = p->backing_name,
+                                      .backing_format = p->format};
+        if (qcow2_create(p->overlay, &o, err, sizeof(err)) < 0) {
+            cli_error_file(p->overlay, "%s", err);
+            goto out;
+        }
+        p->created = true;
+    }
+    /* each new chain must open: the overlay names its backing correctly */
+    for (i = 0; i < n; i++) {
+        struct qcow2_open_opts o = {.size = sizeof(o), .format = "qcow2",
+                                    .warn = cli_warn_cb};
+        struct qcow2_image *img = qcow2_new();
+        if (!img || qcow2_open(img, pairs[i].overlay, &o) < 0) {
+            cli_error_file(pairs[i].overlay, "the new overlay does not open: "
+                           "%s", img ? qcow2_errmsg(img) : "out of memory");
+            qcow2_close(img);
+            goto out;
+        }
+        qcow2_close(img);
+    }
+    status = QCHAIN_EXIT_OK;
+
+    if (common.output == CLI_OUTPUT_JSON) {
+        struct json j;
+        json_init(&j, stdout, true);
+        json_array_begin(&j, NULL);
+        for (i = 0; i < n; i++) {
+            struct qcow2_image *l;
+            json_object_begin(&j, NULL);
+            json_string(&j, "filename", pairs[i].overlay);
+            json_string(&j, "backing-filename", pairs[i].backing_name);
+            json_string(&j, "backing-filename-format", pairs[i].format);
+            json_u64(&j, "virtual-size", pairs[i].size);
+            json_array_begin(&j, "chain");
+            json_string(&j, NULL, pairs[i].overlay);
+            for (l = pairs[i].img; l; l = qcow2_backing(l))
+                json_string(&j, NULL, qcow2_filename(l));
+            json_array_end(&j);
+            json_object_end(&j);
+        }
+        json_array_end(&j);
+        json_end(&j);
+    } else {
+        for (i = 0; i < n; i++) {
+            struct qcow2_image *l, *chain[QCOW2_DEFAULT_MAX_DEPTH + 1];
+            size_t depth = 0, d;
+            for (l = pairs[i].img; l && depth < QCOW2_DEFAULT_MAX_DEPTH;
+                 l = qcow2_backing(l))
+                chain[depth++] = l;
+            printf("Created '%s' (backing file '%s', %s)\n", pairs[i].overlay,
+                   pairs[i].backing_name, pairs[i].format);
+            printf("  chain: ");
+            for (d = depth; d-- > 0;)
+                printf("%s <- ", qcow2_filename(chain[d]));
+            printf("%s\n", pairs[i].overlay);
+        }
+    }
+out:
+    for (i = 0; i < n; i++) {
+        if (status != QCHAIN_EXIT_OK && pairs[i].created)
+            unlink(pairs[i].overlay);
+        qcow2_close(pairs[i].img);
+        free(pairs[i].backing_name);
+    }
+    free(pairs);
+    return status;
+}
