@@ -156,6 +156,12 @@ int main(int argc, char **argv)
         cli_usage_error("invalid size '%s'", argv[optind + 1]);
     if (!have_size && !o.backing_name)
         cli_usage_error("missing SIZE (needed without a backing file)");
+    if (have_size) {
+        if (o.virtual_size > INT64_MAX - 511)
+            cli_usage_error("size '%s' is too large", argv[optind + 1]);
+        /* qemu-img create rounds up to whole sectors */
+        o.virtual_size = (o.virtual_size + 511) & ~511ull;
+    }
     if (o.backing_name && !o.backing_format) {
         cli_error_file(file, "a backing file needs its format (-F qcow2 or "
                        "-F raw), as qemu-img requires");

@@ -205,8 +205,11 @@ int main(int argc, char **argv)
     pairs = calloc((size_t)argc, sizeof(*pairs));
     if (!pairs)
         return QCHAIN_EXIT_FAILURE;
-    if (argc - optind == 2 && !strchr(argv[optind], ':') &&
-        !strchr(argv[optind + 1], ':')) {
+    /* two arguments are ACTIVE OVERLAY unless they read as two pairs (a
+     * file name may contain ':' itself) */
+    if (argc - optind == 2 &&
+        ((!strchr(argv[optind], ':') && !strchr(argv[optind + 1], ':')) ||
+         access(argv[optind], F_OK) == 0)) {
         pairs[0].active = argv[optind];
         pairs[0].overlay = argv[optind + 1];
         n = 1;

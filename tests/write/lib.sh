@@ -1,0 +1,30 @@
+# Shared helpers of the write-path tests (sourced).
+set -u
+: "${QCHAIN_BIN:?}"
+work=$(mktemp -d); trap 'cleanup_all' EXIT
+cleanup_hooks=()
+cleanup_all() {
+    local h
+    for h in "${cleanup_hooks[@]+"${cleanup_hooks[@]}"}"; do eval "$h"; done
+    rm -rf "$work"
+}
+cd "$work"
+fails=0; cases=0
+ok() { cases=$((cases+1)); echo "ok - $1"; }
+bad() { cases=$((cases+1)); fails=$((fails+1)); echo "not ok - $1: $2"; }
+finish() { echo "$((cases-fails)) passed, $fails failed"; [ $fails -eq 0 ]; }
+# json_get FILE PATH... : value at a key path (python), "<absent>" if none
+json_get() {
+    python3 - "$@" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k in sys.argv[2:]:
+    if isinstance(d, list):
+        d = d[int(k)]
+    elif k in d:
+        d = d[k]
+    else:
+        print("<absent>"); sys.exit(0)
+print(json.dumps(d))
+PY
+}
