@@ -145,6 +145,9 @@ static int parse_extensions(const uint8_t *buf, size_t len, uint64_t ext_end,
             p->ext_crypto = (int)p->n_exts;
             break;
         case Q2_EXT_DATA_FILE:
+            if (elen == 0)
+                return CORRUPT("external data file name is empty "
+                               "(at offset 0x%" PRIx64 ")", off);
             p->ext_data_file = (int)p->n_exts;
             break;
         default:

@@ -149,6 +149,11 @@ static int decode(struct qcow2_image *img, const uint8_t *l2, uint64_t l2_off,
         else
             u->kind = QCOW2_KIND_UNALLOCATED;
         u->host = host + sc * scsize;
+        if (u->kind == QCOW2_KIND_DATA && !img->external_data &&
+            u->host >= (uint64_t)img->file_size)
+            return q2_err(img, -QCOW2_ECORRUPT, "data subcluster at 0x%"
+                          PRIx64 " lies past the end of the file (L2 entry "
+                          "at offset 0x%" PRIx64 ")", u->host, pos);
     }
     return 0;
 }
