@@ -112,8 +112,8 @@ int main(int argc, char **argv)
     bool have_opts = false, have_size;
     int opt, rc;
 
-    cli_init("qchain-create");
-    while ((opt = getopt_long(argc, argv, "hVf:o:b:F:", longopts, NULL)) !=
+    cli_init("qchain-create", argv);
+    while ((opt = getopt_long(argc, argv, ":hVf:o:b:F:", longopts, NULL)) !=
            -1) {
         switch (opt) {
         case 'f':

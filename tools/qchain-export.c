@@ -97,7 +97,7 @@ int main(int argc, char **argv)
     int opt, rc, status = QCHAIN_EXIT_FAILURE;
     bool created = false;
 
-    cli_init("qchain-export");
+    cli_init("qchain-export", argv);
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS "s:",
                               longopts, NULL)) != -1) {
         if (cli_common_option(opt, optarg, &common, usage))

@@ -491,7 +491,7 @@ int main(int argc, char **argv)
     const char *file;
     int opt, rc;
 
-    cli_init("qchain-info");
+    cli_init("qchain-info", argv);
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS, longopts,
                               NULL)) != -1) {
         if (cli_common_option(opt, optarg, &common, usage))

@@ -104,7 +104,7 @@ int main(int argc, char **argv)
     const char *file;
     int opt, rc;
 
-    cli_init("qchain-map");
+    cli_init("qchain-map", argv);
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS "s:l:",
                               longopts, NULL)) != -1) {
         if (cli_common_option(opt, optarg, &common, usage))
@@ -143,6 +143,8 @@ int main(int argc, char **argv)
     end = qcow2_virtual_size(img);
     if (max_len < end && start + max_len < end)
         end = start + max_len;
+    if (start > end)
+        end = start; /* nothing to map, as qemu-img */
     if (common.output == CLI_OUTPUT_JSON)
         putchar('[');
     else
@@ -181,8 +183,8 @@ int main(int argc, char **argv)
         }
         curr = next;
     }
-    if (curr.length > 0)
-        dump(&curr, common.output, first);
+    /* like qemu-img map, the last entry is printed even when empty */
+    dump(&curr, common.output, first);
     if (common.output == CLI_OUTPUT_JSON)
         puts("]");
     qcow2_close(img);

@@ -180,7 +180,7 @@ int main(int argc, char **argv)
     int opt, status = QCHAIN_EXIT_FAILURE;
     char err[512];
 
-    cli_init("qchain-snapshot");
+    cli_init("qchain-snapshot", argv);
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS, longopts,
                               NULL)) != -1) {
         if (cli_common_option(opt, optarg, &common, usage))

@@ -657,12 +657,14 @@ int qcow2_snapshot_find(const struct qcow2_image *img, const char *which)
 int qcow2_snapshot_select(struct qcow2_image *img, const char *which)
 {
     const struct qcow2_snapshot *s;
-    uint64_t vs, bytes_per_l2, need;
     int idx;
 
     if (!usable(img))
         return -EINVAL;
     q2_err_clear(img);
+    if (img->writable)
+        return q2_err(img, -EINVAL, "a snapshot view needs a read-only "
+                      "image");
     idx = qcow2_snapshot_find(img, which);
     if (idx < 0)
         return q2_err(img, -ENOENT, "snapshot '%s' not found", which);
@@ -677,21 +679,11 @@ int qcow2_snapshot_select(struct qcow2_image *img, const char *which)
         return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: L1 table 0x%" PRIx64
                       " lies past the end of the file (at offset 0x%" PRIx64
                       ")", s->id, s->l1_table_offset, s->entry_offset);
-    vs = s->has_disk_size ? s->disk_size : img->hp.h.size;
-    if (vs > INT64_MAX)
-        return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: disk size %" PRIu64
-                      " is too large (at offset 0x%" PRIx64 ")", s->id, vs,
-                      s->entry_offset);
-    bytes_per_l2 = 1ull << (img->cluster_bits + img->l2_bits);
-    need = vs / bytes_per_l2 + (vs % bytes_per_l2 != 0);
-    if (need > s->l1_size)
-        return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: L1 table of %"
-                      PRIu32 " entries is too small for %" PRIu64 " bytes "
-                      "(at offset 0x%" PRIx64 ")", s->id, s->l1_size, vs,
-                      s->entry_offset);
+    /* QEMU (qcow2_snapshot_load_tmp) swaps in the snapshot's L1 table
+     * and nothing else: the guest size stays the image's, and ranges past
+     * the snapshot's L1 read as unallocated */
     img->l1_offset = s->l1_table_offset;
     img->l1_size = s->l1_size;
-    img->virtual_size = vs & ~511ull;
     img->selected_snapshot = idx;
     img->dbuf_key = 0;
     img->l1_checked = false;
@@ -881,8 +873,8 @@ static int map_chain(struct qcow2_image *img, uint64_t start, uint64_t len,
         rc = layer_status(cur, start, len, holes, ext);
         if (rc < 0) {
             if (cur != img)
-                return q2_err(img, rc, "'%s': %s", cur->filename,
-                              cur->errmsg);
+                return q2_err(img, rc, "backing file '%s': %s",
+                              cur->filename, cur->errmsg);
             return rc;
         }
         len = ext->length;
@@ -918,9 +910,22 @@ int qcow2_map(struct qcow2_image *img, uint64_t start, uint64_t len,
 /* Reading                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* "backing file 'NAME': " when l is not the image the caller opened. */
+static const char *layer_prefix(const struct qcow2_image *top,
+                                const struct qcow2_image *l, char *buf,
+                                size_t len)
+{
+    if (l == top)
+        return "";
+    snprintf(buf, len, "backing file '%s': ", l->filename);
+    return buf;
+}
+
 static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
                            const struct qcow2_extent *e, uint8_t *buf)
 {
+    char pfx[600];
+
     uint64_t in_cluster = e->start & (l->cluster_size - 1);
     int64_t n;
     int rc;
@@ -936,15 +941,16 @@ static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
         l->dbuf_key = 0;
         n = q2_pread_full(&l->io, l->cbuf, e->csize, e->offset);
         if (n < 0)
-            return q2_err(top, (int)n, "'%s': cannot read compressed cluster: "
-                          "%s (at offset 0x%" PRIx64 ")", l->filename,
+            return q2_err(top, (int)n, "%scannot read compressed cluster: "
+                          "%s (at offset 0x%" PRIx64 ")",
+                          layer_prefix(top, l, pfx, sizeof(pfx)),
                           qcow2_strerror((int)n), e->offset);
         rc = q2_decompress(l->hp.h.compression_type, l->cbuf, e->csize,
                            l->dbuf, l->cluster_size);
         if (rc < 0)
-            return q2_err(top, rc, "'%s': compressed cluster cannot be "
+            return q2_err(top, rc, "%scompressed cluster cannot be "
                           "decompressed (%s) (at offset 0x%" PRIx64 ")",
-                          l->filename,
+                          layer_prefix(top, l, pfx, sizeof(pfx)),
                           l->hp.h.compression_type ? "zstd" : "zlib",
                           e->offset);
         l->dbuf_key = e->offset + 1;
@@ -975,8 +981,10 @@ int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
         if (e.flags & QCOW2_EXTENT_ZERO || !(e.flags & QCOW2_EXTENT_DATA)) {
             memset(p + done, 0, e.length);
         } else if (e.layer->encrypted) {
-            return q2_err(img, -ENOTSUP, "'%s' is encrypted; qchain cannot "
-                          "read encrypted data", e.layer->filename);
+            char pfx[600];
+            return q2_err(img, -ENOTSUP, "%simage is encrypted; qchain "
+                          "cannot read encrypted data",
+                          layer_prefix(img, e.layer, pfx, sizeof(pfx)));
         } else if (e.kind == QCOW2_KIND_COMPRESSED) {
             rc = read_compressed(img, e.layer, &e, p + done);
             if (rc < 0)
@@ -988,15 +996,19 @@ int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
                 rc = q2_data_io(e.layer, &io);
                 if (rc < 0)
                     return e.layer == img ? rc
-                                          : q2_err(img, rc, "'%s': %s",
+                                          : q2_err(img, rc, "backing file "
+                                                   "'%s': %s",
                                                    e.layer->filename,
                                                    e.layer->errmsg);
             }
             n = q2_pread_full(io, p + done, e.length, e.offset);
-            if (n < 0)
-                return q2_err(img, (int)n, "'%s': cannot read data: %s (at "
-                              "offset 0x%" PRIx64 ")", e.layer->filename,
+            if (n < 0) {
+                char pfx[600];
+                return q2_err(img, (int)n, "%scannot read data: %s (at "
+                              "offset 0x%" PRIx64 ")",
+                              layer_prefix(img, e.layer, pfx, sizeof(pfx)),
                               qcow2_strerror((int)n), e.offset);
+            }
         }
         done += e.length;
     }

@@ -96,8 +96,9 @@ enum q2_page_kind {
     Q2_PAGE_META = 0, /* read only */
     Q2_PAGE_REFBLOCK,
     Q2_PAGE_REFTABLE,
-    Q2_PAGE_L2,
-    Q2_PAGE_L1
+    Q2_PAGE_L2,       /* L2 tables, and bitmap tables */
+    Q2_PAGE_L1,
+    Q2_PAGE_BITMAP    /* bitmap data clusters */
 };
 
 struct q2_cache_slot {
@@ -177,6 +178,7 @@ Q2_HIDDEN void q2_snap_free(struct q2_snapshot *s, unsigned n);
 struct q2_bitmap {
     struct qcow2_bitmap pub;
     char *name;
+    bool tracked; /* enabled: this writer sets its bits (and in_use) */
 };
 
 Q2_HIDDEN int q2_bitmap_parse(const uint8_t *buf, size_t len, uint64_t dir_off,

@@ -421,13 +421,13 @@ int q2_detect_prealloc(struct qcow2_image *img)
         threshold = real_clusters + 2;
     end_cluster = ((uint64_t)img->file_size + img->cluster_size - 1) >>
                   img->cluster_bits;
-    for (i = 0; i < end_cluster && count <= threshold; i++) {
+    for (i = 0; i < end_cluster && count < threshold; i++) {
         if (q2_refcount_get(img, i, &rc_val) < 0) {
             q2_err_clear(img);
             return 0; /* QEMU treats a failure as "not preallocated" */
         }
         count += rc_val != 0;
     }
-    img->prealloc = count > threshold;
+    img->prealloc = count >= threshold;
     return img->prealloc;
 }

@@ -66,6 +66,9 @@ int q2_flush(struct qcow2_image *img)
         return (rc = img->io.flush(img->io.ctx)) < 0
                    ? fail(img, rc, "cannot flush the image") : 0;
 
+    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_BITMAP,
+                                  &n)) < 0)
+        return fail(img, rc, "cannot write bitmap data");
     if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_REFBLOCK,
                                   &n)) < 0)
         return fail(img, rc, "cannot write refcount blocks");
@@ -99,6 +102,8 @@ static int flush_cb(void *ctx)
     return q2_flush(ctx);
 }
 
+static int set_bitmap_flags(struct qcow2_image *img, bool in_use);
+
 int q2_write_close(struct qcow2_image *img)
 {
     int rc;
@@ -109,6 +114,9 @@ int q2_write_close(struct qcow2_image *img)
     rc = q2_flush(img);
     if (rc == 0 && img->format == QCOW2_FORMAT_QCOW2)
         rc = q2_flush(img);
+    /* the bitmaps are complete and durable: consistent again */
+    if (rc == 0 && img->format == QCOW2_FORMAT_QCOW2)
+        rc = set_bitmap_flags(img, false);
     return rc;
 }
 
@@ -123,6 +131,161 @@ static int write_header(struct qcow2_image *img, uint64_t off,
         return fail(img, (int)n, "cannot write the header");
     if ((rc = img->io.flush(img->io.ctx)) < 0)
         return fail(img, rc, "cannot flush the header");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Persistent dirty bitmaps                                                 */
+/* ------------------------------------------------------------------------ */
+/*
+ * Enabled ("auto") bitmaps must record every range the guest writes.  As
+ * QEMU does, they are flagged in_use (synced) before the first write and
+ * only flagged consistent again after the final flush at close: a writer
+ * that dies leaves them marked inconsistent, never silently stale.  Bits
+ * are set in cached bitmap clusters, written with the data before the
+ * bitmap table entries that name new clusters (q2_flush).  Disabled
+ * bitmaps, and bitmaps already in use (inconsistent), are left alone.
+ *
+ * Bitmap table entry: bits 9-55 data cluster offset; bit 0 with offset 0:
+ * the cluster reads as all ones.  Data: bit n covers guest bytes
+ * [n << granularity_bits, (n + 1) << granularity_bits), LSB first.
+ */
+#define BME_OFFSET_MASK 0x00fffffffffffe00ULL
+#define BME_RESERVED_MASK 0xff000000000001feULL
+
+static int set_bitmap_flags(struct qcow2_image *img, bool in_use)
+{
+    unsigned i, n = 0;
+    uint8_t b[4];
+    int64_t w;
+    int rc;
+
+    for (i = 0; i < img->n_bitmaps; i++) {
+        struct q2_bitmap *bm = &img->bitmaps[i];
+        uint32_t flags;
+        if (!bm->tracked)
+            continue;
+        flags = in_use ? bm->pub.flags | QCOW2_BITMAP_IN_USE
+                       : bm->pub.flags & ~(uint32_t)QCOW2_BITMAP_IN_USE;
+        q2_store_be32(b, flags);
+        w = img->io.pwrite(img->io.ctx, b, 4, bm->pub.entry_offset + 12);
+        if (w < 0)
+            return fail(img, (int)w, "cannot update a bitmap directory entry");
+        bm->pub.flags = flags;
+        n++;
+    }
+    if (n && (rc = img->io.flush(img->io.ctx)) < 0)
+        return fail(img, rc, "cannot flush the bitmap directory");
+    return 0;
+}
+
+static int prepare_bitmaps(struct qcow2_image *img)
+{
+    uint64_t cs = img->cluster_size;
+    unsigned i;
+
+    for (i = 0; i < img->n_bitmaps; i++) {
+        struct q2_bitmap *bm = &img->bitmaps[i];
+        const struct qcow2_bitmap *p = &bm->pub;
+        uint64_t bits, need;
+
+        if (!(p->flags & QCOW2_BITMAP_AUTO) ||
+            (p->flags & QCOW2_BITMAP_IN_USE))
+            continue;
+        bits = (img->virtual_size + (1ull << p->granularity_bits) - 1) >>
+               p->granularity_bits;
+        need = (bits + cs * 8 - 1) / (cs * 8);
+        if (p->table_size < need ||
+            p->table_offset > (uint64_t)img->file_size ||
+            (uint64_t)p->table_size * 8 >
+                (uint64_t)img->file_size - p->table_offset)
+            return q2_err(img, -QCOW2_ECORRUPT, "bitmap '%s': its table "
+                          "(0x%" PRIx64 ", %" PRIu32 " entries) does not "
+                          "cover the disk or lies past the end of the file "
+                          "(at offset 0x%" PRIx64 ")", bm->name,
+                          p->table_offset, p->table_size, p->entry_offset);
+        bm->tracked = true;
+    }
+    return set_bitmap_flags(img, true);
+}
+
+/* Set the bits of [off, off+len) in one tracked bitmap. */
+static int bitmap_mark(struct qcow2_image *img, struct q2_bitmap *bm,
+                       uint64_t off, uint64_t len)
+{
+    uint64_t cs = img->cluster_size, bpc = cs * 8;
+    unsigned gb = bm->pub.granularity_bits;
+    uint64_t first = off >> gb, last = (off + len - 1) >> gb, ci;
+    int rc;
+
+    for (ci = first / bpc; ci <= last / bpc; ci++) {
+        uint64_t pos = bm->pub.table_offset + ci * 8;
+        uint64_t key = pos & ~(cs - 1), e, data, lo, hi, n;
+        const uint8_t *tp;
+        uint8_t *page;
+
+        rc = q2_cache_get(&img->cache, &img->io, key, &tp);
+        if (rc < 0)
+            return rc;
+        e = q2_load_be64(tp + (pos - key));
+        if (e & BME_RESERVED_MASK)
+            return q2_err(img, -QCOW2_ECORRUPT, "bitmap '%s': table entry "
+                          "has reserved bits set (at offset 0x%" PRIx64 ")",
+                          bm->name, pos);
+        data = e & BME_OFFSET_MASK;
+        if (!data && (e & 1))
+            continue; /* all ones already */
+        if (!data) {
+            uint8_t *tw;
+            rc = q2_rc_alloc(img, 1, &data);
+            if (rc < 0)
+                return rc;
+            rc = q2_cache_new(&img->cache, data, Q2_PAGE_BITMAP, &page);
+            if (rc < 0)
+                return rc;
+            rc = q2_cache_get_mut(&img->cache, &img->io, key, Q2_PAGE_L2,
+                                  &tw);
+            if (rc < 0)
+                return rc;
+            q2_store_be64(tw + (pos - key), data);
+        } else if (data & (cs - 1) || data >= (uint64_t)img->file_size) {
+            return q2_err(img, -QCOW2_ECORRUPT, "bitmap '%s': data cluster "
+                          "0x%" PRIx64 " is invalid (at offset 0x%" PRIx64
+                          ")", bm->name, data, pos);
+        }
+        rc = q2_cache_get_mut(&img->cache, &img->io, data, Q2_PAGE_BITMAP,
+                              &page);
+        if (rc < 0)
+            return rc;
+        lo = first > ci * bpc ? first - ci * bpc : 0;
+        hi = last < (ci + 1) * bpc ? last - ci * bpc : bpc - 1;
+        for (n = lo; n <= hi; n++) {
+            if ((n & 7) == 0 && n + 8 <= hi + 1) {
+                uint64_t bytes = (hi + 1 - n) / 8;
+                memset(page + n / 8, 0xff, bytes);
+                n += bytes * 8 - 1;
+                continue;
+            }
+            page[n / 8] |= (uint8_t)(1u << (n & 7));
+        }
+    }
+    return 0;
+}
+
+static int bitmaps_mark(struct qcow2_image *img, uint64_t off, uint64_t len)
+{
+    unsigned i;
+    int rc;
+
+    if (len == 0)
+        return 0;
+    for (i = 0; i < img->n_bitmaps; i++) {
+        if (!img->bitmaps[i].tracked)
+            continue;
+        rc = bitmap_mark(img, &img->bitmaps[i], off, len);
+        if (rc < 0)
+            return rc;
+    }
     return 0;
 }
 
@@ -148,9 +311,6 @@ int q2_write_prepare(struct qcow2_image *img)
     if (img->external_data)
         return q2_err(img, -ENOTSUP, "writing images with an external data "
                       "file is not supported");
-    if (img->n_bitmaps)
-        return q2_err(img, -ENOTSUP, "writing images with persistent "
-                      "bitmaps is not supported yet");
     img->wbuf = malloc(img->cluster_size);
     if (!img->wbuf)
         return -ENOMEM;
@@ -164,7 +324,7 @@ int q2_write_prepare(struct qcow2_image *img)
         if (rc < 0)
             return rc;
     }
-    return 0;
+    return prepare_bitmaps(img);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -578,6 +738,12 @@ static int do_write(struct qcow2_image *img, const uint8_t *src,
         }
         return 0;
     }
+    rc = bitmaps_mark(img, off, len);
+    if (rc < 0) {
+        if (!img->write_err)
+            img->write_err = rc;
+        return rc;
+    }
     while (len) {
         uint64_t gc = off >> img->cluster_bits, in = off & (cs - 1);
         uint64_t n = cs - in < len ? cs - in : len;
@@ -698,6 +864,9 @@ int q2_resize(struct qcow2_image *img, uint64_t size)
     old = img->virtual_size;
     if (vs < old)
         return q2_err(img, -ENOTSUP, "shrinking images is not supported");
+    if (img->n_bitmaps && vs != old)
+        return q2_err(img, -ENOTSUP, "cannot resize an image with persistent "
+                      "bitmaps (QEMU refuses it too)");
     if (size > INT64_MAX)
         return q2_err(img, -EFBIG, "size %" PRIu64 " is too large", size);
     if (img->format == QCOW2_FORMAT_RAW) {

@@ -496,12 +496,13 @@ TEST(snapshot_select_view)
     EXPECT_EQ_INT(qcow2_pread(img, got, sizeof(got), 0), 2048);
     EXPECT_EQ_MEM(got, want, sizeof(got));
 
-    failure("a snapshot with its own disk size");
+    failure("a snapshot with its own disk size keeps the image's size, as "
+            "qemu-img convert -l does");
     REQUIRE_EQ_INT(qcow2_snapshot_select(img, "2"), 0);
-    EXPECT_EQ_U64(qcow2_virtual_size(img), 1024);
+    EXPECT_EQ_U64(qcow2_virtual_size(img), 2048);
     memset(want, 0, sizeof(want));
     memset(want, 'B', 512);
-    EXPECT_EQ_INT(qcow2_pread(img, got, sizeof(got), 0), 1024);
+    EXPECT_EQ_INT(qcow2_pread(img, got, sizeof(got), 0), 2048);
     EXPECT_EQ_MEM(got, want, 1024);
     qcow2_close(img);
     qimg_free(&q);

@@ -13,9 +13,27 @@
 
 static const char *progname = "qchain";
 
-void cli_init(const char *name)
+static char **args;
+
+void cli_init(const char *name, char **argv)
 {
     progname = name;
+    args = argv;
+    opterr = 0; /* getopt's own messages lack our prefix */
+}
+
+void cli_bad_option(int opt)
+{
+    const char *arg = args && optind > 0 ? args[optind - 1] : NULL;
+
+    if (opt == ':') {
+        if (arg && arg[0] == '-' && arg[1] == '-')
+            cli_usage_error("option '%s' requires an argument", arg);
+        cli_usage_error("option requires an argument -- '%c'", optopt);
+    }
+    if (optopt)
+        cli_usage_error("invalid option -- '%c'", optopt);
+    cli_usage_error("unrecognized option '%s'", arg ? arg : "?");
 }
 
 const char *cli_progname(void)
@@ -102,7 +120,8 @@ int cli_common_option(int opt, const char *arg, struct cli_common *c,
         c->output = CLI_OUTPUT_JSON;
         return 1;
     case '?':
-        cli_usage_error("incorrect parameter");
+    case ':':
+        cli_bad_option(opt);
     default:
         return 0;
     }

@@ -19,7 +19,7 @@
 enum cli_output { CLI_OUTPUT_HUMAN = 0, CLI_OUTPUT_JSON = 1 };
 
 /* Options every command takes; the short letters are reserved for these. */
-#define CLI_COMMON_SHORTOPTS "hVf:U"
+#define CLI_COMMON_SHORTOPTS ":hVf:U" /* ':': missing arguments */
 #define CLI_OPT_OUTPUT 0x1000
 #define CLI_OPT_JSON 0x1001
 #define CLI_COMMON_LONGOPTS                                                   \
@@ -36,8 +36,11 @@ struct cli_common {
     bool force_share;   /* -U */
 };
 
-/* Set the program name used in messages (e.g. "qchain-info"). */
-void cli_init(const char *progname);
+/* Set the program name used in messages (e.g. "qchain-info") and take
+ * over getopt's error messages. */
+void cli_init(const char *progname, char **argv);
+/* A usage error for the option getopt just rejected (exit 2). */
+_Noreturn void cli_bad_option(int opt);
 const char *cli_progname(void);
 
 /* Handle a common option.  Returns 1 when handled, 0 when not a common
