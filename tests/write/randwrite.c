@@ -3,14 +3,15 @@
  * "model" file, for the write-path tests (tests/write/ scripts).
  *
  *   randwrite IMAGE MODEL SEED COUNT [--flush-every N] [--max-clusters N]
- *             [--verify]
+ *             [--verify] [--log FILE]
  *
  * Each operation is a data write (random bytes), a zero write or a discard
  * of a random range (1 sector to several clusters).  The model gets what a
  * reader must see afterwards; discards follow QEMU's rule (whole clusters
  * read as zeros, unless the image is version 2 over a backing file;
  * partial clusters are untouched).  With --verify the whole guest view is
- * compared with the model at the end.  A kill test runs it with a huge
+ * compared with the model at the end; --log writes "offset length" of
+ * every operation (for the bitmap test).  A kill test runs it with a huge
  * COUNT and SIGKILLs it.
  */
 #include <fcntl.h>
@@ -47,6 +48,7 @@ int main(int argc, char **argv)
     struct qcow2_info info;
     uint64_t seed, count, i, size, cs, flush_every = 0, max_clusters = 4;
     bool verify = false, discard_zeroes;
+    FILE *log = NULL;
     uint8_t *buf, *buf2;
     int model, a;
 
@@ -64,6 +66,8 @@ int main(int argc, char **argv)
             max_clusters = strtoull(argv[++a], NULL, 0);
         else if (!strcmp(argv[a], "--verify"))
             verify = true;
+        else if (!strcmp(argv[a], "--log") && a + 1 < argc)
+            log = fopen(argv[++a], "w");
         else
             return 2;
     }
@@ -99,6 +103,8 @@ int main(int argc, char **argv)
             len = size - off;
         if (len == 0)
             continue;
+        if (log)
+            fprintf(log, "%" PRIu64 " %" PRIu64 "\n", off, len);
         if (op < 7) {
             for (k = 0; k < len; k += 8) {
                 uint64_t r = rnd();
@@ -161,6 +167,8 @@ int main(int argc, char **argv)
         return 1;
     }
     close(model);
+    if (log)
+        fclose(log);
     free(buf);
     free(buf2);
     return 0;
