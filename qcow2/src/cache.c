@@ -236,3 +236,12 @@ void q2_cache_drop(struct q2_cache *c, uint64_t key)
         if (c->slots[i].valid && c->slots[i].key == key)
             c->slots[i].valid = c->slots[i].dirty = false;
 }
+
+void q2_cache_clear(struct q2_cache *c)
+{
+    unsigned i;
+
+    for (i = 0; i < c->nslots; i++)
+        if (!c->slots[i].dirty)
+            c->slots[i].valid = false;
+}

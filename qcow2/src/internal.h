@@ -141,6 +141,8 @@ Q2_HIDDEN int q2_cache_write_kind(struct q2_cache *c,
 Q2_HIDDEN bool q2_cache_dirty(const struct q2_cache *c);
 Q2_HIDDEN bool q2_cache_dirty_kind(const struct q2_cache *c,
                                    enum q2_page_kind kind);
+/* Forget every clean page (structures were rewritten behind the cache). */
+Q2_HIDDEN void q2_cache_clear(struct q2_cache *c);
 /* Forget a page (its cluster was freed or rewritten behind the cache). */
 Q2_HIDDEN void q2_cache_drop(struct q2_cache *c, uint64_t key);
 
@@ -290,6 +292,9 @@ Q2_HIDDEN int q2_write_prepare(struct qcow2_image *img);
 /* Grow to size bytes (any size: the header keeps it exactly, the guest
  * sees whole sectors, as QEMU does). */
 Q2_HIDDEN int q2_resize(struct qcow2_image *img, uint64_t size);
+/* Rebuild the refcount structures from the references (rebuild.c), then
+ * clear the dirty bit. */
+Q2_HIDDEN int q2_rebuild_refcounts(struct qcow2_image *img);
 /* Final flushes at close; returns the first error. */
 Q2_HIDDEN int q2_write_close(struct qcow2_image *img);
 

@@ -301,10 +301,6 @@ int q2_write_prepare(struct qcow2_image *img)
     if (h->incompatible_features & Q2_INCOMPAT_CORRUPT)
         return q2_err(img, -EACCES, "image is marked corrupt and cannot be "
                       "opened for writing (repair it first)");
-    if (h->incompatible_features & Q2_INCOMPAT_DIRTY)
-        return q2_err(img, -ENOTSUP, "image was not closed cleanly (dirty "
-                      "bit, lazy refcounts): its refcounts must be rebuilt "
-                      "before it is written");
     if (img->encrypted)
         return q2_err(img, -ENOTSUP, "writing encrypted images is not "
                       "supported");
@@ -314,6 +310,13 @@ int q2_write_prepare(struct qcow2_image *img)
     img->wbuf = malloc(img->cluster_size);
     if (!img->wbuf)
         return -ENOMEM;
+    if (h->incompatible_features & Q2_INCOMPAT_DIRTY) {
+        /* lazy refcounts left behind by a QEMU that did not close the
+         * image: the refcounts may be too low; rebuild them first */
+        rc = q2_rebuild_refcounts(img);
+        if (rc < 0)
+            return rc;
+    }
     img->cache.flush = flush_cb;
     img->cache.flush_ctx = img;
     if (h->autoclear_features & ~Q2_AUTOCLEAR_KNOWN) {

@@ -365,8 +365,10 @@ QCOW2_API int64_t qcow2_host_pread(struct qcow2_image *img, bool data_file,
  * image with leaked clusters at worst.  Metadata is written back in batches
  * (when the cache fills, on qcow2_flush, at close).  After a failed write
  * the handle refuses further writes with the same error.  Writing refuses
- * images with the corrupt or dirty bit, encryption, an external data file
- * or persistent bitmaps (-EACCES / -ENOTSUP at open).
+ * images with the corrupt bit (-EACCES), encryption or an external data file
+ * (-ENOTSUP).  An image with the dirty bit (lazy refcounts, not closed
+ * cleanly) gets its refcounts rebuilt at open.  Enabled persistent bitmaps
+ * record every written range (flagged in use until a clean close).
  */
 
 /** Write guest data.  @return len, -EROFS, -EINVAL (beyond the virtual
