@@ -78,7 +78,9 @@ int main(int argc, char **argv)
     qcow2_get_info(img, &info);
     size = info.virtual_size;
     cs = info.format == QCOW2_FORMAT_QCOW2 ? info.cluster_size : 4096;
-    discard_zeroes = info.version >= 3 || !qcow2_backing(img);
+    /* raw images ignore discards; qcow2 follows QEMU's rule */
+    discard_zeroes = info.format == QCOW2_FORMAT_QCOW2 &&
+                     (info.version >= 3 || !qcow2_backing(img));
     model = open(argv[2], O_RDWR);
     if (model < 0) {
         perror(argv[2]);

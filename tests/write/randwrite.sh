@@ -65,6 +65,11 @@ for cs in 16384 65536 2097152; do
     plain "xl2-$cs" "cluster_size=$cs,extended_l2=on" 32M 300
     plain "xl2-$cs-backed" "cluster_size=$cs,extended_l2=on" 12M 300 base.qcow2
 done
+# raw images
+qemu-img create -q -f raw r.img 8M; cp r.img r.raw
+if "$RW" r.img r.raw 5 300 --verify && cmp -s r.img r.raw; then ok "raw image"
+else bad "raw image" "content differs"; fi
+
 # qemu-img cannot snapshot 1-bit refcounts; 2 bits is the narrowest width
 for cs in 512 4096 65536; do
     with_snapshot "snap-$cs" "cluster_size=$cs" 8M
