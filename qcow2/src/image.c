@@ -795,7 +795,7 @@ int64_t qcow2_host_pread(struct qcow2_image *img, bool data_file, void *buf,
 /* A layer's answer, refined by holes in its host file (QEMU's want_zero
  * block status). */
 static int layer_status(struct qcow2_image *img, uint64_t start, uint64_t len,
-                        bool holes, struct qcow2_extent *ext)
+                        unsigned flags, struct qcow2_extent *ext)
 {
     struct qcow2_io *io;
     uint64_t pnum, fsize, n;
@@ -803,9 +803,11 @@ static int layer_status(struct qcow2_image *img, uint64_t start, uint64_t len,
     int rc;
 
     rc = q2_map_layer(img, start, len, ext);
-    if (rc < 0 || !holes || ext->kind != QCOW2_KIND_DATA || img->encrypted)
+    if (rc < 0 || !(flags & (QCOW2_MAP_HOLES | QCOW2_MAP_HOST_HOLES)) ||
+        ext->kind != QCOW2_KIND_DATA || img->encrypted)
         return rc;
-    if (img->format == QCOW2_FORMAT_QCOW2 && q2_detect_prealloc(img) != 1)
+    if (img->format == QCOW2_FORMAT_QCOW2 &&
+        !(flags & QCOW2_MAP_HOST_HOLES) && q2_detect_prealloc(img) != 1)
         return 0;
     rc = q2_data_io(img, &io);
     if (rc < 0)
@@ -860,17 +862,16 @@ static int layer_status(struct qcow2_image *img, uint64_t start, uint64_t len,
 }
 
 static int map_chain(struct qcow2_image *img, uint64_t start, uint64_t len,
-                     unsigned flags, struct qcow2_extent *ext)
+                     unsigned flags, unsigned stop, struct qcow2_extent *ext)
 {
     struct qcow2_image *cur = img;
-    bool holes = (flags & QCOW2_MAP_HOLES) != 0;
     unsigned depth = 0;
     int rc;
 
     for (;;) {
         if (cur != img)
             q2_err_clear(cur);
-        rc = layer_status(cur, start, len, holes, ext);
+        rc = layer_status(cur, start, len, flags, ext);
         if (rc < 0) {
             if (cur != img)
                 return q2_err(img, rc, "backing file '%s': %s",
@@ -884,6 +885,14 @@ static int map_chain(struct qcow2_image *img, uint64_t start, uint64_t len,
         if (!cur->backing || start >= cur->backing->virtual_size) {
             ext->flags |= QCOW2_EXTENT_ZERO; /* nothing below: zeros */
             break;
+        }
+        if (depth + 1 == stop) {
+            /* falls through to the layer at `stop`, which is not asked */
+            ext->kind = QCOW2_KIND_UNALLOCATED;
+            ext->flags = 0;
+            ext->layer = cur->backing;
+            ext->depth = stop;
+            return 0;
         }
         cur = cur->backing;
         depth++;
@@ -903,7 +912,23 @@ int qcow2_map(struct qcow2_image *img, uint64_t start, uint64_t len,
                       " is outside the image", start, len);
     if (len > img->virtual_size - start)
         len = img->virtual_size - start;
-    return map_chain(img, start, len, flags, ext);
+    return map_chain(img, start, len, flags, UINT32_MAX, ext);
+}
+
+int qcow2_map_above(struct qcow2_image *img, uint64_t start, uint64_t len,
+                    unsigned flags, unsigned stop_depth,
+                    struct qcow2_extent *ext)
+{
+    if (!usable(img) || !ext || stop_depth == 0)
+        return -EINVAL;
+    q2_err_clear(img);
+    if (start >= img->virtual_size || len == 0)
+        return q2_err(img, -EINVAL, "qcow2_map_above: range 0x%" PRIx64 "+%"
+                      PRIu64 " is outside the image", start, len);
+    if (len > img->virtual_size - start)
+        len = img->virtual_size - start;
+    return map_chain(img, start, len, flags | QCOW2_MAP_CHAIN, stop_depth,
+                     ext);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -975,7 +1000,8 @@ int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
     if (len > img->virtual_size - off)
         len = (size_t)(img->virtual_size - off);
     while (done < len) {
-        rc = map_chain(img, off + done, len - done, QCOW2_MAP_CHAIN, &e);
+        rc = map_chain(img, off + done, len - done, QCOW2_MAP_CHAIN,
+                       UINT32_MAX, &e);
         if (rc < 0)
             return rc;
         if (e.flags & QCOW2_EXTENT_ZERO || !(e.flags & QCOW2_EXTENT_DATA)) {

@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,6 +157,16 @@ static int64_t posix_allocated(void *ctx)
     if (fstat(f->fd, &st) < 0)
         return -errno;
     return (int64_t)st.st_blocks * 512;
+}
+
+static int posix_punch(void *ctx, uint64_t off, uint64_t len)
+{
+    struct posix_file *f = ctx;
+
+    if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)off, (off_t)len) < 0)
+        return (errno == EOPNOTSUPP || errno == ENOSYS) ? -ENOTSUP : -errno;
+    return 0;
 }
 
 static int lock_byte(int fd, int byte)
@@ -300,5 +311,6 @@ int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
     io->block_status = posix_block_status;
     io->identity = posix_identity;
     io->allocated = posix_allocated;
+    io->punch = posix_punch;
     return 0;
 }

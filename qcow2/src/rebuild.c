@@ -311,3 +311,20 @@ out:
     free(buf);
     return rc;
 }
+
+int qcow2_rebuild_refcounts(struct qcow2_image *img)
+{
+    int rc;
+
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN)
+        return -EINVAL;
+    q2_err_clear(img);
+    if (!img->writable)
+        return q2_err(img, -EROFS, "image is open read-only");
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return 0;
+    rc = q2_write_close(img); /* everything written, frees applied */
+    if (rc < 0)
+        return rc;
+    return q2_rebuild_refcounts(img);
+}

@@ -729,7 +729,18 @@ static int do_write(struct qcow2_image *img, const uint8_t *src,
             n = img->io.pwrite(img->io.ctx, src, len, off);
             return n < 0 ? fail(img, (int)n, "cannot write data") : 0;
         }
-        /* zeros: written in bounded chunks */
+        /* zeros: a hole where the file system makes one */
+        if (img->io.punch) {
+            int64_t fsz = img->io.size(img->io.ctx);
+            rc = img->io.punch(img->io.ctx, off, len);
+            if (rc == 0 && fsz >= 0 && off + len > (uint64_t)fsz)
+                rc = img->io.truncate(img->io.ctx, off + len);
+            if (rc == 0)
+                return 0;
+            if (rc != -ENOTSUP)
+                return fail(img, rc, "cannot punch a hole");
+        }
+        /* else written in bounded chunks */
         while (len) {
             static const uint8_t zeros[65536];
             size_t k = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);

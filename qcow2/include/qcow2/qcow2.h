@@ -322,6 +322,9 @@ struct qcow2_extent {
 #define QCOW2_MAP_CHAIN 0x01 /* resolve through the backing chain */
 #define QCOW2_MAP_HOLES 0x02 /* report holes of the host file as zeros, as
                                 qemu-img map does */
+#define QCOW2_MAP_HOST_HOLES 0x04 /* always look for holes of the host file
+                                     inside data clusters (not only when
+                                     QEMU would); they get ZERO with DATA */
 
 /**
  * Describe the guest bytes starting at `start`: the longest run (at most
@@ -335,6 +338,19 @@ struct qcow2_extent {
  */
 QCOW2_API int qcow2_map(struct qcow2_image *img, uint64_t start, uint64_t len,
                         unsigned flags, struct qcow2_extent *ext);
+
+/**
+ * Like qcow2_map with QCOW2_MAP_CHAIN, but only the layers above depth
+ * stop_depth are asked: a range none of them allocates comes back with
+ * depth == stop_depth, kind QCOW2_KIND_UNALLOCATED, no flags, and layer =
+ * the image at stop_depth (what a commit into that image would not copy).
+ * A range past the end of a shorter backing file above it reads as zeros
+ * and comes back with QCOW2_EXTENT_ZERO.
+ * @return as qcow2_map; -EINVAL when stop_depth is 0.
+ */
+QCOW2_API int qcow2_map_above(struct qcow2_image *img, uint64_t start,
+                              uint64_t len, unsigned flags,
+                              unsigned stop_depth, struct qcow2_extent *ext);
 
 /** Guest-visible size of the image (of the selected snapshot, if any). */
 QCOW2_API uint64_t qcow2_virtual_size(const struct qcow2_image *img);
@@ -396,6 +412,57 @@ QCOW2_API int qcow2_flush(struct qcow2_image *img);
  *  holds past the old size does not show through.
  *  @return 0, -EINVAL, -ENOTSUP (shrinking), -EFBIG. */
 QCOW2_API int qcow2_resize(struct qcow2_image *img, uint64_t size);
+
+/**
+ * Name another backing file (qemu-img rebase -u): store `name` (as given;
+ * it resolves against this image's directory) and its format.  The switch
+ * is one atomic sector write where the header layout allows it.  The open
+ * backing chain of the handle is not changed; reopen to follow the new one.
+ * @return 0, -EROFS, -EINVAL (bad name/format, raw image), -ENOSPC (does
+ *         not fit in the first cluster), backend errors.
+ */
+QCOW2_API int qcow2_set_backing(struct qcow2_image *img, const char *name,
+                                const char *format);
+
+/**
+ * Rebuild the refcount structures from the references the metadata makes
+ * (leaks freed, too-low refcounts raised), as qemu-img check -r all does
+ * for refcounts.  The image must be open read-write.
+ * @return 0, -EROFS, -QCOW2_ECORRUPT (a reference is invalid: nothing
+ *         changed), -ENOMEM, -EFBIG, backend errors.
+ */
+QCOW2_API int qcow2_rebuild_refcounts(struct qcow2_image *img);
+
+/* ------------------------------------------------------------------------ */
+/* Commit                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Called as work progresses; a non-zero return cancels (-ECANCELED). */
+typedef int (*qcow2_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+struct qcow2_commit_stats {
+    uint64_t data_bytes;       /* guest bytes the layers hold as data */
+    uint64_t zero_bytes;       /* guest bytes they mark as zeros */
+    uint64_t compressed_bytes; /* part of data_bytes held compressed */
+    uint64_t total_bytes;      /* guest size walked */
+    bool grown;                /* the base was grown to the top's size */
+};
+
+/**
+ * Copy into `base` everything the layers of `top`'s chain above depth
+ * `stop` hold: data (holes of their files inside data clusters become
+ * zeros without being copied), zero clusters, and zeros past a shorter
+ * backing file; grow the base to the top's size first; flush at the end.
+ * `base` is a read-write handle on the image at depth `stop` of `top`'s
+ * chain.  The guest view through `top` never changes, and running it
+ * again after an interruption writes the same bytes.
+ * @return 0, -EINVAL, -EROFS, -ECANCELED, or an error of either image;
+ *         qcow2_errmsg(top) explains.
+ */
+QCOW2_API int qcow2_commit(struct qcow2_image *top, unsigned stop,
+                           struct qcow2_image *base,
+                           qcow2_progress_fn progress, void *ctx,
+                           struct qcow2_commit_stats *out);
 
 /* ------------------------------------------------------------------------ */
 /* Creating images                                                          */

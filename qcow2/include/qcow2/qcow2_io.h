@@ -51,7 +51,11 @@ struct qcow2_io {
     /* Optional: bytes of storage really allocated (st_blocks * 512).
      * NULL: equal to size. */
     int64_t (*allocated)(void *ctx);
-    void *reserved[4]; /* zero */
+    /* Optional: make [off, off+len) read as zeros and release its storage
+     * without changing the size (a hole).  Returns 0, -ENOTSUP when the
+     * storage cannot, or -errno.  NULL: zeros are written instead. */
+    int (*punch)(void *ctx, uint64_t off, uint64_t len);
+    void *reserved[3]; /* zero */
 };
 
 /* Flags for qcow2_io_open_file(). */

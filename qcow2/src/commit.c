@@ -1,0 +1,169 @@
+/*
+ * commit.c - copy what the layers above a base hold into the base
+ * (the data half of qemu-img commit / virsh blockcommit).
+ *
+ *   top chain:  depth 0 .. stop-1   the layers committed (read)
+ *               depth stop          the base, as the chain sees it
+ *   base:       a separate read-write handle on the same file
+ *
+ * State sequence (the caller journals and re-points around it):
+ *
+ *   GROW    base smaller than the top: grow it (raw: the file; qcow2: the
+ *           virtual size); the new range reads as zeros, as the guest sees
+ *           it through the top, so the guest view is unchanged
+ *   COPY    walk the top's extents above the base (qcow2_map_above, whole
+ *           L2 tables at a time):
+ *             falls through to the base       -> nothing
+ *             zero (zero clusters, past a shorter backing file, holes of
+ *             the host file inside data clusters) -> zero the base range
+ *                                                (v3 zero flag, or a hole)
+ *             data                            -> copy, coalescing guest-
+ *                                                contiguous runs into
+ *                                                large writes
+ *             compressed                      -> decompress, copy
+ *   FLUSH   everything durable in the base
+ *
+ * Every write lands on a range the layers above the base shadow, so the
+ * guest view through the top never changes, whenever the copy stops; and a
+ * COPY that runs again writes the same bytes (the job is idempotent, which
+ * is what makes it resumable).  Memory: one buffer of COPY_CHUNK bytes.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define COPY_CHUNK (8u << 20)
+
+struct pending {
+    uint64_t start; /* guest offset of buf[0] */
+    size_t len;     /* bytes gathered */
+};
+
+static int flush_pending(struct qcow2_image *top, struct qcow2_image *base,
+                         uint8_t *buf, struct pending *p)
+{
+    int64_t n;
+
+    if (p->len == 0)
+        return 0;
+    n = qcow2_pwrite(base, buf, p->len, p->start);
+    if (n < 0)
+        return q2_err(top, (int)n, "writing the base: %s",
+                      qcow2_errmsg(base));
+    p->start += p->len;
+    p->len = 0;
+    return 0;
+}
+
+int qcow2_commit(struct qcow2_image *top, unsigned stop,
+                 struct qcow2_image *base, qcow2_progress_fn progress,
+                 void *ctx, struct qcow2_commit_stats *out)
+{
+    struct qcow2_commit_stats st = {0};
+    struct pending p = {0};
+    struct qcow2_extent e;
+    uint64_t size, pos = 0;
+    uint8_t *buf = NULL;
+    int rc;
+
+    if (!top || !base || top->magic != Q2_HANDLE_MAGIC ||
+        base->magic != Q2_HANDLE_MAGIC || top->state != Q2_STATE_OPEN ||
+        base->state != Q2_STATE_OPEN || stop == 0)
+        return -EINVAL;
+    q2_err_clear(top);
+    if (!base->writable)
+        return q2_err(top, -EROFS, "the base is open read-only");
+    size = top->virtual_size;
+    st.total_bytes = size;
+
+    /* GROW */
+    if (base->virtual_size < size) {
+        rc = qcow2_resize(base, size);
+        if (rc < 0)
+            return q2_err(top, rc, "growing the base: %s",
+                          qcow2_errmsg(base));
+        st.grown = true;
+    }
+    buf = malloc(COPY_CHUNK);
+    if (!buf)
+        return -ENOMEM;
+
+    /* COPY */
+    while (pos < size) {
+        rc = qcow2_map_above(top, pos, size - pos, QCOW2_MAP_HOST_HOLES, stop,
+                             &e);
+        if (rc < 0)
+            goto out;
+        if (e.depth >= stop) {
+            pos += e.length; /* the base's own content */
+        } else if (e.flags & QCOW2_EXTENT_ZERO) {
+            if ((rc = flush_pending(top, base, buf, &p)) < 0)
+                goto out;
+            rc = qcow2_pwrite_zeroes(base, pos, e.length);
+            if (rc < 0) {
+                rc = q2_err(top, rc, "zeroing the base: %s",
+                            qcow2_errmsg(base));
+                goto out;
+            }
+            if (e.kind == QCOW2_KIND_DATA)
+                st.data_bytes += e.length; /* a hole in a data cluster */
+            else
+                st.zero_bytes += e.length;
+            pos += e.length;
+        } else {
+            uint64_t done = 0;
+            if (e.kind == QCOW2_KIND_COMPRESSED)
+                st.compressed_bytes += e.length;
+            st.data_bytes += e.length;
+            while (done < e.length) {
+                size_t n;
+                int64_t got;
+                if (p.len && p.start + p.len != pos + done &&
+                    (rc = flush_pending(top, base, buf, &p)) < 0)
+                    goto out;
+                if (p.len == 0)
+                    p.start = pos + done;
+                n = COPY_CHUNK - p.len;
+                if (n > e.length - done)
+                    n = (size_t)(e.length - done);
+                if (e.kind == QCOW2_KIND_DATA)
+                    got = qcow2_host_pread(e.layer, e.in_data_file,
+                                           buf + p.len, n, e.offset + done);
+                else
+                    got = qcow2_pread(top, buf + p.len, n, pos + done);
+                if (got < 0) {
+                    rc = e.layer != top && e.kind == QCOW2_KIND_DATA
+                             ? q2_err(top, (int)got, "'%s': %s",
+                                      e.layer->filename, e.layer->errmsg)
+                             : (int)got;
+                    goto out;
+                }
+                p.len += n;
+                done += n;
+                if (p.len == COPY_CHUNK &&
+                    (rc = flush_pending(top, base, buf, &p)) < 0)
+                    goto out;
+            }
+            pos += e.length;
+        }
+        if (progress && progress(ctx, pos, size) != 0) {
+            rc = q2_err(top, -ECANCELED, "commit cancelled");
+            goto out;
+        }
+    }
+    if ((rc = flush_pending(top, base, buf, &p)) < 0)
+        goto out;
+
+    /* FLUSH */
+    rc = qcow2_flush(base);
+    if (rc < 0)
+        rc = q2_err(top, rc, "flushing the base: %s", qcow2_errmsg(base));
+out:
+    free(buf);
+    if (rc == 0 && out)
+        *out = st;
+    return rc;
+}

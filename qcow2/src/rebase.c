@@ -1,0 +1,209 @@
+/*
+ * rebase.c - change the backing file an image names (qemu-img rebase -u):
+ * the backing file name and the backing format extension in cluster 0.
+ *
+ *   cluster 0:  header (0 .. header_length)
+ *               extensions (backing format first, as QEMU writes them)
+ *               end marker
+ *               backing file name at backing_file_offset
+ *
+ * The switch is made crash safe where the layout allows it: the new name is
+ * written into unused space of cluster 0 and synced first; then sector 0,
+ * which holds both the name's offset and length (bytes 8..19) and the
+ * backing format extension, is rewritten in one 512-byte write (the unit a
+ * disk writes atomically) and synced.  A crash leaves either the old or the
+ * new pair of name and format, never a mix.  When the format extension is
+ * missing or lies past sector 0, or the name does not fit beside the old
+ * one, cluster 0 is rebuilt and written in one write, as QEMU always does.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "endian.h"
+#include "format.h"
+#include "internal.h"
+
+#define SECTOR 512
+
+static uint64_t pad8(uint64_t n)
+{
+    return (n + 7) & ~7ull;
+}
+
+static int write_sync(struct qcow2_image *img, const void *buf, size_t len,
+                      uint64_t off)
+{
+    int64_t n = img->io.pwrite(img->io.ctx, buf, len, off);
+    int rc;
+
+    if (n < 0)
+        return q2_err(img, (int)n, "cannot write the header: %s",
+                      qcow2_strerror((int)n));
+    rc = img->io.flush(img->io.ctx);
+    return rc < 0 ? q2_err(img, rc, "cannot flush the header: %s",
+                           qcow2_strerror(rc)) : 0;
+}
+
+/* Cluster 0 rebuilt: header, format extension, the other extensions, end
+ * marker, name. */
+static int rebuild_cluster0(struct qcow2_image *img, uint8_t *buf,
+                            const struct q2_hdr_parsed *p, const char *name,
+                            const char *fmt)
+{
+    uint64_t cs = img->cluster_size, pos = p->h.header_length;
+    size_t nlen = strlen(name), flen = strlen(fmt);
+    uint8_t *out = calloc(1, cs);
+    unsigned i;
+    int rc;
+
+    if (!out)
+        return -ENOMEM;
+    memcpy(out, buf, p->h.header_length);
+    q2_store_be32(out + pos, Q2_EXT_BACKING_FORMAT);
+    q2_store_be32(out + pos + 4, (uint32_t)flen);
+    memcpy(out + pos + 8, fmt, flen);
+    pos += 8 + pad8(flen);
+    for (i = 0; i < p->n_exts; i++) {
+        const struct q2_ext *e = &p->exts[i];
+        if (e->type == Q2_EXT_BACKING_FORMAT)
+            continue;
+        if (pos + 8 + pad8(e->len) > cs) {
+            free(out);
+            return q2_err(img, -ENOSPC, "the header extensions and the "
+                          "backing file name do not fit in the first "
+                          "cluster");
+        }
+        q2_store_be32(out + pos, e->type);
+        q2_store_be32(out + pos + 4, e->len);
+        memcpy(out + pos + 8, e->data, e->len);
+        pos += 8 + pad8(e->len);
+    }
+    pos += 8; /* end marker */
+    if (pos + nlen > cs) {
+        free(out);
+        return q2_err(img, -ENOSPC, "backing file name does not fit in the "
+                      "first cluster");
+    }
+    memcpy(out + pos, name, nlen);
+    q2_store_be64(out + 8, pos);
+    q2_store_be32(out + 16, (uint32_t)nlen);
+    rc = write_sync(img, out, cs, 0);
+    if (rc == 0)
+        memcpy(buf, out, cs);
+    free(out);
+    return rc;
+}
+
+int qcow2_set_backing(struct qcow2_image *img, const char *name,
+                      const char *fmt)
+{
+    struct q2_hdr_parsed p;
+    uint64_t cs, used, x;
+    size_t nlen, flen;
+    uint8_t *buf = NULL;
+    char err[512];
+    int64_t n;
+    int rc;
+
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN ||
+        !name || !fmt)
+        return -EINVAL;
+    q2_err_clear(img);
+    if (!img->writable)
+        return q2_err(img, -EROFS, "image is open read-only");
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return q2_err(img, -EINVAL, "only qcow2 images have a backing file");
+    nlen = strlen(name);
+    flen = strlen(fmt);
+    if (nlen == 0 || nlen > Q2_MAX_BACKING_NAME || flen == 0 ||
+        flen > Q2_MAX_BACKING_FORMAT)
+        return q2_err(img, -EINVAL, "backing file name or format has a bad "
+                      "length");
+    if (img->hp.h.autoclear_features & Q2_AUTOCLEAR_DATA_FILE_RAW)
+        return q2_err(img, -EINVAL, "an image with a raw external data file "
+                      "cannot have a backing file");
+    rc = qcow2_flush(img);
+    if (rc < 0)
+        return rc;
+    cs = img->cluster_size;
+    buf = calloc(1, cs);
+    if (!buf)
+        return -ENOMEM;
+    n = q2_pread_full(&img->io, buf, cs, 0);
+    if (n < 0) {
+        free(buf);
+        return q2_err(img, (int)n, "cannot read the header");
+    }
+    rc = q2_hdr_parse(buf, cs, (uint64_t)img->file_size, &p, err,
+                      sizeof(err));
+    if (rc < 0) {
+        free(buf);
+        return q2_err(img, rc, "%s", err);
+    }
+
+    /* end of what cluster 0 uses today */
+    used = p.h.header_length;
+    if (p.n_exts) {
+        const struct q2_ext *last = &p.exts[p.n_exts - 1];
+        used = last->off + 8 + pad8(last->len);
+    }
+    used += 8;
+    if (p.h.backing_file_offset &&
+        p.h.backing_file_offset + p.h.backing_file_size > used)
+        used = p.h.backing_file_offset + p.h.backing_file_size;
+    x = pad8(used);
+
+    if (p.ext_backing_format >= 0 &&
+        p.exts[p.ext_backing_format].off + 8 +
+                pad8(p.exts[p.ext_backing_format].len) <= SECTOR &&
+        pad8(p.exts[p.ext_backing_format].len) >= flen && x + nlen <= cs &&
+        cs >= SECTOR) {
+        const struct q2_ext *e = &p.exts[p.ext_backing_format];
+        uint64_t room = pad8(e->len);
+        /* 1. the name where nothing reads it yet */
+        rc = write_sync(img, name, nlen, x);
+        if (rc == 0) {
+            /* 2. offset, length and format together, in sector 0 */
+            q2_store_be64(buf + 8, x);
+            q2_store_be32(buf + 16, (uint32_t)nlen);
+            q2_store_be32(buf + e->off + 4, (uint32_t)flen);
+            memset(buf + e->off + 8, 0, room);
+            memcpy(buf + e->off + 8, fmt, flen);
+            memcpy(buf + x, name, nlen);
+            rc = write_sync(img, buf, SECTOR, 0);
+        }
+    } else {
+        rc = rebuild_cluster0(img, buf, &p, name, fmt);
+    }
+    free(p.exts);
+    if (rc < 0) {
+        free(buf);
+        img->write_err = rc;
+        return rc;
+    }
+
+    /* the handle now describes the new header */
+    free(img->hp.exts);
+    free(img->hdr_buf);
+    img->hdr_buf = buf;
+    img->hdr_len = cs;
+    rc = q2_hdr_parse(img->hdr_buf, cs, (uint64_t)img->file_size, &img->hp,
+                      err, sizeof(err));
+    if (rc < 0) {
+        img->hp.exts = NULL;
+        img->hp.n_exts = 0;
+        return q2_err(img, rc, "%s", err);
+    }
+    free(img->backing_name);
+    free(img->backing_format);
+    free(img->backing_path);
+    img->backing_name = strdup(name);
+    img->backing_format = strdup(fmt);
+    img->backing_path = q2_name_has_protocol(name)
+                            ? NULL : q2_path_combine(img->filename, name);
+    if (!img->backing_name || !img->backing_format)
+        return -ENOMEM;
+    return 0;
+}

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# qchain-commit against qemu-img as the oracle: the operator's workflow,
+# base/top combinations, a grown base, compressed and zero clusters,
+# internal snapshots and bitmaps in the base, the refusals, and a crash
+# test (SIGKILL at random moments, then re-run to completion).
+. "$(dirname "$0")/../write/lib.sh"
+C=$QCHAIN_BIN/qchain-commit
+S=$QCHAIN_BIN/qchain-snapshot
+
+view() { qemu-img convert -O raw "$1" "$2"; }
+clean() { # image: qemu-img check exit 0 (raw: nothing to check)
+    [ "$(qemu-img info --output=json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["format"])')" = raw ] \
+        || qemu-img check -q "$1"
+}
+
+# --- the operator's workflow: raw <- s1 <- s2
+qemu-img create -q -f raw base.raw 256M
+qemu-io -f raw -c 'write -P 0x11 0 128M' base.raw >/dev/null
+"$S" base.raw s1.qcow2 >/dev/null
+qemu-io -c 'write -P 0x22 32M 16M' -c 'write -z 64M 8M' -c 'write -P 0x23 250M 1M' s1.qcow2 >/dev/null
+"$S" s1.qcow2 s2.qcow2 >/dev/null
+qemu-io -c 'write -P 0x33 40M 4M' -c 'write -P 0x44 200M 1M' s2.qcow2 >/dev/null
+view s2.qcow2 before.raw
+"$C" --top s1.qcow2 --base base.raw --json s2.qcow2 > j1.json 2>err \
+    && view s2.qcow2 v1.raw && cmp -s before.raw v1.raw \
+    && [ "$(json_get j1.json rebased)" = '"s2.qcow2"' ] \
+    && [ "$(json_get j1.json data-bytes)" = $((17 << 20)) ] \
+    && [ "$(json_get j1.json zero-bytes)" = $((8 << 20)) ] \
+    && [ "$(json_get j1.json unreferenced)" = '["s1.qcow2"]' ] \
+    && qemu-img info --output=json s2.qcow2 > i.json \
+    && [ "$(json_get i.json backing-filename)" = '"base.raw"' ] \
+    && [ "$(json_get i.json backing-filename-format)" = '"raw"' ] \
+    && clean s2.qcow2 && [ ! -e base.raw.qchain-commit ] \
+    && ok "workflow: s1 into raw, s2 re-pointed, view unchanged" \
+    || bad "workflow step 1" "$(cat err j1.json 2>/dev/null)"
+"$C" --json s2.qcow2 > j2.json 2>err && cmp -s before.raw base.raw \
+    && [ "$(json_get j2.json rebased)" = null ] \
+    && ok "workflow: s2 into raw, the base holds the guest's view" \
+    || bad "workflow step 2" "$(cat err)"
+
+# --- base/top combinations (qcow2 bases of every kind, varied tops)
+combo() { # name base-opts top-opts [grow]
+    local n=$1 bo=$2 to=$3 bsz=48M tsz=48M
+    [ -n "${4:-}" ] && tsz=80M
+    rm -f c-*.qcow2 c-*.raw
+    qemu-img create -q -f qcow2 -o "$bo" c-base.qcow2 $bsz
+    qemu-io -c 'write -P 0x11 0 20M' -c 'write -P 0x12 40M 1M' c-base.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -o "$to" -b c-base.qcow2 -F qcow2 c-mid.qcow2 $tsz
+    qemu-io -c 'write -P 0x21 1M 3M' -c 'write -z 8M 2M' -c 'write -P 0x22 30M 64k' \
+            -c 'write -c -P 0x23 12M 256k' -c 'write -P 0x24 4k 4k' c-mid.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b c-mid.qcow2 -F qcow2 c-top.qcow2 $tsz
+    qemu-io -c 'write -P 0x31 2M 512k' -c 'write -z 12M 64k' -c 'write -P 0x32 44M 4M' \
+            c-top.qcow2 >/dev/null
+    [ -n "${4:-}" ] && qemu-io -c 'write -P 0x33 70M 2M' c-top.qcow2 >/dev/null
+    view c-top.qcow2 c-before.raw
+    if ! "$C" --top c-top.qcow2 --base c-base.qcow2 c-top.qcow2 >/dev/null 2>err; then
+        bad "commit $n" "$(cat err)"; return; fi
+    view c-base.qcow2 c-after.raw
+    if ! cmp -s c-before.raw c-after.raw; then bad "commit $n" "base differs from the view"
+    elif ! qemu-img check -q c-base.qcow2; then bad "commit $n" "qemu-img check of the base"
+    else ok "commit $n ($bo <- $to)"; fi
+}
+combo default cluster_size=64k cluster_size=64k
+combo c512 cluster_size=512 cluster_size=64k
+combo c4k-rc1 cluster_size=4k,refcount_bits=1 cluster_size=16k
+combo c2m cluster_size=2M cluster_size=4k
+combo rc64 cluster_size=16k,refcount_bits=64 cluster_size=2M
+combo v2 compat=0.10 cluster_size=4k
+combo v2-top cluster_size=64k compat=0.10
+combo xl2-base extended_l2=on,cluster_size=32k cluster_size=64k
+combo xl2-top cluster_size=64k extended_l2=on
+combo zstd-top cluster_size=64k compression_type=zstd
+combo grown cluster_size=64k cluster_size=64k grow
+combo grown-v2 compat=0.10,cluster_size=4k cluster_size=64k grow
+
+# raw base grown by a larger top
+rm -f g.raw g.qcow2; qemu-img create -q -f raw g.raw 8M
+qemu-io -f raw -c 'write -P 1 0 8M' g.raw >/dev/null
+qemu-img create -q -f qcow2 -b g.raw -F raw g.qcow2 24M
+qemu-io -c 'write -P 2 6M 4M' -c 'write -z 1M 1M' g.qcow2 >/dev/null
+view g.qcow2 g-before.raw
+"$C" g.qcow2 >/dev/null 2>err && cmp -s g-before.raw g.raw \
+    && [ "$(stat -c %s g.raw)" = $((24 << 20)) ] \
+    && ok "raw base grown to the top's size" || bad "raw grown" "$(cat err)"
+
+# internal snapshot and bitmaps in a qcow2 base
+rm -f sb.qcow2 so.qcow2
+qemu-img create -q -f qcow2 sb.qcow2 32M
+qemu-io -c 'write -P 5 0 8M' sb.qcow2 >/dev/null
+qemu-img snapshot -c keep sb.qcow2
+qemu-img bitmap --add sb.qcow2 track
+qemu-img convert -l keep -O raw sb.qcow2 snap-before.raw
+qemu-img create -q -f qcow2 -b sb.qcow2 -F qcow2 so.qcow2
+qemu-io -c 'write -P 6 1M 2M' -c 'write -z 4M 1M' so.qcow2 >/dev/null
+view so.qcow2 so-before.raw
+"$C" so.qcow2 >/dev/null 2>err
+qemu-img convert -l keep -O raw sb.qcow2 snap-after.raw
+if ! view sb.qcow2 sb-after.raw || ! cmp -s so-before.raw sb-after.raw; then bad "snapshot base" "view $(cat err)"
+elif ! cmp -s snap-before.raw snap-after.raw; then bad "snapshot base" "snapshot view changed"
+elif ! qemu-img check -q sb.qcow2; then bad "snapshot base" "check"
+elif qemu-img info sb.qcow2 | grep -q in-use; then bad "snapshot base" "bitmap left in use"
+else ok "qcow2 base with an internal snapshot and a bitmap"; fi
+
+# --- refusals change nothing
+refuse() { # name expect-exit args...
+    local n=$1 want=$2; shift 2
+    local sums; sums=$(md5sum r-*.qcow2 r-base.raw 2>/dev/null)
+    "$C" "$@" >/dev/null 2>err; rc=$?
+    if [ $rc -ne "$want" ]; then bad "refuse $n" "exit $rc: $(cat err)"
+    elif [ "$sums" != "$(md5sum r-*.qcow2 r-base.raw 2>/dev/null)" ]; then bad "refuse $n" "files changed"
+    elif ! grep -q "^qchain-commit: " err; then bad "refuse $n" "message: $(cat err)"
+    else ok "refuse: $n"; fi
+}
+rm -f r-*; qemu-img create -q -f raw r-base.raw 16M
+qemu-img create -q -f qcow2 -b r-base.raw -F raw r-mid.qcow2
+qemu-img create -q -f qcow2 -b r-mid.qcow2 -F qcow2 r-top.qcow2
+qemu-io -c 'write -P 1 0 1M' r-mid.qcow2 >/dev/null
+qemu-img create -q -f qcow2 r-lone.qcow2 16M
+refuse "no backing file" 1 r-lone.qcow2
+refuse "missing ACTIVE" 1 r-missing.qcow2
+refuse "BASE not in the chain" 1 --base r-lone.qcow2 r-top.qcow2
+refuse "TOP not in the chain" 1 --top r-lone.qcow2 r-top.qcow2
+refuse "TOP below BASE" 1 --top r-base.raw --base r-mid.qcow2 r-top.qcow2
+refuse "TOP equals BASE" 1 --top r-mid.qcow2 --base r-mid.qcow2 r-top.qcow2
+refuse "usage" 2 --bogus r-top.qcow2
+qemu-img create -q -f qcow2 -b r-base.raw -F raw r-clone.qcow2
+refuse "a sibling uses BASE" 1 --top r-mid.qcow2 r-top.qcow2
+rm -f r-clone.qcow2
+qemu-io -f raw -c "sigraise $(kill -l STOP)" -c 'read 0 512' r-base.raw >/dev/null 2>&1 &
+pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
+for _ in $(seq 50); do [ "$(ps -o stat= -p $pid)" = T ] && break; sleep 0.1; done
+refuse "BASE held by a VM (even read-only)" 1 --top r-mid.qcow2 r-top.qcow2
+kill -CONT $pid; wait $pid
+qemu-io -c "sigraise $(kill -l STOP)" -c 'read 0 512' r-top.qcow2 >/dev/null 2>&1 &
+pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
+for _ in $(seq 50); do [ "$(ps -o stat= -p $pid)" = T ] && break; sleep 0.1; done
+refuse "ACTIVE written by a VM" 1 --top r-mid.qcow2 r-top.qcow2
+kill -CONT $pid; wait $pid
+qemu-img create -q -f qcow2 -b r-base.raw -F raw r-clone.qcow2
+"$C" --force --top r-mid.qcow2 r-top.qcow2 >/dev/null 2>err \
+    && ok "--force commits despite a sibling" || bad "--force" "$(cat err)"
+
+# --- killed at random moments, then run again to completion
+crash() { # base-format base-opts
+    local fmt=$1 bo=$2 k kills=${KILLS:-10} rc
+    for k in $(seq 1 "$kills"); do
+        rm -f k-* k-base.*
+        if [ "$fmt" = raw ]; then
+            qemu-img create -q -f raw k-base.img 512M
+        else
+            qemu-img create -q -f qcow2 -o "$bo" k-base.img 512M
+        fi
+        qemu-io -f "$fmt" -c 'write -P 1 0 64M' k-base.img >/dev/null
+        qemu-img create -q -f qcow2 -b k-base.img -F "$fmt" k-top.qcow2
+        qemu-io -c 'write -P 2 8M 160M' -c 'write -z 200M 32M' -c 'write -P 3 300M 64M' \
+            k-top.qcow2 >/dev/null
+        view k-top.qcow2 k-before.raw
+        "$C" k-top.qcow2 >/dev/null 2>&1 &
+        pid=$!
+        sleep "0.$(printf '%03d' $(( RANDOM % 600 )))"
+        kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
+        view k-top.qcow2 k-mid.raw
+        if ! cmp -s k-before.raw k-mid.raw; then
+            bad "crash $fmt $k" "guest view changed after the kill"; continue; fi
+        if [ "$fmt" = qcow2 ]; then
+            qemu-img check k-base.img >/dev/null 2>&1; rc=$?
+            if [ $rc -ne 0 ] && [ $rc -ne 3 ]; then
+                bad "crash $fmt $k" "base corrupt after the kill (check $rc)"; continue; fi
+        fi
+        if ! "$C" k-top.qcow2 >out 2>err; then
+            bad "crash $fmt $k" "re-run failed: $(cat err)"; continue; fi
+        view k-base.img k-after.raw
+        if ! cmp -s k-before.raw k-after.raw; then bad "crash $fmt $k" "base differs after the re-run"
+        elif ! clean k-base.img; then bad "crash $fmt $k" "leaks or errors after the re-run"
+        elif [ -e k-base.img.qchain-commit ]; then bad "crash $fmt $k" "journal left behind"
+        else ok "crash $fmt $k: view intact, re-run completed$(grep -q Resuming out && echo ' (resumed)')"; fi
+    done
+}
+crash raw ""
+crash qcow2 cluster_size=64k
+crash qcow2 cluster_size=4k,refcount_bits=64
+finish
