@@ -7,6 +7,7 @@
 #      (QCHAIN_FUZZ_SECONDS, default 60; 0 skips).
 # Build trees go to $QCHAIN_BUILD_ROOT (default ./_build).
 set -euo pipefail
+shopt -s nullglob
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/scripts/deps.sh"
 qchain_need_packages "${QCHAIN_BUILD_PACKAGES[@]}" "${QCHAIN_TEST_PACKAGES[@]}"
