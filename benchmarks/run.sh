@@ -31,6 +31,23 @@
 #       Targets (issue 2): qemu-img time / qchain time >= 4, qchain peak RSS
 #       < 16 MiB.  The two JSON outputs must be byte-identical.
 #
+# commit-raw, commit-qcow2, commit-seq, commit-4k   (issue 4)
+#       Base: 1 GiB, raw (commit-qcow2: qcow2, 64 KiB clusters), its first
+#       512 MiB written (`write -P 1 0 512M`).  Overlay (qcow2, 64 KiB
+#       clusters, backed by the base):
+#         commit-raw, commit-qcow2: COMMIT_WRITES = 4096 scattered 64 KiB
+#           writes (256 MiB) at distinct cluster-aligned offsets drawn with
+#           the LCG above, seeded COMMIT_SEED;
+#         commit-seq: one sequential 256 MiB write at 256 MiB;
+#         commit-4k: 4096 writes of 4 KiB, each into a distinct 64 KiB
+#           cluster (qemu-io leaves the rest of each cluster unwritten).
+#       Each timed run starts from fresh copies (PREP, untimed) and ends with
+#       `sync BASE`, so both commands are timed until the data is durable.
+#       Compared: `qchain-commit TOP` vs. `qemu-img commit -d TOP`.
+#       Targets (issue 4): at least 1.5x faster than qemu-img on the
+#       scattered cases, at least 5x on commit-4k; commit-seq is reported
+#       (its target is relative to a plain copy, compared in the issue note).
+#
 # Measurement
 # -----------
 # Each command runs once untimed (warm-up, page cache; also the output
@@ -54,7 +71,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-ALL_CASES=(map)
+ALL_CASES=(map commit-raw commit-qcow2 commit-seq commit-4k)
 
 # --- parameters of case map (change the stamp if you change these) ---------
 MAP_SIZE=1T
@@ -201,7 +218,7 @@ run_pair() {
         fi
     fi
 
-    note "[$name] timing $RUNS x (${OURS[0]##*/} / ${REF[0]##*/} ${REF[1]:-}), alternating"
+    note "[$name] timing $RUNS x (${LABEL_OURS:-${OURS[0]##*/}} / ${LABEL_REF:-${REF[0]##*/} ${REF[1]:-}}), alternating"
     for ((i = 1; i <= RUNS; i++)); do
         [[ -z ${PREP:-} ]] || "$PREP"
         timed "$d/ours.s" "$d/ours.rss" "${OURS[@]}"
@@ -214,7 +231,7 @@ run_pair() {
     read -r mr rmin rmax <<<"$(stats <"$d/ref.s")"
     read -r rss_o _ <<<"$(stats <"$d/ours.rss")"
     read -r rss_r _ <<<"$(stats <"$d/ref.rss")"
-    local lo=${OURS[0]##*/} lr="${REF[0]##*/} ${REF[1]:-}"
+    local lo=${LABEL_OURS:-${OURS[0]##*/}} lr=${LABEL_REF:-"${REF[0]##*/} ${REF[1]:-}"}
     TABLE+=("$(printf '%-8s %-16s %4d %10.4f %10.4f %10.4f %12.0f' \
         "$name" "$lo" "$RUNS" "$mo" "$omin" "$omax" "$rss_o")")
     TABLE+=("$(printf '%-8s %-16s %4d %10.4f %10.4f %10.4f %12.0f' \
@@ -245,7 +262,7 @@ run_pair() {
     TABLE+=("$line")
     ((same)) && TABLE+=("  $name: outputs byte-identical: $cmp")
     TABLE+=("")
-    unset PREP
+    unset PREP LABEL_OURS LABEL_REF
 }
 
 # --- case map ---------------------------------------------------------------
@@ -301,6 +318,87 @@ case_map() {
     REF=(qemu-img map --output=json "$img")
     run_pair map --min-speedup 4 --max-rss-kib 16384 --same-output
 }
+
+# --- cases commit-* ---------------------------------------------------------
+COMMIT_WRITES=4096
+COMMIT_SEED=4242
+
+# commit_setup NAME BASEFMT KIND: pristine base + overlay in $WORK/NAME/pristine
+commit_setup() {
+    local name=$1 fmt=$2 kind=$3 dir=$WORK/$1
+    local stamp="$name fmt=$fmt kind=$kind writes=$COMMIT_WRITES seed=$COMMIT_SEED v1"
+    mkdir -p -- "$dir/pristine"
+    if [[ -f $dir/stamp && $(<"$dir/stamp") == "$stamp" ]]; then
+        note "[$name] reusing $dir/pristine"
+        return
+    fi
+    note "[$name] building a 1 GiB $fmt base and a $kind overlay"
+    rm -f -- "$dir/pristine/"* "$dir/stamp"
+    (
+        cd "$dir/pristine"
+        if [[ $fmt == raw ]]; then
+            qemu-img create -q -f raw base.img 1G
+        else
+            qemu-img create -q -f qcow2 -o cluster_size=64k base.img 1G
+        fi
+        qemu-io -f "$fmt" -c 'write -P 1 0 512M' base.img >/dev/null
+        qemu-img create -q -f qcow2 -b base.img -F "$fmt" top.qcow2
+        local x=$COMMIT_SEED n=0 c
+        local -A seen=()
+        {
+            case $kind in
+            seq) printf 'write -P 2 256M 256M\n' ;;
+            *)
+                while ((n < COMMIT_WRITES)); do
+                    x=$(((1103515245 * x + 12345) & 0x7fffffff))
+                    c=$(((x >> 8) % 16384))   # 64 KiB clusters of 1 GiB
+                    [[ -z ${seen[$c]:-} ]] || continue
+                    seen[$c]=1
+                    if [[ $kind == 4k ]]; then
+                        printf 'write -P %d %d 4k\n' $((2 + n % 200)) $((c * 65536))
+                    else
+                        printf 'write -P %d %d 64k\n' $((2 + n % 200)) $((c * 65536))
+                    fi
+                    n=$((n + 1))
+                done ;;
+            esac
+            printf 'quit\n'
+        } >cmds
+        qemu-io -f qcow2 top.qcow2 <cmds >/dev/null
+    )
+    printf '%s\n' "$stamp" >"$dir/stamp"
+}
+
+commit_prep() {
+    local dir=$WORK/$COMMIT_CASE
+    rm -f -- "$dir/base.img" "$dir/top.qcow2" "$dir/base.img.qchain-"*
+    cp --sparse=always -- "$dir/pristine/base.img" "$dir/base.img"
+    cp --sparse=always -- "$dir/pristine/top.qcow2" "$dir/top.qcow2"
+    sync -f "$dir/base.img"
+}
+
+commit_case() { # name basefmt kind min-speedup
+    local qc
+    qc=$(need_tool qchain-commit)
+    COMMIT_CASE=$1
+    commit_setup "$1" "$2" "$3"
+    local dir=$WORK/$1
+    OURS=(bash -c '"$0" "$1" >/dev/null && sync "$2"' "$qc" "$dir/top.qcow2" "$dir/base.img")
+    REF=(bash -c 'qemu-img commit -q -d "$0" && sync "$1"' "$dir/top.qcow2" "$dir/base.img")
+    PREP=commit_prep
+    LABEL_OURS=qchain-commit
+    LABEL_REF="qemu-img commit"
+    if [[ -n $4 ]]; then
+        run_pair "$1" --min-speedup "$4"
+    else
+        run_pair "$1"
+    fi
+}
+
+case_commit-raw() { commit_case commit-raw raw scattered 1.5; }
+case_commit-qcow2() { commit_case commit-qcow2 qcow2 scattered 1.5; }
+case_commit-seq() { commit_case commit-seq raw seq ""; }
+case_commit-4k() { commit_case commit-4k raw 4k 5; }
 
 # --- main -------------------------------------------------------------------
 for c in "${CASES[@]}"; do
