@@ -1,0 +1,226 @@
+#!/bin/sh
+# make-seeds.sh - regenerate the seed corpora under fuzz/corpus/ from
+# qemu-img / qemu-io (7.2 was used), python3 and, if present, zstd.
+#
+#   fuzz/make-seeds.sh            # rewrites fuzz/corpus/{fuzz_header,
+#                                 # fuzz_open_map,fuzz_decompress}/seed-*
+#
+# Seeds are small valid inputs; the fuzzers grow the rest.  Files named
+# fuzz-<sha1> beside them are inputs libFuzzer found (merged with -merge=1,
+# at most 4 KiB each for fuzz_open_map) that reach code the seeds do not;
+# this script leaves them alone.  Every image is KiB-sized (cluster_size
+# 512 or 4096 where the feature allows); the whole corpus stays under
+# ~3 MB.  Snapshot dates differ between runs, so images are not
+# byte-identical from one regeneration to the next.
+#
+# fuzz_open_map inputs are an image, optionally followed by "QCHAINBK" and
+# the bytes of the file(s) below it (see fuzz_open_map.c).  fuzz_header
+# seeds are the first 4 KiB of those images; fuzz_decompress seeds are one
+# selector byte (bit 0: 0 zlib / 1 zstd, bits 1-7: cluster_bits - 9) and a
+# compressed cluster.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+out_map=$here/corpus/fuzz_open_map
+out_hdr=$here/corpus/fuzz_header
+out_dec=$here/corpus/fuzz_decompress
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+for tool in qemu-img qemu-io python3; do
+    command -v $tool >/dev/null || { echo "make-seeds.sh: $tool not found" >&2; exit 1; }
+done
+
+mkdir -p "$out_map" "$out_hdr" "$out_dec"
+rm -f "$out_map"/seed-* "$out_hdr"/seed-* "$out_dec"/seed-*
+cd "$tmp"
+
+create() { qemu-img create -q -f qcow2 "$@"; }
+io() { img=$1; shift; for c in "$@"; do qemu-io -f qcow2 -c "$c" "$img" >/dev/null; done; }
+# seed NAME FILE... : concatenate the files with the chain separator
+seed() {
+    name=$1; shift
+    first=1
+    : > "$out_map/seed-$name"
+    for f in "$@"; do
+        [ $first = 1 ] || printf 'QCHAINBK' >> "$out_map/seed-$name"
+        cat "$f" >> "$out_map/seed-$name"
+        first=0
+    done
+}
+
+# --- single images -------------------------------------------------------
+create -o cluster_size=512 empty-512.qcow2 1M
+seed empty-512 empty-512.qcow2
+
+create -o cluster_size=512 data-512.qcow2 1M
+io data-512.qcow2 'write -P 0x11 0 4k' 'write -P 0x22 64k 1536' \
+    'write -P 0x33 700k 512' 'write -z 128k 2k' 'write -P 0x44 1048064 512'
+seed data-512 data-512.qcow2
+
+create -o cluster_size=4096 data-4k.qcow2 1M
+io data-4k.qcow2 'write -P 0x55 0 12k' 'write -P 0x66 256k 4k' \
+    'write -z 64k 8k' 'write -P 0x77 512k 8k' 'discard 512k 4k' \
+    'write -P 0x78 1020k 4k'
+seed data-4k data-4k.qcow2
+
+create -o cluster_size=4096,compat=0.10 v2-4k.qcow2 1M
+io v2-4k.qcow2 'write -P 0x12 0 8k' 'write -P 0x13 300k 4k' 'write -z 8k 4k'
+seed v2-4k v2-4k.qcow2
+
+# odd virtual size: the last cluster is partial, the size not a multiple
+# of the cluster
+create -o cluster_size=4096 odd-size.qcow2 1000000
+io odd-size.qcow2 'write -P 0x21 995840 4096'
+seed odd-size odd-size.qcow2
+
+for bits in 1 64; do
+    create -o cluster_size=4096,refcount_bits=$bits refcount$bits.qcow2 256k
+    io refcount$bits.qcow2 'write -P 0x31 0 8k' 'write -P 0x32 128k 4k'
+    seed refcount$bits refcount$bits.qcow2
+done
+
+create -o cluster_size=4096,lazy_refcounts=on lazy.qcow2 256k
+io lazy.qcow2 'write -P 0x41 4k 4k'
+seed lazy lazy.qcow2
+
+# compressed clusters: converted whole, and mixed with plain ones
+python3 - <<'EOF'
+with open("pattern.raw", "wb") as f:
+    for i in range(256):
+        f.write(bytes([(i * 7 + j // 64) & 0xff for j in range(4096)])
+                if i % 3 else bytes(4096))
+EOF
+qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=4096 pattern.raw zlib.qcow2
+seed compressed-zlib zlib.qcow2
+qemu-img convert -q -c -f raw -O qcow2 -o cluster_size=4096,compression_type=zstd \
+    pattern.raw zstd.qcow2
+seed compressed-zstd zstd.qcow2
+create -o cluster_size=512 mixed-c.qcow2 256k
+io mixed-c.qcow2 'write -c -P 0x51 0 2k' 'write -P 0x52 2k 1k' \
+    'write -c -P 0x53 64k 512'
+seed compressed-mixed-512 mixed-c.qcow2
+
+# extended L2 (subclusters of 512 bytes at 16 KiB clusters)
+create -o cluster_size=16k,extended_l2=on extl2.qcow2 256k
+io extl2.qcow2 'write -P 0x61 0 512' 'write -P 0x62 1536 1k' \
+    'write -z 4k 1k' 'write -P 0x63 16k 16k' 'write -P 0x64 200k 2560'
+seed extl2-16k extl2.qcow2
+
+# internal snapshots
+create -o cluster_size=4096 snap.qcow2 512k
+io snap.qcow2 'write -P 0x71 0 8k'
+qemu-img snapshot -c first snap.qcow2
+io snap.qcow2 'write -P 0x72 4k 8k' 'write -z 64k 4k'
+qemu-img snapshot -c second snap.qcow2
+io snap.qcow2 'write -P 0x73 256k 4k'
+seed snapshot-4k snap.qcow2
+
+# a snapshot of a smaller disk (snapshot disk size extra data) and a v2 one
+create -o cluster_size=512 snapgrow.qcow2 64k
+io snapgrow.qcow2 'write -P 0x74 0 1k'
+qemu-img snapshot -c small snapgrow.qcow2
+qemu-img resize -q snapgrow.qcow2 128k
+io snapgrow.qcow2 'write -P 0x75 96k 1k'
+seed snapshot-resized-512 snapgrow.qcow2
+create -o cluster_size=512,compat=0.10 snapv2.qcow2 64k
+io snapv2.qcow2 'write -P 0x76 0 1k'
+qemu-img snapshot -c v2snap snapv2.qcow2
+seed snapshot-v2-512 snapv2.qcow2
+
+# persistent bitmaps
+create -o cluster_size=4096 bitmap.qcow2 1M
+io bitmap.qcow2 'write -P 0x81 0 4k'
+qemu-img bitmap --add bitmap.qcow2 bm0
+qemu-img bitmap --add --granularity 512 bitmap.qcow2 bm-fine
+qemu-img bitmap --add --disable bitmap.qcow2 bm-off
+seed bitmap-4k bitmap.qcow2
+
+# metadata preallocation (exercises QEMU's preallocation heuristic)
+qemu-img create -q -f qcow2 -o cluster_size=512,preallocation=metadata \
+    prealloc.qcow2 64k
+io prealloc.qcow2 'write -P 0x91 0 1k'
+seed prealloc-512 prealloc.qcow2
+
+# a large sparse virtual size: map windows far from offset 0
+create -o cluster_size=4096 big.qcow2 16G
+io big.qcow2 'write -P 0xa1 0 4k' 'write -P 0xa2 8G 4k' 'write -P 0xa3 17179865088 4k'
+seed big-16g big.qcow2
+
+# something that is not qcow2 at all: opens as raw
+head -c 3000 pattern.raw > notqcow2.raw
+seed raw-3000 notqcow2.raw
+
+# --- chains ----------------------------------------------------------------
+create -o cluster_size=4096 base.qcow2 1M
+io base.qcow2 'write -P 0xb1 0 64k' 'write -P 0xb2 512k 8k'
+create -o cluster_size=512 -b base.qcow2 -F qcow2 top.qcow2
+io top.qcow2 'write -P 0xb3 4k 1k' 'write -z 8k 4k' 'write -P 0xb4 600k 512'
+seed chain-qcow2 top.qcow2 base.qcow2
+
+create -o cluster_size=4096 -b top.qcow2 -F qcow2 top2.qcow2
+io top2.qcow2 'write -P 0xb5 0 4k'
+seed chain-3 top2.qcow2 top.qcow2 base.qcow2
+
+head -c 65536 pattern.raw > base.raw
+create -o cluster_size=4096 -b base.raw -F raw top-raw.qcow2 256k
+io top-raw.qcow2 'write -P 0xb6 4k 4k'
+seed chain-raw top-raw.qcow2 base.raw
+
+# a backing file shorter than the overlay, with no recorded format
+create -o cluster_size=512 short.qcow2 16k
+io short.qcow2 'write -P 0xb7 0 16k'
+create -o cluster_size=512 -b short.qcow2 -F qcow2 noformat.qcow2 64k
+qemu-img rebase -q -u -f qcow2 -b short.qcow2 noformat.qcow2 2>/dev/null ||
+    qemu-img rebase -q -u -f qcow2 -b short.qcow2 -F qcow2 noformat.qcow2
+seed chain-short-noformat noformat.qcow2 short.qcow2
+
+# external data file (served after the separator)
+create -o cluster_size=4096,data_file=data.raw datafile.qcow2 64k
+io datafile.qcow2 'write -P 0xc1 0 8k' 'write -P 0xc2 32k 4k'
+seed datafile datafile.qcow2 data.raw
+create -o cluster_size=4096,data_file=data2.raw,data_file_raw=on \
+    datafile-raw.qcow2 64k
+io datafile-raw.qcow2 'write -P 0xc3 0 4k'
+seed datafile-raw datafile-raw.qcow2 data2.raw
+
+# --- fuzz_header: the first 4 KiB of each top image --------------------------
+for f in "$out_map"/seed-*; do
+    head -c 4096 "$f" > "$out_hdr/$(basename "$f")"
+done
+# the whole first cluster of a 64 KiB-cluster image
+create -o cluster_size=65536 c64k.qcow2 1M
+head -c 65536 c64k.qcow2 > "$out_hdr/seed-c64k-first-cluster"
+
+# --- fuzz_decompress: valid compressed clusters --------------------------
+python3 - "$out_dec" <<'EOF'
+import sys, zlib
+out = sys.argv[1]
+def cluster(bits):
+    n = 1 << bits
+    return bytes(((i * 13) >> 6) & 0xff for i in range(n))
+for bits in (9, 12, 16):
+    # QEMU's qcow2 zlib: raw deflate, window 12 bits
+    c = zlib.compressobj(9, zlib.DEFLATED, -12)
+    data = c.compress(cluster(bits)) + c.flush()
+    sel = ((bits - 9) << 1) | 0
+    with open(f"{out}/seed-zlib-{bits}", "wb") as f:
+        f.write(bytes([sel]) + data)
+# a compressed cluster padded to its sectors, as read from an image
+c = zlib.compressobj(9, zlib.DEFLATED, -12)
+data = c.compress(bytes(4096)) + c.flush()
+with open(f"{out}/seed-zlib-12-zeros-padded", "wb") as f:
+    f.write(bytes([(12 - 9) << 1]) + data + bytes(512 - len(data) % 512))
+EOF
+if command -v zstd >/dev/null; then
+    for bits in 9 12 16; do
+        python3 -c "import sys; n=1<<$bits; sys.stdout.buffer.write(bytes(((i*13)>>6)&0xff for i in range(n)))" > cl.bin
+        sel=$(( ((bits - 9) << 1) | 1 ))
+        { printf "\\$(printf '%03o' $sel)"; zstd -q -19 -c cl.bin; } > "$out_dec/seed-zstd-$bits"
+    done
+else
+    echo "make-seeds.sh: zstd not found, no zstd decompress seeds" >&2
+fi
+
+du -sh "$here/corpus"
+ls -l "$out_map" "$out_hdr" "$out_dec" | awk '$5 > 307200 {print "large seed: " $0}'
