@@ -53,8 +53,9 @@ if command -v clang >/dev/null && [ "$fuzz_seconds" -gt 0 ]; then
         (cd "$work" && "$bin" "${dict[@]}" -max_total_time="$fuzz_seconds" \
              -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 corpus \
              2>&1 | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec|==[0-9]+==ERROR|SUMMARY)' || true)
-        if ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* >/dev/null 2>&1; then
-            echo "fuzzer $t found a failure: $(ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* 2>/dev/null)" >&2
+        found=("$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*)
+        if [ ${#found[@]} -gt 0 ]; then
+            echo "fuzzer $t found a failure: ${found[*]}" >&2
             exit 1
         fi
     done
