@@ -39,6 +39,7 @@
 
 #include "cli.h"
 #include "json.h"
+#include "paths.h"
 
 #define MAX_SEARCH 64
 
@@ -142,9 +143,16 @@ static int journal_write(struct job *j)
     uuid_generate(u);
     uuid_unparse_lower(u, j->uuid);
     snprintf(tmp, sizeof(tmp), "%s.tmp", j->journal);
-    f = fopen(tmp, "wx");
-    if (!f)
-        return -errno;
+    /* a run killed before its rename may have left tmp: never read as a
+     * journal, so it is replaced */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+              0644);
+    if (fd < 0 || !(f = fdopen(fd, "w"))) {
+        int rc = -errno;
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
     fprintf(f, "qchain-commit journal 1\nuuid %s\n", j->uuid);
     journal_line(f, "active", &j->layers[0]);
     journal_line(f, "top", &j->layers[j->top]);
@@ -355,36 +363,6 @@ static int progress_cb(void *ctx, uint64_t done, uint64_t total)
     if (done >= total)
         fputc('\n', stderr);
     return 0;
-}
-
-/* How the re-pointed image should name BASE: relative when both live in
- * one directory, absolute otherwise. */
-static char *backing_name_for(const char *above, const char *base)
-{
-    char *a = strdup(above), *b = strdup(base), *ad, *bd, *out = NULL;
-    char *breal = realpath(base, NULL);
-    const char *bn;
-
-    if (!a || !b || !breal)
-        goto out;
-    ad = realpath(dirname(a), NULL);
-    bd = realpath(dirname(b), NULL);
-    bn = strrchr(base, '/');
-    bn = bn ? bn + 1 : base;
-    if (ad && bd && strcmp(ad, bd) == 0) {
-        out = malloc(strlen(bn) + 3);
-        if (out)
-            sprintf(out, "%s%s", strchr(bn, ':') ? "./" : "", bn);
-    } else {
-        out = strdup(breal);
-    }
-    free(ad);
-    free(bd);
-out:
-    free(a);
-    free(b);
-    free(breal);
-    return out;
 }
 
 int main(int argc, char **argv)
@@ -647,8 +625,9 @@ int main(int argc, char **argv)
 
     /* 4. re-point the image above TOP */
     if (above) {
-        rebase_name = backing_name_for(j.layers[j.top - 1].name,
-                                       j.layers[j.base].name);
+        rebase_name = cli_backing_name(j.layers[j.top - 1].name,
+                                       j.layers[j.base].name,
+                                       BACKING_PATH_AUTO);
         if (!rebase_name ||
             qcow2_set_backing(above, rebase_name, j.layers[j.base].format) <
                 0) {

@@ -26,8 +26,7 @@
 
 #include "cli.h"
 #include "json.h"
-
-enum path_mode { PATH_AUTO, PATH_RELATIVE, PATH_ABSOLUTE };
+#include "paths.h"
 
 struct pair {
     const char *active;
@@ -56,50 +55,11 @@ static void usage(void)
            cli_progname(), cli_progname());
 }
 
-static char *dir_of(const char *path)
-{
-    char *copy = strdup(path), *d, *out;
-    if (!copy)
-        return NULL;
-    d = dirname(copy);
-    out = realpath(d, NULL);
-    free(copy);
-    return out;
-}
-
-/* target as a path relative to dir (both absolute, no symlinks). */
-static char *relative_to(const char *dir, const char *target)
-{
-    size_t common = 0, i, ups = 0;
-    char *out;
-
-    for (i = 0; dir[i] && dir[i] == target[i]; i++)
-        if (dir[i] == '/')
-            common = i + 1;
-    if (dir[i] == '\0' && target[i] == '/')
-        common = i + 1; /* dir is an ancestor of target */
-    if (dir[common]) {
-        ups = 1;
-        for (i = common; dir[i]; i++)
-            ups += dir[i] == '/';
-    }
-    out = malloc(ups * 3 + strlen(target + common) + 1);
-    if (!out)
-        return NULL;
-    out[0] = '\0';
-    for (i = 0; i < ups; i++)
-        strcat(out, "../");
-    strcat(out, target + common);
-    return out;
-}
-
-static int prepare(struct pair *p, enum path_mode mode,
+static int prepare(struct pair *p, enum backing_path_mode mode,
                    const struct cli_common *common)
 {
     struct qcow2_open_opts o;
     struct qcow2_info info;
-    char *adir = NULL, *odir = NULL, *areal = NULL;
-    const char *base;
     int rc, locks;
 
     if (access(p->overlay, F_OK) == 0) {
@@ -129,42 +89,11 @@ static int prepare(struct pair *p, enum path_mode mode,
         p->size = h ? h->size : info.virtual_size;
     }
 
-    adir = dir_of(p->active);
-    odir = dir_of(p->overlay);
-    areal = realpath(p->active, NULL);
-    if (!adir || !odir || !areal) {
+    p->backing_name = cli_backing_name(p->overlay, p->active, mode);
+    if (!p->backing_name)
         cli_error_file(p->overlay, "cannot resolve the directories of '%s' "
                        "and '%s'", p->active, p->overlay);
-        rc = -1;
-        goto out;
-    }
-    base = strrchr(p->active, '/');
-    base = base ? base + 1 : p->active;
-    if (mode == PATH_ABSOLUTE ||
-        (mode == PATH_AUTO && strcmp(adir, odir) != 0)) {
-        p->backing_name = strdup(areal);
-    } else if (strcmp(adir, odir) == 0) {
-        /* "./" keeps a name with ':' from reading as a protocol */
-        p->backing_name = malloc(strlen(base) + 3);
-        if (p->backing_name)
-            sprintf(p->backing_name, "%s%s", strchr(base, ':') ? "./" : "",
-                    base);
-    } else {
-        char *rel = relative_to(odir, areal);
-        p->backing_name = rel;
-        if (rel && strchr(rel, ':') && rel[0] != '.') {
-            p->backing_name = malloc(strlen(rel) + 3);
-            if (p->backing_name)
-                sprintf(p->backing_name, "./%s", rel);
-            free(rel);
-        }
-    }
-    rc = p->backing_name ? 0 : -1;
-out:
-    free(adir);
-    free(odir);
-    free(areal);
-    return rc;
+    return p->backing_name ? 0 : -1;
 }
 
 int main(int argc, char **argv)
@@ -174,7 +103,7 @@ int main(int argc, char **argv)
         {"backing-path", required_argument, NULL, 'p'},
         {NULL, 0, NULL, 0}};
     struct cli_common common = {0};
-    enum path_mode mode = PATH_AUTO;
+    enum backing_path_mode mode = BACKING_PATH_AUTO;
     struct pair *pairs;
     size_t n = 0, i, k;
     int opt, status = QCHAIN_EXIT_FAILURE;
@@ -188,11 +117,11 @@ int main(int argc, char **argv)
         if (opt != 'p')
             cli_usage_error("incorrect parameter");
         if (!strcmp(optarg, "auto"))
-            mode = PATH_AUTO;
+            mode = BACKING_PATH_AUTO;
         else if (!strcmp(optarg, "relative"))
-            mode = PATH_RELATIVE;
+            mode = BACKING_PATH_RELATIVE;
         else if (!strcmp(optarg, "absolute"))
-            mode = PATH_ABSOLUTE;
+            mode = BACKING_PATH_ABSOLUTE;
         else
             cli_usage_error("--backing-path must be auto, relative or "
                             "absolute");

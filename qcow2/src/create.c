@@ -229,18 +229,8 @@ int qcow2_create_io(struct qcow2_io *io, const char *name,
         memcpy(buf + pos, o->backing_name, b);
     }
     q2_store_be64(buf + cs, 2 * cs);     /* reftable[0] -> cluster 2 */
-    for (i = 0; i < 3; i++) {            /* clusters 0..2: refcount 1 */
-        uint8_t *blk = buf + 2 * cs;
-        switch (order) {
-        case 0: case 1: case 2:
-            blk[(i << order) / 8] |= (uint8_t)(1u << ((i << order) % 8));
-            break;
-        case 3: blk[i] = 1; break;
-        case 4: q2_store_be16(blk + i * 2, 1); break;
-        case 5: q2_store_be32(blk + i * 4, 1); break;
-        default: q2_store_be64(blk + i * 8, 1); break;
-        }
-    }
+    for (i = 0; i < 3; i++)              /* clusters 0..2: refcount 1 */
+        q2_rc_entry_set(buf + 2 * cs, order, i, 1);
     n = io->pwrite(io->ctx, buf, 3 * cs, 0);
     free(buf);
     if (n < 0)

@@ -271,6 +271,12 @@ Q2_HIDDEN int q2_map_layer(struct qcow2_image *img, uint64_t start,
 Q2_HIDDEN int q2_l1_check(struct qcow2_image *img);
 
 /* ---- refcount.c ---- */
+/* Entry i of a refcount block of 1 << order bits per entry (widths below
+ * 8 bits pack LSB first within a byte). */
+Q2_HIDDEN uint64_t q2_rc_entry_get(const uint8_t *blk, unsigned order,
+                                   uint64_t i);
+Q2_HIDDEN void q2_rc_entry_set(uint8_t *blk, unsigned order, uint64_t i,
+                               uint64_t v);
 /* Add delta (+1 or -1) to a cluster's refcount in its (cached) block. */
 Q2_HIDDEN int q2_rc_update(struct qcow2_image *img, uint64_t cluster,
                            int delta);

@@ -190,22 +190,6 @@ static int count_refs(struct qcow2_image *img, struct counts *c)
     return 0;
 }
 
-static void entry_put(uint8_t *blk, unsigned order, uint64_t i, uint64_t v)
-{
-    switch (order) {
-    case 0: case 1: case 2: {
-        unsigned w = 1u << order;
-        uint64_t bit = i * w;
-        blk[bit / 8] |= (uint8_t)((v & ((1u << w) - 1)) << (bit % 8));
-        break;
-    }
-    case 3: blk[i] = (uint8_t)v; break;
-    case 4: q2_store_be16(blk + i * 2, (uint16_t)v); break;
-    case 5: q2_store_be32(blk + i * 4, (uint32_t)v); break;
-    default: q2_store_be64(blk + i * 8, v); break;
-    }
-}
-
 int q2_rebuild_refcounts(struct qcow2_image *img)
 {
     uint64_t cs = img->cluster_size;
@@ -261,7 +245,7 @@ int q2_rebuild_refcounts(struct qcow2_image *img)
         for (i = k * rbe; i < (k + 1) * rbe && i < end; i++) {
             uint64_t v = i < c.clusters ? c.n[i] : 1; /* new structures */
             if (v)
-                entry_put(buf, order, i - k * rbe, v);
+                q2_rc_entry_set(buf, order, i - k * rbe, v);
         }
         n = img->io.pwrite(img->io.ctx, buf, cs, (start + k) * cs);
         if (n < 0) {

@@ -47,7 +47,7 @@ static uint64_t rt_entries(const struct qcow2_image *img)
            / 8;
 }
 
-static uint64_t entry_get(const uint8_t *blk, unsigned order, uint64_t i)
+uint64_t q2_rc_entry_get(const uint8_t *blk, unsigned order, uint64_t i)
 {
     switch (order) {
     case 0: case 1: case 2: {
@@ -62,7 +62,7 @@ static uint64_t entry_get(const uint8_t *blk, unsigned order, uint64_t i)
     }
 }
 
-static void entry_set(uint8_t *blk, unsigned order, uint64_t i, uint64_t v)
+void q2_rc_entry_set(uint8_t *blk, unsigned order, uint64_t i, uint64_t v)
 {
     switch (order) {
     case 0: case 1: case 2: {
@@ -143,7 +143,7 @@ int q2_refcount_get(struct qcow2_image *img, uint64_t cluster, uint64_t *out)
     if (rc < 0)
         return q2_err(img, rc, "cannot read a refcount block: %s (at offset "
                       "0x%" PRIx64 ")", qcow2_strerror(rc), rb_off);
-    *out = entry_get(page, img->hp.h.refcount_order,
+    *out = q2_rc_entry_get(page, img->hp.h.refcount_order,
                      cluster & ((1ull << rb_bits(img)) - 1));
     return 0;
 }
@@ -166,7 +166,7 @@ int q2_rc_update(struct qcow2_image *img, uint64_t cluster, int delta)
     if (rc < 0)
         return q2_err(img, rc, "cannot read a refcount block: %s (at offset "
                       "0x%" PRIx64 ")", qcow2_strerror(rc), rb_off);
-    v = entry_get(page, order, i);
+    v = q2_rc_entry_get(page, order, i);
     if (delta > 0 && v == rc_max(img))
         return q2_err(img, -EFBIG, "refcount of cluster 0x%" PRIx64 " would "
                       "overflow %u bits", cluster << img->cluster_bits,
@@ -175,7 +175,7 @@ int q2_rc_update(struct qcow2_image *img, uint64_t cluster, int delta)
         return q2_err(img, -QCOW2_ECORRUPT, "refcount of cluster 0x%" PRIx64
                       " would drop below zero", cluster << img->cluster_bits);
     v = delta > 0 ? v + 1 : v - 1;
-    entry_set(page, order, i, v);
+    q2_rc_entry_set(page, order, i, v);
     if (v == 0 && cluster < img->free_hint)
         img->free_hint = cluster;
     return 0;
@@ -235,7 +235,7 @@ static int grow_reftable(struct qcow2_image *img, uint64_t need)
         uint64_t lo = (r0 + k) * rbe, hi = lo + rbe;
         memset(buf, 0, cs);
         for (i = lo < start ? start : lo; i < end && i < hi; i++)
-            entry_set(buf, order, i - lo, 1);
+            q2_rc_entry_set(buf, order, i - lo, 1);
         n = img->io.pwrite(img->io.ctx, buf, cs, (start + k) * cs);
         if (n < 0)
             goto io_fail;
@@ -324,7 +324,7 @@ static int find_run(struct qcow2_image *img, uint64_t n, uint64_t *out)
                           "offset 0x%" PRIx64 ")", qcow2_strerror(rc),
                           rb_off);
         for (; i < end && run < n; i++) {
-            if (entry_get(page, order, i % rbe) == 0) {
+            if (q2_rc_entry_get(page, order, i % rbe) == 0) {
                 if (run++ == 0)
                     run_start = i;
             } else {
@@ -370,7 +370,7 @@ int q2_rc_alloc(struct qcow2_image *img, uint64_t n, uint64_t *out)
             if (rc < 0)
                 return rc;
             if (start / rbe == rt)
-                entry_set(blk, order, start % rbe, 1);
+                q2_rc_entry_set(blk, order, start % rbe, 1);
             rc = rt_set(img, rt, start << img->cluster_bits);
             if (rc == 0 && start / rbe != rt)
                 rc = q2_rc_update(img, start, +1);

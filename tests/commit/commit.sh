@@ -136,9 +136,15 @@ pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
 for _ in $(seq 50); do [ "$(ps -o stat= -p $pid)" = T ] && break; sleep 0.1; done
 refuse "ACTIVE written by a VM" 1 --top r-mid.qcow2 r-top.qcow2
 kill -CONT $pid; wait $pid
+printf 'qchain-commit journal 1\nuuid 00000000-0000-0000-0000-000000000001\nactive 1:1 x\ntop 1:2 y\nbase 1:3 z\n' > r-base.raw.qchain-commit
+refuse "another job's journal" 1 --top r-mid.qcow2 r-top.qcow2
+rm -f r-base.raw.qchain-commit
 qemu-img create -q -f qcow2 -b r-base.raw -F raw r-clone.qcow2
+echo stale > r-base.raw.qchain-commit.tmp
 "$C" --force --top r-mid.qcow2 r-top.qcow2 >/dev/null 2>err \
-    && ok "--force commits despite a sibling" || bad "--force" "$(cat err)"
+    && [ ! -e r-base.raw.qchain-commit ] && [ ! -e r-base.raw.qchain-commit.tmp ] \
+    && ok "--force commits despite a sibling (a killed run's journal temp file replaced)" \
+    || bad "--force" "$(cat err)"
 
 # --- killed at random moments, then run again to completion
 crash() { # base-format base-opts
