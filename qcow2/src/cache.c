@@ -70,11 +70,14 @@ int64_t q2_pread_full(const struct qcow2_io *io, void *buf, size_t len,
 static int lookup(struct q2_cache *c, uint64_t key, unsigned *slot,
                   bool *hit)
 {
-    unsigned i, victim = c->nslots;
-    uint64_t oldest = UINT64_MAX;
+    unsigned i, victim, tries = 0;
+    uint64_t oldest;
     int rc;
 
     c->tick++;
+again:
+    victim = c->nslots;
+    oldest = UINT64_MAX;
     for (i = 0; i < c->nslots; i++) {
         struct q2_cache_slot *s = &c->slots[i];
         if (s->valid && s->key == key) {
@@ -95,20 +98,16 @@ static int lookup(struct q2_cache *c, uint64_t key, unsigned *slot,
         }
     }
     if (victim == c->nslots) {
-        /* every page is dirty: the owner writes them out in order */
-        if (!c->flush)
+        /* Every page is dirty: the owner writes them out in order.  The
+         * flush may itself load pages (deferred refcount decrements), even
+         * this very key, so look again from the start: one key must never
+         * live in two slots. */
+        if (!c->flush || ++tries > 4)
             return -EIO;
         rc = c->flush(c->flush_ctx);
         if (rc < 0)
             return rc;
-        for (i = 0; i < c->nslots; i++) {
-            if (!c->slots[i].dirty && c->slots[i].used < oldest) {
-                oldest = c->slots[i].used;
-                victim = i;
-            }
-        }
-        if (victim == c->nslots)
-            return -EIO;
+        goto again;
     }
     c->misses++;
     *slot = victim;

@@ -301,6 +301,10 @@ Q2_HIDDEN int q2_resize(struct qcow2_image *img, uint64_t size);
 /* Rebuild the refcount structures from the references (rebuild.c), then
  * clear the dirty bit. */
 Q2_HIDDEN int q2_rebuild_refcounts(struct qcow2_image *img);
+/* Refcounts against references (rebuild.c): counts of clusters whose
+ * refcount is too low (corruption) and too high (leak). */
+Q2_HIDDEN int q2_check_refcounts(struct qcow2_image *img,
+                                 uint64_t *corruptions, uint64_t *leaks);
 /* Final flushes at close; returns the first error. */
 Q2_HIDDEN int q2_write_close(struct qcow2_image *img);
 

@@ -312,3 +312,62 @@ int qcow2_rebuild_refcounts(struct qcow2_image *img)
         return rc;
     return q2_rebuild_refcounts(img);
 }
+
+/*
+ * Compare every stored refcount with the references the metadata makes,
+ * the refcount table and blocks included: a refcount below its references
+ * is a corruption, above them a leak (qemu-img check's classification).
+ * Clusters past the end of the file with a refcount are leaks too.
+ */
+int q2_check_refcounts(struct qcow2_image *img, uint64_t *corruptions,
+                       uint64_t *leaks)
+{
+    const struct qcow2_header *h = &img->hp.h;
+    uint64_t cs = img->cluster_size, i, rt_entries, v;
+    struct counts c = {0};
+    uint8_t b[8];
+    int rc;
+
+    *corruptions = *leaks = 0;
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return 0;
+    c.clusters = ((uint64_t)img->file_size + cs - 1) >> img->cluster_bits;
+    if (c.clusters > MAX_REBUILD_CLUSTERS)
+        return -ENOMEM;
+    c.n = calloc(c.clusters ? c.clusters : 1, sizeof(*c.n));
+    if (!c.n)
+        return -ENOMEM;
+    rc = count_refs(img, &c);
+    if (rc < 0)
+        goto out;
+    rc = ref(img, &c, h->refcount_table_offset,
+             (uint64_t)h->refcount_table_clusters << img->cluster_bits,
+             "refcount table");
+    if (rc < 0)
+        goto out;
+    rt_entries = ((uint64_t)h->refcount_table_clusters << img->cluster_bits) / 8;
+    for (i = 0; i < rt_entries; i++) {
+        int64_t n = q2_pread_full(&img->io, b, 8,
+                                  h->refcount_table_offset + i * 8);
+        uint64_t off;
+        if (n < 0) {
+            rc = (int)n;
+            goto out;
+        }
+        off = q2_load_be64(b) & Q2_REFT_OFFSET_MASK;
+        if (off && (rc = ref(img, &c, off, cs, "refcount block")) < 0)
+            goto out;
+    }
+    for (i = 0; i < c.clusters; i++) {
+        rc = q2_refcount_get(img, i, &v);
+        if (rc < 0)
+            goto out;
+        if (v < c.n[i])
+            (*corruptions)++;
+        else if (v > c.n[i])
+            (*leaks)++;
+    }
+out:
+    free(c.n);
+    return rc;
+}

@@ -384,6 +384,9 @@ int q2_rc_alloc(struct qcow2_image *img, uint64_t n, uint64_t *out)
         rc = q2_rc_update(img, start + k, +1);
         if (rc < 0)
             return rc;
+        /* a page cached while the cluster held freed metadata is stale;
+         * callers may write the new cluster behind the cache */
+        q2_cache_drop(&img->cache, (start + k) << img->cluster_bits);
     }
     if (n == 1 || img->free_hint >= start)
         img->free_hint = start + n;

@@ -810,7 +810,9 @@ int qcow2_flush(struct qcow2_image *img)
     if (!img->writable)
         return 0;
     rc = q2_flush(img);
-    if (rc == 0 && img->format == QCOW2_FORMAT_QCOW2 && img->n_pending)
+    /* the first flush applied deferred decrements: write them too */
+    if (rc == 0 && img->format == QCOW2_FORMAT_QCOW2 &&
+        q2_cache_dirty(&img->cache))
         rc = q2_flush(img);
     return rc;
 }
