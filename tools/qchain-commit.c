@@ -226,13 +226,14 @@ static void record_path(const struct job *j, char *out, size_t len)
     snprintf(out, len, "%s.qchain-committed", j->layers[j->base].name);
 }
 
-static bool recorded(const struct job *j, const struct stat *st)
+/* Is the file st listed, unchanged, in the record beside base_name? */
+static bool recorded_in(const char *base_name, const struct stat *st)
 {
     char path[PATH_MAX], line[256];
     FILE *f;
     bool found = false;
 
-    record_path(j, path, sizeof(path));
+    snprintf(path, sizeof(path), "%s.qchain-committed", base_name);
     f = fopen(path, "r");
     if (!f)
         return false;
@@ -248,6 +249,43 @@ static bool recorded(const struct job *j, const struct stat *st)
     }
     fclose(f);
     return found;
+}
+
+static bool recorded(const struct job *j, const struct stat *st)
+{
+    return recorded_in(j->layers[j->base].name, st);
+}
+
+/* Every layer from TOP to just above BASE committed into BASE and left
+ * unchanged since: the job is done. */
+static bool job_done(const struct job *j)
+{
+    unsigned i;
+
+    for (i = j->top; i < j->base; i++) {
+        struct stat st;
+        if (stat(j->layers[i].name, &st) < 0 || !recorded(j, &st))
+            return false;
+    }
+    return true;
+}
+
+static void report_done(const char *active, const char *top, const char *base)
+{
+    if (common.output == CLI_OUTPUT_JSON) {
+        struct json js;
+        json_init(&js, stdout, true);
+        json_object_begin(&js, NULL);
+        json_string(&js, "active", active);
+        json_string(&js, "top", top);
+        json_string(&js, "base", base);
+        json_bool(&js, "completed", true);
+        json_object_end(&js);
+        json_end(&js);
+    } else {
+        printf("The commit of '%s' into '%s' had already completed; nothing "
+               "to do.\n", top, base);
+    }
 }
 
 static void record_committed(const struct job *j)
@@ -384,7 +422,7 @@ int main(int argc, char **argv)
     struct timespec t0, t1;
     struct journal jr;
     struct job j = {0};
-    bool force = false, done_already = false;
+    bool force = false;
     char *rebase_name = NULL, err[512];
     double secs;
     int opt, rc, status = QCHAIN_EXIT_FAILURE;
@@ -450,7 +488,11 @@ int main(int argc, char **argv)
     if (top_arg) {
         rc = find_layer(&j, top_arg);
         if (rc < 0) {
-            /* maybe this very job already finished: its journal says so */
+            /* maybe this very job already finished: its journal (killed
+             * after the re-point) or the record of committed layers beside
+             * a layer of the chain says so */
+            struct stat tst;
+            const char *done_base = NULL;
             if (base_arg && find_layer(&j, base_arg) >= 0) {
                 snprintf(j.journal, sizeof(j.journal), "%s.qchain-commit",
                          j.layers[find_layer(&j, base_arg)].name);
@@ -460,16 +502,15 @@ int main(int argc, char **argv)
                     jr.dev[1] == dev && jr.ino[1] == ino) {
                     unlink(j.journal);
                     fsync_dir_of(j.journal);
-                    done_already = true;
+                    done_base = base_arg;
                 }
             }
-            if (done_already) {
-                if (common.output == CLI_OUTPUT_JSON)
-                    printf("{\n    \"active\": \"%s\",\n    \"completed\": "
-                           "true\n}\n", j.active);
-                else
-                    printf("The commit of '%s' into '%s' had already "
-                           "completed; nothing to do.\n", top_arg, base_arg);
+            if (!done_base && stat(top_arg, &tst) == 0)
+                for (i = 0; i < j.n && !done_base; i++)
+                    if (recorded_in(j.layers[i].name, &tst))
+                        done_base = j.layers[i].name;
+            if (done_base) {
+                report_done(j.active, top_arg, done_base);
                 status = QCHAIN_EXIT_OK;
                 goto out;
             }
@@ -502,6 +543,11 @@ int main(int argc, char **argv)
     }
     snprintf(j.journal, sizeof(j.journal), "%s.qchain-commit",
              j.layers[j.base].name);
+    if (access(j.journal, F_OK) != 0 && job_done(&j)) {
+        report_done(j.active, j.layers[j.top].name, j.layers[j.base].name);
+        status = QCHAIN_EXIT_OK;
+        goto out;
+    }
 
     /* an unfinished job? only this very job may be resumed */
     if (journal_read(j.journal, &jr) == 0) {

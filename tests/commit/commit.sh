@@ -38,6 +38,20 @@ view s2.qcow2 before.raw
     && ok "workflow: s2 into raw, the base holds the guest's view" \
     || bad "workflow step 2" "$(cat err)"
 
+# re-running a finished job says so and changes nothing
+sums=$(md5sum base.raw s2.qcow2)
+"$C" --json s2.qcow2 > j3.json 2>err && [ "$(json_get j3.json completed)" = true ] \
+    && [ "$sums" = "$(md5sum base.raw s2.qcow2)" ] \
+    && ok "re-run of a finished TOP=ACTIVE job: already completed" \
+    || bad "finished job" "$(cat err j3.json)"
+"$C" --top s1.qcow2 --base base.raw s2.qcow2 > out 2>err && grep -q "already completed" out \
+    && ok "re-run of a finished job whose TOP left the chain: already completed" \
+    || bad "finished job (re-pointed)" "$(cat err out)"
+qemu-io -c 'write -P 0x55 0 64k' s2.qcow2 >/dev/null
+"$C" --json s2.qcow2 > j4.json 2>err && [ "$(json_get j4.json completed)" = '<absent>' ] \
+    && [ "$(json_get j4.json data-bytes)" != 0 ] \
+    && ok "a layer written since is committed again" || bad "changed layer" "$(cat err)"
+
 # --- base/top combinations (qcow2 bases of every kind, varied tops)
 combo() { # name base-opts top-opts [grow]
     local n=$1 bo=$2 to=$3 bsz=48M tsz=48M
