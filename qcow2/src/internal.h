@@ -277,6 +277,10 @@ Q2_HIDDEN uint64_t q2_rc_entry_get(const uint8_t *blk, unsigned order,
                                    uint64_t i);
 Q2_HIDDEN void q2_rc_entry_set(uint8_t *blk, unsigned order, uint64_t i,
                                uint64_t v);
+/* Clusters below `end` with a non-zero refcount, counting stops at
+ * `limit`. */
+Q2_HIDDEN int q2_rc_count_used(struct qcow2_image *img, uint64_t end,
+                               uint64_t limit, uint64_t *out);
 /* Add delta (+1 or -1) to a cluster's refcount in its (cached) block. */
 Q2_HIDDEN int q2_rc_update(struct qcow2_image *img, uint64_t cluster,
                            int delta);

@@ -403,8 +403,8 @@ int q2_map_layer(struct qcow2_image *img, uint64_t start, uint64_t len,
  */
 int q2_detect_prealloc(struct qcow2_image *img)
 {
-    int64_t alloc, real_clusters, threshold, count = 0;
-    uint64_t end_cluster, i, rc_val;
+    int64_t alloc, real_clusters, threshold;
+    uint64_t end_cluster, count;
 
     if (img->prealloc >= 0)
         return img->prealloc;
@@ -421,13 +421,10 @@ int q2_detect_prealloc(struct qcow2_image *img)
         threshold = real_clusters + 2;
     end_cluster = ((uint64_t)img->file_size + img->cluster_size - 1) >>
                   img->cluster_bits;
-    for (i = 0; i < end_cluster && count < threshold; i++) {
-        if (q2_refcount_get(img, i, &rc_val) < 0) {
-            q2_err_clear(img);
-            return 0; /* QEMU treats a failure as "not preallocated" */
-        }
-        count += rc_val != 0;
+    if (q2_rc_count_used(img, end_cluster, (uint64_t)threshold, &count) < 0) {
+        q2_err_clear(img);
+        return 0; /* QEMU treats a failure as "not preallocated" */
     }
-    img->prealloc = count >= threshold;
+    img->prealloc = count >= (uint64_t)threshold;
     return img->prealloc;
 }

@@ -148,6 +148,32 @@ int q2_refcount_get(struct qcow2_image *img, uint64_t cluster, uint64_t *out)
     return 0;
 }
 
+int q2_rc_count_used(struct qcow2_image *img, uint64_t end, uint64_t limit,
+                     uint64_t *out)
+{
+    unsigned order = img->hp.h.refcount_order;
+    uint64_t rbe = 1ull << rb_bits(img), count = 0, rt, i;
+    int rc;
+
+    /* one table entry and one block page per range of rbe clusters */
+    for (rt = 0; rt * rbe < end && count < limit; rt++) {
+        uint64_t rb_off, last = (rt + 1) * rbe < end ? (rt + 1) * rbe : end;
+        const uint8_t *page;
+        rc = rt_get(img, rt, &rb_off);
+        if (rc < 0)
+            return rc;
+        if (rb_off == 0)
+            continue;
+        rc = q2_cache_get(&img->cache, &img->io, rb_off, &page);
+        if (rc < 0)
+            return rc;
+        for (i = rt * rbe; i < last && count < limit; i++)
+            count += q2_rc_entry_get(page, order, i - rt * rbe) != 0;
+    }
+    *out = count;
+    return 0;
+}
+
 int q2_rc_update(struct qcow2_image *img, uint64_t cluster, int delta)
 {
     unsigned order = img->hp.h.refcount_order;

@@ -41,14 +41,20 @@ const char *cli_progname(void)
     return progname;
 }
 
+/* "progname: PREFIX message" on stderr. */
+static void vmsg(const char *prefix, const char *fmt, va_list ap)
+{
+    fprintf(stderr, "%s: %s", progname, prefix);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 void cli_error(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", progname);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vmsg("", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 void cli_error_file(const char *file, const char *fmt, ...)
@@ -64,21 +70,18 @@ void cli_error_file(const char *file, const char *fmt, ...)
 void cli_warning(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: warning: ", progname);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vmsg("warning: ", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 void cli_usage_error(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", progname);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vmsg("", fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry '%s --help' for more information.\n", progname);
+    fprintf(stderr, "Try '%s --help' for more information.\n", progname);
     exit(QCHAIN_EXIT_USAGE);
 }
 
