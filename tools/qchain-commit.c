@@ -37,22 +37,17 @@
 #include <unistd.h>
 #include <uuid/uuid.h>
 
+#include "chain.h"
 #include "cli.h"
 #include "json.h"
 #include "paths.h"
 
 #define MAX_SEARCH 64
 
-struct layer {
-    struct qcow2_image *img; /* in the chain (owned by the top handle) */
-    const char *name;        /* as resolved */
-    uint64_t dev, ino;
-    const char *format;
-};
-
 struct job {
     const char *active;
-    struct layer *layers;
+    struct cli_chain c;
+    struct cli_layer *layers; /* c.layers */
     unsigned n;       /* layers in ACTIVE's chain */
     unsigned top;     /* depth of TOP */
     unsigned base;    /* depth of BASE */
@@ -97,15 +92,7 @@ static int identity_of(const char *path, uint64_t *dev, uint64_t *ino)
 
 static int find_layer(const struct job *j, const char *path)
 {
-    uint64_t dev, ino;
-    unsigned i;
-
-    if (identity_of(path, &dev, &ino) < 0)
-        return -1;
-    for (i = 0; i < j->n; i++)
-        if (j->layers[i].dev == dev && j->layers[i].ino == ino)
-            return (int)i;
-    return -1;
+    return cli_chain_find(&j->c, path);
 }
 
 /* ---- journal ---- */
@@ -127,7 +114,8 @@ static int fsync_dir_of(const char *path)
     return rc;
 }
 
-static void journal_line(FILE *f, const char *key, const struct layer *l)
+static void journal_line(FILE *f, const char *key,
+                         const struct cli_layer *l)
 {
     fprintf(f, "%s %" PRIu64 ":%" PRIu64 " %s\n", key, l->dev, l->ino,
             l->name);
@@ -317,7 +305,7 @@ static void record_committed(const struct job *j)
 static int find_siblings(const struct job *j, const char *dir, FILE *report,
                          unsigned *count)
 {
-    const struct layer *b = &j->layers[j->base];
+    const struct cli_layer *b = &j->layers[j->base];
     DIR *d = opendir(dir);
     struct dirent *de;
 
@@ -415,7 +403,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0}};
     const char *top_arg = NULL, *base_arg = NULL, *search[MAX_SEARCH];
     unsigned nsearch = 0, i, siblings = 0, nlocks = 0;
-    struct qcow2_image *chain = NULL, *base = NULL, *above = NULL, *l;
+    struct qcow2_image *chain = NULL, *base = NULL, *above = NULL;
     struct qcow2_io *locks = NULL;
     struct qcow2_open_opts o;
     struct qcow2_commit_stats st = {0};
@@ -463,29 +451,11 @@ int main(int argc, char **argv)
         cli_error_file(j.active, "%s", qcow2_errmsg(chain));
         goto out;
     }
-    for (l = chain; l; l = qcow2_backing(l))
-        j.n++;
-    j.layers = calloc(j.n, sizeof(*j.layers));
-    if (!j.layers)
+    if (cli_chain_load(chain, &j.c) < 0)
         goto out;
-    for (i = 0, l = chain; l; l = qcow2_backing(l), i++) {
-        struct qcow2_info info;
-        qcow2_get_info(l, &info);
-        j.layers[i].img = l;
-        j.layers[i].name = qcow2_filename(l);
-        j.layers[i].format =
-            info.format == QCOW2_FORMAT_QCOW2 ? "qcow2" : "raw";
-        if (qcow2_identity(l, &j.layers[i].dev, &j.layers[i].ino) < 0) {
-            cli_error_file(j.layers[i].name, "cannot identify the file");
-            goto out;
-        }
-    }
-    if (j.n < 2) {
-        cli_error_file(j.active, "has no backing file: nothing to commit");
-        goto out;
-    }
-
-    if (top_arg) {
+    j.layers = j.c.layers;
+    j.n = j.c.n;
+    if (top_arg && j.n >= 2) {
         rc = find_layer(&j, top_arg);
         if (rc < 0) {
             /* maybe this very job already finished: its journal (killed
@@ -496,7 +466,7 @@ int main(int argc, char **argv)
             if (base_arg && find_layer(&j, base_arg) >= 0) {
                 snprintf(j.journal, sizeof(j.journal), "%s.qchain-commit",
                          j.layers[find_layer(&j, base_arg)].name);
-                uint64_t dev, ino;
+                uint64_t dev = 0, ino = 0;
                 if (journal_read(j.journal, &jr) == 0 &&
                     identity_of(top_arg, &dev, &ino) == 0 &&
                     jr.dev[1] == dev && jr.ino[1] == ino) {
@@ -518,29 +488,11 @@ int main(int argc, char **argv)
                            j.active);
             goto out;
         }
-        j.top = (unsigned)rc;
     }
-    if (base_arg) {
-        rc = find_layer(&j, base_arg);
-        if (rc < 0) {
-            cli_error_file(base_arg, "is not in the backing chain of '%s'",
-                           j.active);
-            goto out;
-        }
-        j.base = (unsigned)rc;
-    } else {
-        j.base = j.top + 1;
-        if (j.base >= j.n) {
-            cli_error_file(j.layers[j.top].name, "has no backing file: "
-                           "nothing to commit into");
-            goto out;
-        }
-    }
-    if (j.base <= j.top) {
-        cli_error_file(j.layers[j.base].name, "is not below TOP '%s' in the "
-                       "chain", j.layers[j.top].name);
+    if (cli_chain_resolve(&j.c, j.active, top_arg, base_arg) < 0)
         goto out;
-    }
+    j.top = j.c.top;
+    j.base = j.c.base;
     snprintf(j.journal, sizeof(j.journal), "%s.qchain-commit",
              j.layers[j.base].name);
     if (access(j.journal, F_OK) != 0 && job_done(&j)) {
@@ -750,7 +702,7 @@ out:
     qcow2_close(above);
     qcow2_close(base);
     qcow2_close(chain);
-    free(j.layers);
+    cli_chain_free(&j.c);
     free(rebase_name);
     return status;
 }

@@ -5,6 +5,8 @@
  * that are not valid UTF-8 (names read from hostile images) become U+FFFD,
  * so the output always parses.
  */
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
@@ -165,8 +167,23 @@ void json_i64(struct json *j, const char *key, int64_t v)
 
 void json_double(struct json *j, const char *key, double v)
 {
+    char buf[32];
+    int prec;
+
     item(j, key);
-    fprintf(j->f, "%.6g", v);
+    if (!isfinite(v)) {
+        fputs("null", j->f); /* JSON has no infinities */
+        return;
+    }
+    /* the shortest form that reads back as the same double */
+    for (prec = 6; prec < 17; prec++) {
+        snprintf(buf, sizeof(buf), "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    if (prec == 17)
+        snprintf(buf, sizeof(buf), "%.17g", v);
+    fputs(buf, j->f);
 }
 
 void json_bool(struct json *j, const char *key, bool v)

@@ -464,6 +464,36 @@ QCOW2_API int qcow2_commit(struct qcow2_image *top, unsigned stop,
                            qcow2_progress_fn progress, void *ctx,
                            struct qcow2_commit_stats *out);
 
+/* What a commit would do (qchain-delta), from metadata alone. */
+struct qcow2_commit_estimate {
+    uint64_t data_bytes;       /* as qcow2_commit_stats */
+    uint64_t zero_bytes;
+    uint64_t compressed_bytes;
+    uint64_t total_bytes;
+    bool grows;                /* the base would be grown to the top's size */
+    int64_t base_growth_bytes; /* raw: storage allocated minus storage
+                                  punched; qcow2: how far the file's end
+                                  moves */
+    uint64_t new_clusters;     /* qcow2: clusters allocated (data, L2, L1),
+                                  before refcount structures */
+    uint64_t skipped_bytes;    /* QCOW2_ESTIMATE_TOLERANT: guest bytes whose
+                                  metadata could not be read */
+};
+
+#define QCOW2_ESTIMATE_TOLERANT 0x1 /* skip unreadable L2 ranges (images
+                                       another process is writing) */
+
+/**
+ * Walk what qcow2_commit(top, stop, ...) would copy, without writing or
+ * reading guest data: the same data and zero figures the commit reports,
+ * and the growth of the base (the image at depth stop of top's chain) as
+ * the write path would allocate it.
+ * @return 0, -EINVAL, or an error of an image; qcow2_errmsg(top) explains.
+ */
+QCOW2_API int qcow2_commit_estimate(struct qcow2_image *top, unsigned stop,
+                                    unsigned flags,
+                                    struct qcow2_commit_estimate *out);
+
 /* ------------------------------------------------------------------------ */
 /* Creating images                                                          */
 /* ------------------------------------------------------------------------ */

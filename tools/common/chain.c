@@ -1,0 +1,99 @@
+/*
+ * chain.c - layers of an open chain and TOP/BASE resolution.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "chain.h"
+#include "cli.h"
+
+int cli_chain_load(struct qcow2_image *active, struct cli_chain *c)
+{
+    struct qcow2_image *l;
+    unsigned i;
+
+    c->n = 0;
+    for (l = active; l; l = qcow2_backing(l))
+        c->n++;
+    c->layers = calloc(c->n, sizeof(*c->layers));
+    if (!c->layers) {
+        cli_error("out of memory");
+        return -1;
+    }
+    for (i = 0, l = active; l; l = qcow2_backing(l), i++) {
+        struct qcow2_info info;
+        struct cli_layer *y = &c->layers[i];
+        qcow2_get_info(l, &info);
+        y->img = l;
+        y->name = qcow2_filename(l);
+        y->format = info.format == QCOW2_FORMAT_QCOW2 ? "qcow2" : "raw";
+        if (qcow2_identity(l, &y->dev, &y->ino) < 0) {
+            cli_error_file(y->name, "cannot identify the file");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void cli_chain_free(struct cli_chain *c)
+{
+    free(c->layers);
+    c->layers = NULL;
+    c->n = 0;
+}
+
+int cli_chain_find(const struct cli_chain *c, const char *path)
+{
+    struct stat st;
+    unsigned i;
+
+    if (stat(path, &st) < 0)
+        return -1;
+    for (i = 0; i < c->n; i++)
+        if (c->layers[i].dev == (uint64_t)st.st_dev &&
+            c->layers[i].ino == (uint64_t)st.st_ino)
+            return (int)i;
+    return -1;
+}
+
+int cli_chain_resolve(struct cli_chain *c, const char *active,
+                      const char *top, const char *base)
+{
+    int d;
+
+    c->top = 0;
+    if (c->n < 2) {
+        cli_error_file(active, "has no backing file: nothing to commit");
+        return -1;
+    }
+    if (top) {
+        if ((d = cli_chain_find(c, top)) < 0) {
+            cli_error_file(top, "is not in the backing chain of '%s'",
+                           active);
+            return -1;
+        }
+        c->top = (unsigned)d;
+    }
+    if (base) {
+        if ((d = cli_chain_find(c, base)) < 0) {
+            cli_error_file(base, "is not in the backing chain of '%s'",
+                           active);
+            return -1;
+        }
+        c->base = (unsigned)d;
+    } else {
+        c->base = c->top + 1;
+        if (c->base >= c->n) {
+            cli_error_file(c->layers[c->top].name, "has no backing file: "
+                           "nothing to commit into");
+            return -1;
+        }
+    }
+    if (c->base <= c->top) {
+        cli_error_file(c->layers[c->base].name, "is not below TOP '%s' in "
+                       "the chain", c->layers[c->top].name);
+        return -1;
+    }
+    return 0;
+}

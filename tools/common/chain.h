@@ -1,0 +1,43 @@
+/*
+ * chain.h - the layers of an open chain, by depth, and TOP/BASE arguments
+ * resolved against them by file identity (qchain-commit, qchain-delta).
+ */
+#ifndef QCHAIN_CHAIN_H
+#define QCHAIN_CHAIN_H
+
+#include <stdint.h>
+
+#include <qcow2/qcow2.h>
+
+struct cli_layer {
+    struct qcow2_image *img; /* in the chain (owned by the top handle) */
+    const char *name;        /* as resolved */
+    uint64_t dev, ino;
+    const char *format;      /* "qcow2" or "raw" */
+};
+
+struct cli_chain {
+    struct cli_layer *layers; /* depth 0 (ACTIVE) first */
+    unsigned n;
+    unsigned top;  /* depth of TOP */
+    unsigned base; /* depth of BASE */
+};
+
+/* Fill c->layers from an open chain.  Prints and returns -1 on failure. */
+int cli_chain_load(struct qcow2_image *active, struct cli_chain *c);
+void cli_chain_free(struct cli_chain *c);
+
+/* Depth of the layer that is the file `path` (by device and inode), or -1
+ * when no layer is. */
+int cli_chain_find(const struct cli_chain *c, const char *path);
+
+/*
+ * Resolve TOP (NULL: ACTIVE) and BASE (NULL: TOP's backing file) into
+ * c->top and c->base, as virsh blockcommit reads them.  Prints the reason
+ * and returns -1 when either is not in the chain, BASE is not below TOP,
+ * or there is nothing below TOP.
+ */
+int cli_chain_resolve(struct cli_chain *c, const char *active,
+                      const char *top, const char *base);
+
+#endif
