@@ -10,7 +10,8 @@
  *
  *   GROW    base smaller than the top: grow it (raw: the file; qcow2: the
  *           virtual size); the new range reads as zeros, as the guest sees
- *           it through the top, so the guest view is unchanged
+ *           it through the top, so the guest view is unchanged, and zeros
+ *           the layers report there need no writing
  *   COPY    walk the top's extents above the base (qcow2_map_above, whole
  *           L2 tables at a time):
  *             falls through to the base       -> nothing
@@ -65,7 +66,7 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     struct qcow2_commit_stats st = {0};
     struct pending p = {0};
     struct qcow2_extent e;
-    uint64_t size, pos = 0;
+    uint64_t size, old_size, pos = 0;
     uint8_t *buf = NULL;
     int rc;
 
@@ -80,6 +81,7 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     st.total_bytes = size;
 
     /* GROW */
+    old_size = base->virtual_size;
     if (base->virtual_size < size) {
         rc = qcow2_resize(base, size);
         if (rc < 0)
@@ -100,9 +102,13 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
         if (e.depth >= stop) {
             pos += e.length; /* the base's own content */
         } else if (e.flags & QCOW2_EXTENT_ZERO) {
+            /* what GROW added reads as zeros already */
+            uint64_t zlen = pos >= old_size ? 0
+                            : e.length < old_size - pos ? e.length
+                            : old_size - pos;
             if ((rc = flush_pending(top, base, buf, &p)) < 0)
                 goto out;
-            rc = qcow2_pwrite_zeroes(base, pos, e.length);
+            rc = zlen ? qcow2_pwrite_zeroes(base, pos, zlen) : 0;
             if (rc < 0) {
                 rc = q2_err(top, rc, "zeroing the base: %s",
                             qcow2_errmsg(base));

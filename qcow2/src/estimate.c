@@ -364,11 +364,22 @@ int qcow2_commit_estimate(struct qcow2_image *top, unsigned stop,
             if (e.kind == QCOW2_KIND_COMPRESSED)
                 st.compressed_bytes += e.length;
         }
-        if (s.base->format == QCOW2_FORMAT_RAW)
-            rc = zeros ? raw_zero(&s, pos, e.length)
-                       : raw_data(&s, pos, e.length);
-        else
-            rc = q_range(&s, pos, e.length, zeros);
+        if (zeros) {
+            /* as the commit: what growing added reads as zeros already */
+            uint64_t old = s.base->virtual_size;
+            uint64_t zlen = pos >= old ? 0
+                            : e.length < old - pos ? e.length : old - pos;
+            if (zlen == 0)
+                rc = 0;
+            else if (s.base->format == QCOW2_FORMAT_RAW)
+                rc = raw_zero(&s, pos, zlen);
+            else
+                rc = q_range(&s, pos, zlen, true);
+        } else if (s.base->format == QCOW2_FORMAT_RAW) {
+            rc = raw_data(&s, pos, e.length);
+        } else {
+            rc = q_range(&s, pos, e.length, false);
+        }
         if (rc < 0) {
             if (s.base != top)
                 rc = q2_err(top, rc, "'%s': %s", s.base->filename,

@@ -892,6 +892,10 @@ static int map_chain(struct qcow2_image *img, uint64_t start, uint64_t len,
             ext->flags = 0;
             ext->layer = cur->backing;
             ext->depth = stop;
+            /* past its end the layers above read zeros (caught by the
+             * next call) */
+            if (ext->length > cur->backing->virtual_size - start)
+                ext->length = cur->backing->virtual_size - start;
             return 0;
         }
         cur = cur->backing;

@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# qchain-delta against qemu-img map (data and zero sums per layer and over
+# the committed layers), against qchain-commit (the same data and zero
+# figures; base growth within 2% or 1 MiB of the real one), the rate and
+# plan model, live images (-U with qemu-io / qemu-nbd holding them), and bad
+# input.
+. "$(dirname "$0")/../write/lib.sh"
+C=$QCHAIN_BIN/qchain-commit
+D=$QCHAIN_BIN/qchain-delta
+
+# map_sums FILE MAXDEPTH [alone]: "data zero" summed from qemu-img map over
+# entries above MAXDEPTH (data: data true; zero: zero true, data false);
+# alone: FILE without its backing file, allocated entries only
+map_sums() {
+    local f=$1 max=$2 spec=$1
+    [ "${3:-}" = alone ] && \
+        spec="json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$f\"}}"
+    qemu-img map --output=json "$spec" | python3 -c '
+import json, sys
+m = json.load(sys.stdin); mx = int(sys.argv[1]); alone = sys.argv[2] == "alone"
+d = sum(e["length"] for e in m if e["depth"] < mx and e["data"] and (e["present"] or not alone))
+z = sum(e["length"] for e in m if e["depth"] < mx and e["zero"] and not e["data"] and (e["present"] or not alone))
+print(d, z)' "$max" "${3:-chain}"
+}
+jget() { json_get "$@"; }
+
+# usage: growth_of FILE FORMAT: the measure base-growth-bytes estimates
+# (raw: allocated bytes; qcow2: the file's size)
+alloc_of() {
+    if [ "$2" = raw ]; then echo $(( $(stat -c %b "$1") * 512 )); else stat -c %s "$1"; fi
+}
+
+# check_delta NAME ACTIVE TOPFILE BASEFILE BASEFMT: delta vs qemu-img map,
+# then the commit on copies vs delta
+check_delta() {
+    local n=$1 act=$2 top=$3 base=$4 bfmt=$5 depth want got layers i f
+    # depth of BASE below TOP, from qemu-img's own chain listing
+    depth=$(qemu-img info --backing-chain --output=json "$top" | python3 -c '
+import json, os, sys
+chain = json.load(sys.stdin); base = os.path.realpath(sys.argv[1])
+print([os.path.realpath(e["filename"]) for e in chain].index(base))' "$base")
+    if ! "$D" --json --top "$top" --base "$base" "$act" > d.json 2>err; then
+        bad "delta $n" "$(cat err)"; return; fi
+    want=$(map_sums "$top" "$depth")
+    got="$(jget d.json data-bytes) $(jget d.json zero-bytes)"
+    if [ "$want" != "$got" ]; then
+        bad "delta $n" "data/zero $got, qemu-img map says $want"; return; fi
+    layers=$(jget d.json layers | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+    [ "$layers" = "$depth" ] || { bad "delta $n" "$layers layers, want $depth"; return; }
+    for ((i = 0; i < layers; i++)); do
+        f=$(jget d.json layers $i filename | tr -d '"')
+        want=$(map_sums "$f" 1 alone)
+        got="$(jget d.json layers $i data-bytes) $(jget d.json layers $i zero-bytes)"
+        if [ "$want" != "$got" ]; then
+            bad "delta $n" "layer $f: data/zero $got, qemu-img map says $want"; return; fi
+        [ "$(jget d.json layers $i file-size)" = "$(stat -c %s "$f")" ] \
+            || { bad "delta $n" "layer $f: file-size"; return; }
+    done
+    # the commit, on copies: the same figures, growth as estimated
+    rm -rf cc && mkdir cc && cp --sparse=always ./*.qcow2 ./*.raw cc/ 2>/dev/null
+    ( cd cc
+      "$D" --json --top "$top" --base "$base" "$act" > d2.json 2>err || exit 1
+      b0=$(alloc_of "$base" "$bfmt")
+      "$C" --json --top "$top" --base "$base" "$act" > c.json 2>err || exit 2
+      b1=$(alloc_of "$base" "$bfmt")
+      echo "$b0 $b1" > growth ) || { bad "delta $n" "commit on copies: $(cat cc/err)"; return; }
+    for k in data-bytes zero-bytes; do
+        [ "$(jget cc/c.json $k)" = "$(jget d.json $k)" ] \
+            || { bad "delta $n" "commit reports $k $(jget cc/c.json $k), delta $(jget d.json $k)"; return; }
+    done
+    read -r b0 b1 < cc/growth
+    local est; est=$(jget cc/d2.json base-growth-bytes)
+    if ! python3 -c 'import sys; e, r = int(sys.argv[1]), int(sys.argv[2]); sys.exit(abs(e - r) > max(abs(r) * 0.02, 1 << 20))' "$est" $((b1 - b0)); then
+        bad "delta $n" "base-growth-bytes $est, the commit grew the base by $((b1 - b0))"; return; fi
+    ok "delta $n: $(jget d.json data-bytes) data, $(jget d.json zero-bytes) zero; growth $est est. vs $((b1 - b0)) real"
+}
+
+# --- chains: raw base half written, two overlays; every TOP/BASE pair
+chain3() { # base-kind base-opts mid-opts top-opts
+    local bk=$1 bo=$2 mo=$3 to=$4
+    rm -rf ./*.qcow2 ./*.raw cc
+    if [ "$bk" = raw ]; then
+        qemu-img create -q -f raw base.raw 96M
+        qemu-io -f raw -c 'write -P 1 0 48M' base.raw >/dev/null
+        B=base.raw
+    else
+        qemu-img create -q -f qcow2 -o "$bo" base.qcow2 96M
+        qemu-io -c 'write -P 1 0 48M' base.qcow2 >/dev/null
+        B=base.qcow2
+    fi
+    qemu-img create -q -f qcow2 -o "$mo" -b $B -F "$bk" mid.qcow2 96M
+    qemu-io -c 'write -P 2 40M 16M' -c 'write -z 8M 4M' -c 'write -P 3 70M 4k' \
+            -c 'write -c -P 4 80M 1M' -c 'write -P 5 90M 64k' mid.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -o "$to" -b mid.qcow2 -F qcow2 top.qcow2 96M
+    qemu-io -c 'write -P 6 0 1M' -c 'write -z 41M 2M' -c 'write -P 7 60M 3M' \
+            -c 'write -c -P 8 84M 512k' -c 'write -P 9 70M 512' -c 'write -z 89M 4M' \
+            top.qcow2 >/dev/null
+}
+pairs() { # name base-kind
+    check_delta "$1 top->mid" top.qcow2 top.qcow2 mid.qcow2 qcow2
+    check_delta "$1 top->base" top.qcow2 top.qcow2 "$B" "$2"
+    check_delta "$1 mid->base (--top)" top.qcow2 mid.qcow2 "$B" "$2"
+}
+chain3 raw "" cluster_size=64k cluster_size=64k; pairs "raw base" raw
+chain3 qcow2 cluster_size=64k cluster_size=64k cluster_size=64k; pairs "qcow2 base" qcow2
+chain3 qcow2 cluster_size=512 cluster_size=4k cluster_size=2M; pairs "mixed clusters 512/4k/2M" qcow2
+chain3 qcow2 extended_l2=on,cluster_size=32k extended_l2=on,cluster_size=64k cluster_size=16k
+pairs "extended L2" qcow2
+chain3 qcow2 compat=0.10,cluster_size=4k compat=0.10 compression_type=zstd
+pairs "v2 base and mid, zstd top" qcow2
+chain3 qcow2 refcount_bits=1,cluster_size=4k cluster_size=64k refcount_bits=64
+pairs "1-bit refcounts" qcow2
+
+# a base with an internal snapshot: writes into shared clusters allocate
+rm -rf ./*.qcow2 ./*.raw cc
+qemu-img create -q -f qcow2 base.qcow2 64M
+qemu-io -c 'write -P 1 0 32M' base.qcow2 >/dev/null
+qemu-img snapshot -c keep base.qcow2
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+qemu-io -c 'write -P 2 4M 8M' -c 'write -P 3 40M 2M' -c 'write -z 20M 1M' top.qcow2 >/dev/null
+check_delta "qcow2 base with a snapshot" top.qcow2 top.qcow2 base.qcow2 qcow2
+
+# grown bases: the top is larger (raw: truncate; qcow2: L1 growth)
+for bk in raw qcow2; do
+    rm -rf ./*.qcow2 ./*.raw cc
+    if [ $bk = qcow2 ]; then qemu-img create -q -f qcow2 -o cluster_size=512 base.qcow2 16M
+    else qemu-img create -q -f raw base.raw 16M; fi
+    qemu-io -f $bk -c 'write -P 1 0 8M' base.$bk >/dev/null
+    qemu-img create -q -f qcow2 -b base.$bk -F $bk top.qcow2 300M
+    qemu-io -c 'write -P 2 4M 8M' -c 'write -P 3 100M 20M' -c 'write -P 4 290M 1M' top.qcow2 >/dev/null
+    check_delta "grown $bk base" top.qcow2 top.qcow2 base.$bk $bk
+done
+
+# a large scattered delta over a raw base: 2048 x 4 KiB in 64 KiB clusters
+rm -rf ./*.qcow2 ./*.raw cc
+qemu-img create -q -f raw base.raw 1G
+qemu-io -f raw -c 'write -P 1 0 512M' base.raw >/dev/null
+qemu-img create -q -f qcow2 -b base.raw -F raw top.qcow2
+python3 -c '
+import random
+r = random.Random(7)
+for c in r.sample(range(16384), 2048):
+    print("write -P %d %d 4k" % (c % 250 + 1, c * 65536 + r.randrange(16) * 4096))
+' > cmds
+qemu-io top.qcow2 < cmds >/dev/null
+check_delta "2048 scattered 4 KiB writes into a raw base" top.qcow2 top.qcow2 base.raw raw
+
+# --- the rate and the plan follow the model exactly
+rm -rf ./*.qcow2 ./*.raw cc
+qemu-img create -q -f raw base.raw 64M
+qemu-img create -q -f qcow2 -b base.raw -F raw top.qcow2
+qemu-io -c 'write -P 1 0 40M' top.qcow2 >/dev/null
+plan() { # name rate growth downtime
+    local n=$1
+    if ! "$D" --json --rate "$2" --growth-rate "$3" --downtime "$4" top.qcow2 > p.json 2>err; then
+        bad "plan $n" "$(cat err)"; return; fi
+    if python3 - "$2" "$3" "$4" p.json <<'PY'
+import json, sys
+def size(s):
+    m = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    return int(s[:-1]) * m[s[-1]] if s[-1] in m and s[-1] != "" else int(s)
+rate, growth, down = size(sys.argv[1]), size(sys.argv[2]), float(sys.argv[3])
+j = json.load(open(sys.argv[4]))
+d = j["data-bytes"]
+assert j["rate-bytes-per-second"] == rate, j
+assert j["estimated-seconds"] == d / rate, (j["estimated-seconds"], d / rate)
+k = 0
+while True:
+    if d / rate <= down:
+        conv = True; break
+    if k == 10:
+        conv = False; break
+    d = growth * d / rate; k += 1
+p = j["plan"]
+assert p["iterations"] == k and p["converges"] == conv, (p, k, conv)
+assert p["final-data-bytes"] == round(d), (p, d)
+assert p["final-seconds"] == d / rate, (p, d / rate)
+assert p["growth-bytes-per-second"] == growth, p
+if growth >= rate and j["data-bytes"] / rate > down:
+    assert not conv
+PY
+    then ok "plan $n: $(jget p.json plan iterations) rounds, converges $(jget p.json plan converges)"
+    else bad "plan $n" "$(cat p.json)"; fi
+}
+plan "fits now" 100M 10M 1
+plan "two rounds" 100M 10M 0.005
+plan "many rounds" 1G 500M 0.001
+plan "growth equal to rate" 100M 100M 0.1
+plan "growth above rate" 100M 200M 0.1
+plan "no growth" 1G 0 0.01
+"$D" --json --rate 1M top.qcow2 > r.json 2>err && [ "$(jget r.json plan)" = '<absent>' ] \
+    && [ "$(jget r.json estimated-seconds)" = 40 ] \
+    && ok "--rate alone: estimated-seconds = data / rate" || bad "--rate alone" "$(cat err r.json)"
+
+# --- live images: -U reads what a VM holds; without it, the lock refuses
+"$D" --json top.qcow2 > offline.json
+qemu-io -c "sigraise $(kill -l STOP)" -c 'read 0 512' top.qcow2 >/dev/null 2>&1 &
+pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
+for _ in $(seq 50); do [ "$(ps -o stat= -p $pid)" = T ] && break; sleep 0.1; done
+if "$D" top.qcow2 >/dev/null 2>err; then bad "held by qemu-io, no -U" "accepted"
+elif ! grep -qi "lock\|in use" err; then bad "held by qemu-io, no -U" "message: $(cat err)"
+else ok "held by qemu-io: refused without -U ($(head -c 100 err))"; fi
+"$D" -U --json top.qcow2 > live.json 2>err \
+    && [ "$(jget live.json data-bytes)" = "$(jget offline.json data-bytes)" ] \
+    && [ "$(jget live.json base-growth-bytes)" = "$(jget offline.json base-growth-bytes)" ] \
+    && [ "$(jget live.json approximate)" = true ] \
+    && ok "held by qemu-io: -U gives the offline figures, marked approximate" \
+    || bad "held by qemu-io, -U" "$(cat err live.json)"
+kill -CONT $pid; wait $pid
+qemu-nbd -f qcow2 --socket="$work/nbd.sock" top.qcow2 >/dev/null 2>&1 &
+pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
+for _ in $(seq 50); do [ -S "$work/nbd.sock" ] && break; sleep 0.1; done
+if "$D" top.qcow2 >/dev/null 2>err; then bad "held by qemu-nbd, no -U" "accepted"
+else ok "held by qemu-nbd: refused without -U"; fi
+"$D" -U --json top.qcow2 > live.json 2>err \
+    && [ "$(jget live.json data-bytes)" = "$(jget offline.json data-bytes)" ] \
+    && ok "held by qemu-nbd: -U gives the offline figures" \
+    || bad "held by qemu-nbd, -U" "$(cat err)"
+kill $pid; wait $pid 2>/dev/null
+
+# --sample: the guest's writes between the two samples give the growth rate
+"$D" -U --json --rate 1G --sample 2 --downtime 1 top.qcow2 > s.json 2>err &
+spid=$!
+sleep 1
+qemu-io -c 'write -P 9 48M 4M' top.qcow2 >/dev/null
+wait $spid && [ "$(jget s.json plan growth-bytes-per-second)" = $((2 << 20)) ] \
+    && ok "--sample 2 with 4 MiB written meanwhile: 2 MiB/s" \
+    || bad "--sample" "$(cat err s.json)"
+
+# --- bad input: exit 1 (images) or 2 (usage), with a message
+refuse() { # name want args...
+    local n=$1 want=$2; shift 2
+    "$D" "$@" >/dev/null 2>err; rc=$?
+    if [ $rc -ne "$want" ]; then bad "refuse $n" "exit $rc: $(cat err)"
+    elif ! grep -q "^qchain-delta: " err; then bad "refuse $n" "message: $(cat err)"
+    else ok "refuse: $n (exit $rc)"; fi
+}
+qemu-img create -q -f qcow2 lone.qcow2 16M
+refuse "no backing file" 1 lone.qcow2
+refuse "missing file" 1 missing.qcow2
+refuse "BASE not in the chain" 1 --base lone.qcow2 top.qcow2
+refuse "TOP at BASE" 1 --top base.raw --base base.raw top.qcow2
+refuse "malformed rate" 2 --rate fast top.qcow2
+refuse "zero rate" 2 --rate 0 top.qcow2
+refuse "malformed downtime" 2 --rate 1M --growth-rate 1M --downtime soon top.qcow2
+refuse "downtime without a rate" 2 --growth-rate 1M --downtime 1 top.qcow2
+refuse "growth rate and sample" 2 --rate 1M --growth-rate 1M --sample 1 --downtime 1 top.qcow2
+refuse "bad option" 2 --bogus top.qcow2
+finish
