@@ -1,12 +1,19 @@
 /*
  * qchain-export - write the guest-visible content of an image (through its
  * backing chain), or of one of its internal snapshots, to a new raw file.
+ * Forensic views: --layer N writes what the layer at depth N holds by
+ * itself (zeros where it allocates nothing, so the data upper layers
+ * shadow comes back), --vmstate SNAP the saved VM state of an internal
+ * snapshot, exactly vm_state_size bytes as stored.
  *
  * The output is byte-identical to `qemu-img convert -O raw` (`-l SNAPSHOT`
- * for snapshots) and sparse where the guest sees zeros: ranges the chain
- * maps as zero or unallocated are never written, and neither are all-zero
- * 4 KiB blocks of data.  OUTPUT must not exist; on failure it is removed.
+ * for snapshots; for --layer N, of that layer opened with "backing": null)
+ * and sparse where the guest sees zeros: ranges mapped as zero or
+ * unallocated are never written, and neither are all-zero 4 KiB blocks of
+ * data.  OUTPUT must not exist; on failure it is removed.  Images are only
+ * ever opened read-only (read locks, none with -U).
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -27,6 +34,12 @@ static void usage(void)
            "Write the guest-visible content of IMAGE to the new raw file "
            "OUTPUT.\n\n"
            "  -s, --snapshot=SNAP  export internal snapshot SNAP (id or name)\n"
+           "  --layer=N            export what the layer at depth N of the "
+           "chain holds\n"
+           "                       by itself (0 = IMAGE), zeros where it "
+           "allocates nothing\n"
+           "  --vmstate=SNAP       export the saved VM state of internal "
+           "snapshot SNAP\n"
            "  -f, --format=FMT     format of IMAGE (qcow2 or raw)\n"
            "  -U, --force-share    read an image another process holds\n"
            "  --output=human|json  report format (default human); --json\n"
@@ -80,18 +93,74 @@ static int write_sparse(struct qcow2_io *out, const uint8_t *buf, size_t len,
     return 0;
 }
 
+/* What is exported: the guest view through the chain (or a snapshot of
+ * the top image), one layer alone, or a snapshot's VM state. */
+enum what { WHAT_CHAIN, WHAT_LAYER, WHAT_VMSTATE };
+
+struct source {
+    enum what what;
+    struct qcow2_image *img; /* the image read: the top, or layer N */
+    unsigned snap;           /* WHAT_VMSTATE: snapshot index */
+    uint64_t size;           /* bytes to write */
+};
+
+static int source_map(const struct source *src, uint64_t pos,
+                      struct qcow2_extent *ext)
+{
+    uint64_t len = src->size - pos;
+
+    switch (src->what) {
+    case WHAT_CHAIN:
+        return qcow2_map(src->img, pos, len, QCOW2_MAP_CHAIN, ext);
+    case WHAT_LAYER:
+        return qcow2_map(src->img, pos, len, 0, ext);
+    case WHAT_VMSTATE:
+        return qcow2_vmstate_map(src->img, src->snap, pos, len, ext);
+    }
+    return -EINVAL;
+}
+
+static int64_t source_read(const struct source *src, void *buf, size_t n,
+                           uint64_t pos)
+{
+    switch (src->what) {
+    case WHAT_CHAIN:
+        return qcow2_pread(src->img, buf, n, pos);
+    case WHAT_LAYER:
+        return qcow2_layer_pread(src->img, buf, n, pos);
+    case WHAT_VMSTATE:
+        return qcow2_vmstate_pread(src->img, src->snap, buf, n, pos);
+    }
+    return -EINVAL;
+}
+
+/* A failure reading src: named by the top image, with the layer's name
+ * when a backing file is at fault. */
+static void source_error(const struct source *src, const char *file)
+{
+    if (src->what == WHAT_LAYER && strcmp(qcow2_filename(src->img), file))
+        cli_error_file(file, "backing file '%s': %s",
+                       qcow2_filename(src->img), qcow2_errmsg(src->img));
+    else
+        cli_error_file(file, "%s", qcow2_errmsg(src->img));
+}
+
 int main(int argc, char **argv)
 {
+    enum { OPT_LAYER = 0x2000, OPT_VMSTATE };
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
         {"snapshot", required_argument, NULL, 's'},
+        {"layer", required_argument, NULL, OPT_LAYER},
+        {"vmstate", required_argument, NULL, OPT_VMSTATE},
         {NULL, 0, NULL, 0}};
     struct cli_common common = {0};
     struct qcow2_open_opts opts;
     struct qcow2_image *img = NULL;
     struct qcow2_io out;
-    const char *snapshot = NULL, *file, *outfile;
-    uint64_t size, pos = 0, written = 0;
+    struct source src = {.what = WHAT_CHAIN};
+    const char *snapshot = NULL, *vmstate = NULL, *file, *outfile;
+    uint64_t pos = 0, written = 0, layer = 0;
     uint8_t *buf = NULL;
     char err[512];
     int opt, rc, status = QCHAIN_EXIT_FAILURE;
@@ -102,11 +171,27 @@ int main(int argc, char **argv)
                               longopts, NULL)) != -1) {
         if (cli_common_option(opt, optarg, &common, usage))
             continue;
-        if (opt == 's')
+        switch (opt) {
+        case 's':
             snapshot = optarg;
-        else
+            break;
+        case OPT_LAYER:
+            if (cli_parse_u64(optarg, &layer) < 0 || layer > UINT32_MAX)
+                cli_usage_error("invalid --layer '%s'", optarg);
+            src.what = WHAT_LAYER;
+            break;
+        case OPT_VMSTATE:
+            vmstate = optarg;
+            break;
+        default:
             cli_usage_error("incorrect parameter");
+        }
     }
+    if ((snapshot != NULL) + (src.what == WHAT_LAYER) + (vmstate != NULL) > 1)
+        cli_usage_error("--snapshot, --layer and --vmstate exclude each "
+                        "other");
+    if (vmstate)
+        src.what = WHAT_VMSTATE;
     if (argc - optind != 2)
         cli_usage_error(argc - optind < 2 ? "missing IMAGE or OUTPUT"
                                           : "too many arguments");
@@ -124,6 +209,7 @@ int main(int argc, char **argv)
         cli_error("out of memory");
         goto out;
     }
+    /* read-only, whatever is exported: read locks only (none with -U) */
     cli_open_opts(&common, &opts, 0);
     rc = qcow2_open(img, file, &opts);
     if (rc == 0 && snapshot)
@@ -132,7 +218,34 @@ int main(int argc, char **argv)
         cli_error_file(file, "%s", qcow2_errmsg(img));
         goto out;
     }
-    size = qcow2_virtual_size(img);
+    src.img = img;
+    if (src.what == WHAT_LAYER) {
+        unsigned d;
+        for (d = 0; d < layer && src.img; d++)
+            src.img = qcow2_backing(src.img);
+        if (!src.img) {
+            cli_error_file(file, "no layer at depth %" PRIu64 ": the chain "
+                           "has %u (depths 0 to %u)", layer, d, d - 1);
+            goto out;
+        }
+    }
+    if (src.what == WHAT_VMSTATE) {
+        struct qcow2_vmstate vm;
+        rc = qcow2_snapshot_find(img, vmstate);
+        if (rc < 0) {
+            cli_error_file(file, "snapshot '%s' not found", vmstate);
+            goto out;
+        }
+        src.snap = (unsigned)rc;
+        rc = qcow2_vmstate_get(img, src.snap, &vm);
+        if (rc < 0) {
+            cli_error_file(file, "%s", qcow2_errmsg(img));
+            goto out;
+        }
+        src.size = vm.size;
+    } else {
+        src.size = qcow2_virtual_size(src.img);
+    }
 
     rc = qcow2_io_open_file(outfile, QCOW2_IO_CREATE, &out, err, sizeof(err));
     if (rc < 0) {
@@ -141,13 +254,13 @@ int main(int argc, char **argv)
     }
     created = true;
 
-    while (pos < size) {
+    while (pos < src.size) {
         struct qcow2_extent ext;
         uint64_t end;
 
-        rc = qcow2_map(img, pos, size - pos, QCOW2_MAP_CHAIN, &ext);
+        rc = source_map(&src, pos, &ext);
         if (rc < 0) {
-            cli_error_file(file, "%s", qcow2_errmsg(img));
+            source_error(&src, file);
             goto close_out;
         }
         end = pos + ext.length;
@@ -158,14 +271,13 @@ int main(int argc, char **argv)
         }
         while (pos < end) {
             size_t n = end - pos < CHUNK ? (size_t)(end - pos) : CHUNK;
-            int64_t got = qcow2_pread(img, buf, n, pos);
+            int64_t got = source_read(&src, buf, n, pos);
             if (got < 0) {
-                cli_error_file(file, "%s", qcow2_errmsg(img));
+                source_error(&src, file);
                 goto close_out;
             }
             if ((size_t)got != n) {
-                cli_error_file(file, "short read at guest offset 0x%" PRIx64,
-                               pos);
+                cli_error_file(file, "short read at offset 0x%" PRIx64, pos);
                 goto close_out;
             }
             rc = write_sparse(&out, buf, n, pos, &written);
@@ -177,7 +289,7 @@ int main(int argc, char **argv)
             pos += n;
         }
     }
-    rc = out.truncate(out.ctx, size);
+    rc = out.truncate(out.ctx, src.size);
     if (rc == 0)
         rc = out.flush(out.ctx);
     if (rc < 0) {
@@ -193,7 +305,16 @@ int main(int argc, char **argv)
         json_string(&j, "filename", file);
         json_string(&j, "output", outfile);
         json_string(&j, "snapshot", snapshot);
-        json_u64(&j, "virtual-size", size);
+        if (src.what == WHAT_LAYER) {
+            json_u64(&j, "layer", layer);
+            json_string(&j, "layer-filename", qcow2_filename(src.img));
+        }
+        if (src.what == WHAT_VMSTATE) {
+            json_string(&j, "vmstate-snapshot", vmstate);
+            json_u64(&j, "vm-state-size", src.size);
+        } else {
+            json_u64(&j, "virtual-size", src.size);
+        }
         json_u64(&j, "data-bytes-written", written);
         json_object_end(&j);
         json_end(&j);

@@ -5,6 +5,15 @@
  * the same file (QEMU 7.2's layout): the same extents, merged by the same
  * rule (entry_mergeable: equal depth, present, zero, data, file, and
  * contiguous host offsets).
+ *
+ * --all-layers is the forensic view: for each depth of the chain, top
+ * first, every extent that layer itself allocates (data, zero, compressed;
+ * what it leaves unallocated is omitted), including what upper layers
+ * shadow.  Each layer is walked alone over its own virtual size (clipped
+ * to --start-offset/--max-length), with the answers `qemu-img map` gives
+ * for that file opened with "backing": null; entries merge by the same
+ * rule, except compressed clusters, which keep one entry each with their
+ * compressed descriptor.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -22,6 +31,9 @@ static void usage(void)
            "byte.\n\n"
            "  --start-offset=N     start at guest offset N\n"
            "  --max-length=N       map at most N bytes\n"
+           "  --all-layers         every allocation of every layer, also "
+           "what upper\n"
+           "                       layers shadow (forensic view)\n"
            "  --output=human|json  output format (default human); --json\n"
            "  -f, --format=FMT     format of IMAGE (qcow2 or raw)\n"
            "  -U, --force-share    read an image another process holds\n"
@@ -35,13 +47,16 @@ struct entry {
     uint64_t start, length, offset;
     unsigned depth;
     bool present, zero, data, has_offset;
+    bool compressed;       /* --all-layers: coffset/csize valid */
+    uint64_t coffset;
+    uint32_t csize;
     const struct qcow2_image *layer; /* file the offset refers to */
     bool in_data_file;
 };
 
 static bool mergeable(const struct entry *a, const struct entry *b)
 {
-    if (a->length == 0)
+    if (a->length == 0 || a->compressed || b->compressed)
         return false;
     if (a->zero != b->zero || a->data != b->data || a->depth != b->depth ||
         a->present != b->present || a->has_offset != b->has_offset)
@@ -88,19 +103,133 @@ static int dump(const struct entry *e, enum cli_output out, bool first)
     return 0;
 }
 
+/* One --all-layers entry: qemu-img map's keys (with 8.2's "compressed"),
+ * then the compressed descriptor and the file the entry belongs to. */
+static void dump_layer_entry(const struct entry *e, enum cli_output out,
+                             bool first)
+{
+    if (out == CLI_OUTPUT_JSON) {
+        if (!first)
+            fputs(",\n", stdout);
+        printf("{ \"start\": %" PRIu64 ", \"length\": %" PRIu64
+               ", \"depth\": %u, \"present\": %s, \"zero\": %s, \"data\": %s"
+               ", \"compressed\": %s",
+               e->start, e->length, e->depth, e->present ? "true" : "false",
+               e->zero ? "true" : "false", e->data ? "true" : "false",
+               e->compressed ? "true" : "false");
+        if (e->has_offset)
+            printf(", \"offset\": %" PRIu64, e->offset);
+        if (e->compressed)
+            printf(", \"compressed-offset\": %" PRIu64
+                   ", \"compressed-size\": %" PRIu32, e->coffset, e->csize);
+        fputs(", \"filename\": ", stdout);
+        {
+            const char *f = entry_file(e);
+            json_write_escaped(stdout, f, strlen(f));
+        }
+        putchar('}');
+        return;
+    }
+    {
+        char where[48];
+        const char *kind = e->compressed ? "compressed"
+                           : e->zero     ? "zero"
+                                         : "data";
+        if (e->compressed)
+            snprintf(where, sizeof(where), "%#" PRIx64 "+%#" PRIx32,
+                     e->coffset, e->csize);
+        else if (e->has_offset)
+            snprintf(where, sizeof(where), "%#" PRIx64, e->offset);
+        else
+            snprintf(where, sizeof(where), "-");
+        printf("%-7u%#-16" PRIx64 "%#-16" PRIx64 "%-12s%-24s%s\n", e->depth,
+               e->start, e->length, kind, where, entry_file(e));
+    }
+}
+
+/* --all-layers: each layer alone over [start, min(end, its size)).
+ * Returns 0, or 1 after printing an error. */
+static int map_all_layers(struct qcow2_image *top, const char *file,
+                          uint64_t start, uint64_t end, enum cli_output out)
+{
+    struct qcow2_image *layer;
+    bool first = true;
+    unsigned depth = 0;
+
+    if (out == CLI_OUTPUT_JSON)
+        putchar('[');
+    else
+        printf("%-7s%-16s%-16s%-12s%-24s%s\n", "Depth", "Offset", "Length",
+               "Kind", "Mapped to", "File");
+    for (layer = top; layer; layer = qcow2_backing(layer), depth++) {
+        uint64_t lend = qcow2_virtual_size(layer), pos;
+        struct entry curr = {0}, next;
+
+        if (end < lend)
+            lend = end;
+        for (pos = start; pos < lend; pos += next.length) {
+            struct qcow2_extent ext;
+            int rc = qcow2_map(layer, pos, lend - pos, QCOW2_MAP_HOLES, &ext);
+            if (rc < 0) {
+                fflush(stdout);
+                if (layer == top)
+                    cli_error_file(file, "%s", qcow2_errmsg(layer));
+                else
+                    cli_error_file(file, "backing file '%s': %s",
+                                   qcow2_filename(layer),
+                                   qcow2_errmsg(layer));
+                return 1;
+            }
+            next = (struct entry){
+                .start = pos,
+                .length = ext.length,
+                .offset = ext.offset,
+                .depth = depth,
+                .present = (ext.flags & QCOW2_EXTENT_PRESENT) != 0,
+                .zero = (ext.flags & QCOW2_EXTENT_ZERO) != 0,
+                .data = (ext.flags & QCOW2_EXTENT_DATA) != 0,
+                .has_offset = (ext.flags & QCOW2_EXTENT_OFFSET_VALID) != 0,
+                .compressed = ext.kind == QCOW2_KIND_COMPRESSED,
+                .coffset = ext.offset,
+                .csize = ext.csize,
+                .layer = ext.layer,
+                .in_data_file = ext.in_data_file,
+            };
+            /* unallocated runs are omitted; they end the run before */
+            if (next.present && mergeable(&curr, &next)) {
+                curr.length += next.length;
+                continue;
+            }
+            if (curr.length > 0 && curr.present) {
+                dump_layer_entry(&curr, out, first);
+                first = false;
+            }
+            curr = next;
+        }
+        if (curr.length > 0 && curr.present) {
+            dump_layer_entry(&curr, out, first);
+            first = false;
+        }
+    }
+    if (out == CLI_OUTPUT_JSON)
+        puts("]");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
         {"start-offset", required_argument, NULL, 's'},
         {"max-length", required_argument, NULL, 'l'},
+        {"all-layers", no_argument, NULL, 'A'},
         {NULL, 0, NULL, 0}};
     struct cli_common common = {0};
     struct qcow2_open_opts opts;
     struct qcow2_image *img;
     uint64_t start = 0, max_len = UINT64_MAX, end, pos;
     struct entry curr = {0}, next;
-    bool first = true;
+    bool first = true, all_layers = false;
     const char *file;
     int opt, rc;
 
@@ -117,6 +246,9 @@ int main(int argc, char **argv)
         case 'l':
             if (cli_parse_size(optarg, &max_len) < 0 || max_len > INT64_MAX)
                 cli_usage_error("invalid --max-length '%s'", optarg);
+            break;
+        case 'A':
+            all_layers = true;
             break;
         default:
             cli_usage_error("incorrect parameter");
@@ -145,6 +277,18 @@ int main(int argc, char **argv)
         end = start + max_len;
     if (start > end)
         end = start; /* nothing to map, as qemu-img */
+    if (all_layers) {
+        /* lower layers may be larger than the top: clip to the request
+         * only */
+        end = max_len > UINT64_MAX - start ? UINT64_MAX : start + max_len;
+        rc = map_all_layers(img, file, start, end, common.output);
+        qcow2_close(img);
+        if (rc == 0 && (fflush(stdout) != 0 || ferror(stdout))) {
+            cli_error("error writing the output");
+            rc = 1;
+        }
+        return rc ? QCHAIN_EXIT_FAILURE : QCHAIN_EXIT_OK;
+    }
     if (common.output == CLI_OUTPUT_JSON)
         putchar('[');
     else

@@ -16,7 +16,9 @@
  * Reading (qcow2_pread) walks extents of the chain (qcow2_map) and serves
  * each one from the layer that owns it: host reads for data, zeros for
  * zero and unallocated ranges, one decompressed cluster (kept per layer) for
- * compressed ones.
+ * compressed ones.  The forensic reads (end of file) use the same walk on
+ * one image alone: qcow2_layer_pread over its own L1 table, and the VM
+ * state of an internal snapshot over the snapshot's L1 table past its disk.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -41,6 +43,7 @@ struct qcow2_image *qcow2_new(void)
         img->magic = Q2_HANDLE_MAGIC;
         img->state = Q2_STATE_NEW;
         img->selected_snapshot = -1;
+        img->vmstate_checked = -1;
         img->prealloc = -1;
     }
     return img;
@@ -654,21 +657,12 @@ int qcow2_snapshot_find(const struct qcow2_image *img, const char *which)
     return -ENOENT;
 }
 
-int qcow2_snapshot_select(struct qcow2_image *img, const char *which)
+/* The L1 table of snapshot idx is aligned and lies inside the file (its
+ * size was bounded by QEMU's cap when the table was parsed). */
+static int check_snapshot_l1(struct qcow2_image *img, unsigned idx)
 {
-    const struct qcow2_snapshot *s;
-    int idx;
+    const struct qcow2_snapshot *s = &img->snaps[idx].pub;
 
-    if (!usable(img))
-        return -EINVAL;
-    q2_err_clear(img);
-    if (img->writable)
-        return q2_err(img, -EINVAL, "a snapshot view needs a read-only "
-                      "image");
-    idx = qcow2_snapshot_find(img, which);
-    if (idx < 0)
-        return q2_err(img, -ENOENT, "snapshot '%s' not found", which);
-    s = &img->snaps[idx].pub;
     if (s->l1_table_offset & (img->cluster_size - 1))
         return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: L1 table offset "
                       "0x%" PRIx64 " is not cluster aligned (at offset 0x%"
@@ -679,6 +673,27 @@ int qcow2_snapshot_select(struct qcow2_image *img, const char *which)
         return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: L1 table 0x%" PRIx64
                       " lies past the end of the file (at offset 0x%" PRIx64
                       ")", s->id, s->l1_table_offset, s->entry_offset);
+    return 0;
+}
+
+int qcow2_snapshot_select(struct qcow2_image *img, const char *which)
+{
+    const struct qcow2_snapshot *s;
+    int idx, rc;
+
+    if (!usable(img))
+        return -EINVAL;
+    q2_err_clear(img);
+    if (img->writable)
+        return q2_err(img, -EINVAL, "a snapshot view needs a read-only "
+                      "image");
+    idx = qcow2_snapshot_find(img, which);
+    if (idx < 0)
+        return q2_err(img, -ENOENT, "snapshot '%s' not found", which);
+    rc = check_snapshot_l1(img, (unsigned)idx);
+    if (rc < 0)
+        return rc;
+    s = &img->snaps[idx].pub;
     /* QEMU (qcow2_snapshot_load_tmp) swaps in the snapshot's L1 table
      * and nothing else: the guest size stays the image's, and ranges past
      * the snapshot's L1 read as unallocated */
@@ -988,24 +1003,23 @@ static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
     return 0;
 }
 
-int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
-                    uint64_t off)
+/* Read guest bytes of the current view through extents from map_chain
+ * with `mflags` (QCOW2_MAP_CHAIN: the chain; 0: this image alone, where
+ * unallocated ranges read as zeros). */
+static int64_t read_view(struct qcow2_image *img, void *buf, size_t len,
+                         uint64_t off, unsigned mflags)
 {
     uint8_t *p = buf;
     uint64_t done = 0;
     struct qcow2_extent e;
     int rc;
 
-    if (!usable(img) || (!buf && len))
-        return -EINVAL;
-    q2_err_clear(img);
     if (off >= img->virtual_size)
         return 0;
     if (len > img->virtual_size - off)
         len = (size_t)(img->virtual_size - off);
     while (done < len) {
-        rc = map_chain(img, off + done, len - done, QCOW2_MAP_CHAIN,
-                       UINT32_MAX, &e);
+        rc = map_chain(img, off + done, len - done, mflags, UINT32_MAX, &e);
         if (rc < 0)
             return rc;
         if (e.flags & QCOW2_EXTENT_ZERO || !(e.flags & QCOW2_EXTENT_DATA)) {
@@ -1043,4 +1057,195 @@ int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
         done += e.length;
     }
     return (int64_t)done;
+}
+
+int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
+                    uint64_t off)
+{
+    if (!usable(img) || (!buf && len))
+        return -EINVAL;
+    q2_err_clear(img);
+    return read_view(img, buf, len, off, QCOW2_MAP_CHAIN);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Forensic reads: one layer alone, the VM state of a snapshot              */
+/* ------------------------------------------------------------------------ */
+
+int64_t qcow2_layer_pread(struct qcow2_image *img, void *buf, size_t len,
+                          uint64_t off)
+{
+    if (!usable(img) || (!buf && len))
+        return -EINVAL;
+    q2_err_clear(img);
+    return read_view(img, buf, len, off, 0);
+}
+
+/*
+ * Where QEMU keeps the VM state of snapshot idx (qcow2_vm_state_offset at
+ * the time of savevm): guest offsets from the first L1 index past the
+ * snapshot's disk size, l1_index << (cluster_bits + l2_bits), read and
+ * written like guest data through the snapshot's L1 table.  Every byte of
+ * it must be addressable by that table: QEMU grows the active L1 over the
+ * VM state before it copies the table into the snapshot, so a VM state
+ * reaching past the snapshot's L1 comes from a damaged or forged entry
+ * (and would otherwise let one number describe petabytes of zeros).
+ */
+static int vmstate_locate(struct qcow2_image *img, unsigned idx,
+                          struct qcow2_vmstate *out)
+{
+    const struct qcow2_snapshot *s = &img->snaps[idx].pub;
+    unsigned shift = img->cluster_bits + img->l2_bits;
+    uint64_t first = (s->disk_size >> shift) +
+                     ((s->disk_size & ((1ull << shift) - 1)) != 0);
+    uint64_t entries, span;
+    int rc;
+
+    rc = check_snapshot_l1(img, idx);
+    if (rc < 0)
+        return rc;
+    if (s->vm_state_size) {
+        /* first < l1_size <= 4 Mi entries, so nothing below overflows */
+        if (first >= s->l1_size)
+            return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: VM state of "
+                          "%" PRIu64 " bytes starts at L1 index %" PRIu64
+                          ", past the snapshot's L1 table of %" PRIu32
+                          " entries (at offset 0x%" PRIx64 ")", s->id,
+                          s->vm_state_size, first, s->l1_size,
+                          s->entry_offset);
+        entries = s->l1_size - first;
+        span = entries << shift;
+        if (s->vm_state_size > span)
+            return q2_err(img, -QCOW2_ECORRUPT, "snapshot %s: VM state of "
+                          "%" PRIu64 " bytes extends past the snapshot's L1 "
+                          "table (%" PRIu64 " bytes from guest offset 0x%"
+                          PRIx64 " are mapped) (at offset 0x%" PRIx64 ")",
+                          s->id, s->vm_state_size, span, first << shift,
+                          s->entry_offset);
+    } else if (first > (UINT64_MAX >> shift)) {
+        first = 0; /* no VM state: its offset does not matter */
+    }
+    out->offset = first << shift;
+    out->size = s->vm_state_size;
+    return 0;
+}
+
+/* The image's view while a VM state is read, to restore afterwards. */
+struct saved_view {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    bool l1_checked;
+    uint64_t virtual_size;
+};
+
+/* Switch the view to snapshot idx's L1 table with the guest size ending
+ * where its VM state ends. */
+static void enter_vmstate_view(struct qcow2_image *img, unsigned idx,
+                               const struct qcow2_vmstate *vm,
+                               struct saved_view *save)
+{
+    const struct qcow2_snapshot *s = &img->snaps[idx].pub;
+
+    save->l1_offset = img->l1_offset;
+    save->l1_size = img->l1_size;
+    save->l1_checked = img->l1_checked;
+    save->virtual_size = img->virtual_size;
+    img->l1_offset = s->l1_table_offset;
+    img->l1_size = s->l1_size;
+    img->l1_checked = img->vmstate_checked == (int)idx;
+    img->virtual_size = vm->offset + vm->size;
+}
+
+static void leave_vmstate_view(struct qcow2_image *img, unsigned idx,
+                               const struct saved_view *save)
+{
+    if (img->l1_checked)
+        img->vmstate_checked = (int)idx;
+    img->l1_offset = save->l1_offset;
+    img->l1_size = save->l1_size;
+    img->l1_checked = save->l1_checked;
+    img->virtual_size = save->virtual_size;
+}
+
+static int vmstate_args(struct qcow2_image *img, unsigned idx,
+                        const char *fn)
+{
+    if (!usable(img))
+        return -EINVAL;
+    q2_err_clear(img);
+    if (img->format != QCOW2_FORMAT_QCOW2 || idx >= img->n_snaps)
+        return q2_err(img, -EINVAL, "%s: no snapshot %u", fn, idx);
+    return 0;
+}
+
+int qcow2_vmstate_get(struct qcow2_image *img, unsigned idx,
+                      struct qcow2_vmstate *out)
+{
+    struct qcow2_vmstate vm;
+    int rc;
+
+    if (!out)
+        return -EINVAL;
+    rc = vmstate_args(img, idx, "qcow2_vmstate_get");
+    if (rc < 0)
+        return rc;
+    rc = vmstate_locate(img, idx, &vm);
+    if (rc < 0)
+        return rc;
+    *out = vm;
+    return 0;
+}
+
+int qcow2_vmstate_map(struct qcow2_image *img, unsigned idx, uint64_t start,
+                      uint64_t len, struct qcow2_extent *ext)
+{
+    struct qcow2_vmstate vm;
+    struct saved_view save;
+    int rc;
+
+    if (!ext)
+        return -EINVAL;
+    rc = vmstate_args(img, idx, "qcow2_vmstate_map");
+    if (rc < 0)
+        return rc;
+    rc = vmstate_locate(img, idx, &vm);
+    if (rc < 0)
+        return rc;
+    if (start >= vm.size || len == 0)
+        return q2_err(img, -EINVAL, "qcow2_vmstate_map: range 0x%" PRIx64
+                      "+%" PRIu64 " is outside the VM state", start, len);
+    if (len > vm.size - start)
+        len = vm.size - start;
+    enter_vmstate_view(img, idx, &vm, &save);
+    rc = map_chain(img, vm.offset + start, len, 0, UINT32_MAX, ext);
+    leave_vmstate_view(img, idx, &save);
+    if (rc == 0)
+        ext->start = start;
+    return rc;
+}
+
+int64_t qcow2_vmstate_pread(struct qcow2_image *img, unsigned idx, void *buf,
+                            size_t len, uint64_t off)
+{
+    struct qcow2_vmstate vm;
+    struct saved_view save;
+    int64_t n;
+    int rc;
+
+    if (!buf && len)
+        return -EINVAL;
+    rc = vmstate_args(img, idx, "qcow2_vmstate_pread");
+    if (rc < 0)
+        return rc;
+    rc = vmstate_locate(img, idx, &vm);
+    if (rc < 0)
+        return rc;
+    if (off >= vm.size)
+        return 0;
+    if (len > vm.size - off)
+        len = (size_t)(vm.size - off);
+    enter_vmstate_view(img, idx, &vm, &save);
+    n = read_view(img, buf, len, vm.offset + off, 0);
+    leave_vmstate_view(img, idx, &save);
+    return n;
 }

@@ -241,6 +241,8 @@ struct qcow2_image {
     uint64_t dbuf_key;         /* L2 entry dbuf holds, 0: none */
     int prealloc;              /* -1 unknown, 0/1 QEMU's heuristic */
     bool l1_checked;           /* the active view's L1 passed q2_l1_check */
+    int vmstate_checked;       /* snapshot whose L1 passed q2_l1_check for
+                                  VM state reads, -1 none */
 
     /* writer (write.c, refcount.c) */
     bool writable;

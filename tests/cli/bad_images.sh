@@ -10,7 +10,7 @@
 
 BAD=$QCHAIN_IMAGES/bad
 
-# name kind  (kinds: header data chain decode snap; see README.md)
+# name kind  (kinds: header data chain decode snap vmstate; see README.md)
 IMAGES="
 truncated-header header
 truncated-header-v3 header
@@ -42,6 +42,10 @@ snapshot-offset-past-end header
 snapshot-offset-unaligned header
 snapshot-name-past-end header
 snapshot-l1-past-end snap
+vmstate-size-past-l1 vmstate
+vmstate-size-huge vmstate
+vmstate-disk-size-huge vmstate
+vmstate-data-past-end vmstate
 backing-name-long header
 backing-offset-overflow header
 backing-self chain
@@ -152,6 +156,13 @@ while read -r n kind; do
         tcase "$n: export of the active image works" export_accept "$f"
         tcase "$n: export -s s1 fails" export_refuse "$f" -s s1
         tcase "$n: export -s 1 fails" export_refuse "$f" -s 1
+        ;;
+    vmstate)
+        tcase "$n: info shows the image" accept info "$f" --output=json
+        tcase "$n: map --all-layers maps it" accept map "$f" --all-layers --output=json
+        tcase "$n: export of the active image works" export_accept "$f"
+        tcase "$n: export --vmstate s1 fails" export_refuse "$f" --vmstate s1
+        tcase "$n: export -U --vmstate 1 fails" export_refuse "$f" -U --vmstate 1
         ;;
     *)
         tcase "$n: known kind" false

@@ -167,6 +167,44 @@ def snapshotted(path):
     return off
 
 
+def vmstated(path):
+    """A 1 MiB image (4 KiB clusters, so L2 tables span 2 MiB and the VM
+    state starts at 2 MiB) whose snapshot s1 carries 8 KiB of VM state,
+    laid out as savevm does with QEMU doing the writes: grow the image
+    over the VM state range, write it (0x5a), qemu-img snapshot -c s1,
+    discard it from the active image (as qcow2_snapshot_create does), then
+    set the header size back to 1 MiB and the entry's disk_size and
+    vm_state_size (both fields); qemu-img check finds it clean.  Returns
+    the snapshot entry's offset."""
+    qimg("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "1M")
+    qio(path, "write -P 0xa5 0 4k")
+    qimg("resize", "-q", "-f", "qcow2", path, str(2 * 1024 * 1024 + 8192))
+    qio(path, "write -P 0x5a 2M 8k")
+    qimg("snapshot", "-c", "s1", path)
+    qio(path, "discard 2M 8k")
+    off = read(path, 64, "Q")
+    with open(path, "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack(">Q", 1024 * 1024))
+        f.seek(off + 16)
+        f.write(struct.pack(">II", 1700000000, 0))
+        f.seek(off + 32)
+        f.write(struct.pack(">I", 8192))
+        assert read(path, off + 36, "I") >= 16
+        f.seek(off + 40)
+        f.write(struct.pack(">QQ", 8192, 1024 * 1024))
+    r = subprocess.run([QEMU_IMG, "check", path], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT)
+    assert r.returncode == 0, r.stdout
+    return off
+
+
+def snapshot_l1_entry(path, entry, index):
+    """File offset of entry `index` of the L1 table of the snapshot whose
+    table entry is at `entry`."""
+    return read(path, entry, "Q") + index * 8
+
+
 # ------------------------------------------------------------ the images
 #
 # (name, kind, what is wrong, function(path)).  Kinds, for bad_images.sh
@@ -182,6 +220,8 @@ def snapshotted(path):
 #   decode  only the compressed data is bad: only qchain-export (which
 #           decompresses) refuses it
 #   snap    only one snapshot is bad: only export -s of it refuses it
+#   vmstate only the VM state of snapshot s1 is bad: only export
+#           --vmstate s1 refuses it
 
 IMAGES = []
 
@@ -503,6 +543,46 @@ def _(p):
                     '"filename":"/etc/hostname"}}', "raw")
 
 
+@image("vmstate-size-past-l1", "vmstate",
+       "snapshot s1 carries 8 KiB of VM state (see `vmstated`); its "
+       "vm_state_size is 3 MiB, more than its L1 table maps past the disk "
+       "(one L2 table: 2 MiB)")
+def _(p):
+    off = vmstated(p)
+    poke(p, off + 40, "Q", 3 * 1024 * 1024, "snapshot[0] extra vm_state_size")
+
+
+@image("vmstate-size-huge", "vmstate",
+       "snapshot s1 with VM state (see `vmstated`); vm_state_size "
+       "0xffffffffffffff00: an offset plus size that overflows, and an "
+       "output no disk holds")
+def _(p):
+    off = vmstated(p)
+    poke(p, off + 40, "Q", 0xffffffffffffff00,
+         "snapshot[0] extra vm_state_size")
+
+
+@image("vmstate-disk-size-huge", "vmstate",
+       "snapshot s1 with VM state (see `vmstated`); the entry's disk_size "
+       "is 0xfffffffffffff000, so the VM state would start far past its "
+       "L1 table")
+def _(p):
+    off = vmstated(p)
+    poke(p, off + 48, "Q", 0xfffffffffffff000, "snapshot[0] extra disk_size")
+
+
+@image("vmstate-data-past-end", "vmstate",
+       "snapshot s1 with VM state (see `vmstated`); the L2 entry of its "
+       "first VM state cluster points to 0x10000000, past the end of the "
+       "file (the guest part of s1 is fine)")
+def _(p):
+    off = vmstated(p)
+    l2 = read(p, snapshot_l1_entry(p, off, 1), "Q") & 0x00fffffffffffe00
+    assert l2
+    poke(p, l2, "Q", COPIED | PAST_END, "L2 entry of the VM state's first "
+         "cluster")
+
+
 # ------------------------------------------------------------ README
 
 README_HEAD = """\
@@ -529,14 +609,19 @@ with header at 0x0, refcount table 0x1000, refcount block 0x2000, L1 table
 run through `qemu-img convert -c -O qcow2 -o cluster_size=4096,
 compression_type=zlib|zstd`; `snapshot` bases are `plain` plus
 `qemu-img snapshot -c s1` (date_sec/date_nsec of the entry poked to
-1700000000/0 so the files are reproducible); `backing` bases are
+1700000000/0 so the files are reproducible); `vmstated` bases give
+snapshot s1 8 KiB of VM state (0x5a) at guest offset 2 MiB, laid out as
+savevm does (see make-bad-images.py: QEMU writes it over a grown image,
+then the header size, the entry's disk_size and vm_state_size are set and
+qemu-img check finds the image clean); `backing` bases are
 `qemu-img create -f qcow2 -o cluster_size=4096 -u -b NAME -F FMT X 1M`.
 
 Header offsets: version 4, backing_file_offset 8, backing_file_size 16,
 cluster_bits 20, size 24, l1_size 36, l1_table_offset 40, nb_snapshots 60,
 snapshots_offset 64, incompatible_features 72, refcount_order 96,
 header_length 100; the first header extension starts at 0x70.  Snapshot
-entry: l1_table_offset +0, name_size +14, date_sec +16.
+entry: l1_table_offset +0, name_size +14, date_sec +16, vm_state_size
+(64-bit extra) +40, disk_size (extra) +48.
 
 Kinds (the exit codes `bad_images.sh` expects):
 
@@ -547,6 +632,7 @@ Kinds (the exit codes `bad_images.sh` expects):
 | chain  | 0           | 1                    | 1          | 1             |
 | decode | 0           | 0                    | 0          | 1             |
 | snap   | 0           | 0                    | 0          | 0; `-s s1`: 1 |
+| vmstate | 0          | 0                    | 0          | 0; `--vmstate s1`: 1 |
 
 (`data` damage lies in tables qchain-info never reads; `chain` images with
 a protocol or json: backing name also get a warning from qchain-info;

@@ -535,6 +535,64 @@ QCOW2_API int qcow2_create_io(struct qcow2_io *io, const char *name,
                               const struct qcow2_create_opts *opts,
                               char *err, size_t errlen);
 
+/* ------------------------------------------------------------------------ */
+/* Forensic reads                                                           */
+/* ------------------------------------------------------------------------ */
+/*
+ * What one layer of a chain holds by itself (the data upper layers may
+ * shadow), and the saved VM state (RAM and devices, as QEMU's savevm wrote
+ * it) of an internal snapshot.  They read; nothing here writes.
+ */
+
+/**
+ * Read guest data of this image alone: ranges it does not allocate read as
+ * zeros and its backing file is never consulted (`qemu-img convert` of the
+ * image opened with "backing": null).  Map the same view with qcow2_map
+ * without QCOW2_MAP_CHAIN.  Reads stop at the image's virtual size.
+ * @return bytes read (short at the end), or as qcow2_pread.
+ */
+QCOW2_API int64_t qcow2_layer_pread(struct qcow2_image *img, void *buf,
+                                    size_t len, uint64_t off);
+
+/* Where a snapshot's VM state lives in its guest address space. */
+struct qcow2_vmstate {
+    uint64_t offset; /* guest offset of its first byte: the first L1 index
+                        past the snapshot's disk size, shifted by
+                        cluster_bits + l2_bits (QEMU's vm_state_offset) */
+    uint64_t size;   /* bytes (the snapshot's vm_state_size) */
+};
+
+/**
+ * Locate the VM state of internal snapshot `idx` (qcow2_snapshot_find) and
+ * check that the snapshot's L1 table is in the file and maps all of it.
+ * @return 0, -EINVAL (no such snapshot, raw image), -QCOW2_ECORRUPT (a VM
+ *         state size or L1 table no valid image has).
+ */
+QCOW2_API int qcow2_vmstate_get(struct qcow2_image *img, unsigned idx,
+                                struct qcow2_vmstate *out);
+
+/**
+ * Describe VM state bytes of snapshot `idx` from offset `start` (relative
+ * to the VM state's first byte; ext->start is too), as qcow2_map does for
+ * guest data of the image alone: unallocated ranges read as zeros.
+ * @return 0, -EINVAL (range outside the VM state), or as qcow2_vmstate_get
+ *         and qcow2_map.
+ */
+QCOW2_API int qcow2_vmstate_map(struct qcow2_image *img, unsigned idx,
+                                uint64_t start, uint64_t len,
+                                struct qcow2_extent *ext);
+
+/**
+ * Read VM state bytes of snapshot `idx` at offset `off` of the VM state,
+ * through the snapshot's L1 table (data, zero, compressed and unallocated
+ * clusters as for guest data; never the backing file).  Reads stop at the
+ * VM state's size.
+ * @return bytes read (short at the end), or as qcow2_vmstate_get and
+ *         qcow2_pread.
+ */
+QCOW2_API int64_t qcow2_vmstate_pread(struct qcow2_image *img, unsigned idx,
+                                      void *buf, size_t len, uint64_t off);
+
 #ifdef __cplusplus
 }
 #endif
