@@ -671,6 +671,7 @@ int main(int argc, char **argv)
             json_string(&js, NULL, j.layers[i].name);
         json_array_end(&js);
         json_bool(&js, "base-grown", st.grown);
+        json_u64(&js, "offloaded-bytes", st.offloaded_bytes);
         json_string(&js, "job", j.uuid);
         json_object_end(&js);
         json_end(&js);

@@ -20,7 +20,10 @@
  *                                                (v3 zero flag, or a hole)
  *             data                            -> copy, coalescing guest-
  *                                                contiguous runs into
- *                                                large writes
+ *                                                large writes; into a raw
+ *                                                base, copy_file_range
+ *                                                (reflinks where the file
+ *                                                system shares extents)
  *             compressed                      -> decompress, copy
  *   FLUSH   everything durable in the base
  *
@@ -59,6 +62,42 @@ static int flush_pending(struct qcow2_image *top, struct qcow2_image *base,
     return 0;
 }
 
+/*
+ * Copy a data extent of a layer into a raw base inside the kernel
+ * (copy_file_range; a reflink on file systems that share extents).  *done
+ * gets the bytes copied; a source that ends early leaves the rest to the
+ * caller (it reads as zeros).  -ENOTSUP: these files cannot be copied so.
+ */
+static int offload_copy(struct qcow2_image *top, struct qcow2_image *base,
+                        const struct qcow2_extent *e, uint64_t pos,
+                        uint64_t *done)
+{
+    struct qcow2_io *src;
+    int rc = q2_data_io(e->layer, &src);
+
+    *done = 0;
+    if (rc < 0)
+        return q2_err(top, rc, "'%s': %s", e->layer->filename,
+                      e->layer->errmsg);
+    while (*done < e->length) {
+        uint64_t n = e->length - *done;
+        int64_t got;
+        if (n > COPY_CHUNK)
+            n = COPY_CHUNK;
+        got = base->io.copy_range(base->io.ctx, src, e->offset + *done,
+                                  pos + *done, (size_t)n);
+        if (got == -ENOTSUP && *done == 0)
+            return -ENOTSUP;
+        if (got < 0)
+            return q2_err(top, (int)got, "copying into the base: %s",
+                          qcow2_strerror((int)got));
+        *done += (uint64_t)got;
+        if ((uint64_t)got < n)
+            break; /* the source ended */
+    }
+    return 0;
+}
+
 int qcow2_commit(struct qcow2_image *top, unsigned stop,
                  struct qcow2_image *base, qcow2_progress_fn progress,
                  void *ctx, struct qcow2_commit_stats *out)
@@ -68,6 +107,7 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     struct qcow2_extent e;
     uint64_t size, old_size, pos = 0;
     uint8_t *buf = NULL;
+    bool offload;
     int rc;
 
     if (!top || !base || top->magic != Q2_HANDLE_MAGIC ||
@@ -92,6 +132,10 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     buf = malloc(COPY_CHUNK);
     if (!buf)
         return -ENOMEM;
+    /* uncompressed data into a raw base: copy offload where the files
+     * allow it (the first refusal switches it off) */
+    offload = base->format == QCOW2_FORMAT_RAW && base->io.copy_range &&
+              !base->write_err;
 
     /* COPY */
     while (pos < size) {
@@ -124,6 +168,18 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
             if (e.kind == QCOW2_KIND_COMPRESSED)
                 st.compressed_bytes += e.length;
             st.data_bytes += e.length;
+            if (offload && e.kind == QCOW2_KIND_DATA) {
+                if ((rc = flush_pending(top, base, buf, &p)) < 0)
+                    goto out;
+                rc = offload_copy(top, base, &e, pos, &done);
+                if (rc == -ENOTSUP) {
+                    offload = false; /* these files cannot: read and write */
+                    rc = 0;
+                } else if (rc < 0) {
+                    goto out;
+                }
+                st.offloaded_bytes += done;
+            }
             while (done < e.length) {
                 size_t n;
                 int64_t got;

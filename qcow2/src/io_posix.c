@@ -107,6 +107,38 @@ static void posix_close(void *ctx)
     }
 }
 
+/* copy_file_range between two posix backends: in-kernel, and a reflink
+ * (shared extents, no data written) where the file system has them. */
+static int64_t posix_copy_range(void *ctx, const struct qcow2_io *src,
+                                uint64_t src_off, uint64_t dst_off,
+                                size_t len)
+{
+    struct posix_file *d = ctx;
+    const struct posix_file *s;
+    size_t done = 0;
+
+    if (!src || src->copy_range != posix_copy_range)
+        return -ENOTSUP; /* not a file of ours: no descriptor to hand over */
+    s = src->ctx;
+    while (done < len) {
+        loff_t so = (loff_t)(src_off + done), dof = (loff_t)(dst_off + done);
+        ssize_t n = copy_file_range(s->fd, &so, d->fd, &dof, len - done, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (done == 0 && (errno == EXDEV || errno == EINVAL ||
+                              errno == ENOSYS || errno == EOPNOTSUPP ||
+                              errno == EBADF))
+                return -ENOTSUP;
+            return -errno;
+        }
+        if (n == 0)
+            break; /* the source ended */
+        done += (size_t)n;
+    }
+    return (int64_t)done;
+}
+
 /* The answer of file-posix's block status: SEEK_DATA / SEEK_HOLE. */
 static int posix_block_status(void *ctx, uint64_t off, uint64_t len,
                               uint64_t *pnum)
@@ -312,5 +344,6 @@ int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
     io->identity = posix_identity;
     io->allocated = posix_allocated;
     io->punch = posix_punch;
+    io->copy_range = posix_copy_range;
     return 0;
 }

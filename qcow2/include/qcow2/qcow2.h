@@ -446,6 +446,8 @@ struct qcow2_commit_stats {
     uint64_t compressed_bytes; /* part of data_bytes held compressed */
     uint64_t total_bytes;      /* guest size walked */
     bool grown;                /* the base was grown to the top's size */
+    uint64_t offloaded_bytes;  /* part of data_bytes copied by the storage
+                                  (copy_file_range, reflinks) */
 };
 
 /**

@@ -55,7 +55,15 @@ struct qcow2_io {
      * without changing the size (a hole).  Returns 0, -ENOTSUP when the
      * storage cannot, or -errno.  NULL: zeros are written instead. */
     int (*punch)(void *ctx, uint64_t off, uint64_t len);
-    void *reserved[3]; /* zero */
+    /* Optional: copy len bytes at src_off of `src` (another backend) to
+     * dst_off of this one inside the storage layer (copy_file_range: a
+     * reflink where the file system shares extents).  Returns the bytes
+     * copied, fewer than len only where src ends; -ENOTSUP when these two
+     * backends cannot copy this way at all; or -errno.  NULL: the library
+     * reads and writes. */
+    int64_t (*copy_range)(void *ctx, const struct qcow2_io *src,
+                          uint64_t src_off, uint64_t dst_off, size_t len);
+    void *reserved[2]; /* zero */
 };
 
 /* Flags for qcow2_io_open_file(). */

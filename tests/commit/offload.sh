@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Copy offload of qchain-commit into a raw base: on XFS with reflink (a loop
+# mount made here) the data lands as shared extents, not copied bytes; on
+# the build's own file system copy_file_range copies in the kernel.  Either
+# way the base must read exactly as the guest view did.
+#
+# Needs root, mkfs.xfs and a loop device for the XFS part; where the machine
+# does not allow mounting, that part is skipped with the reason (exit 77
+# when nothing could run).
+. "$(dirname "$0")/../write/lib.sh"
+C=$QCHAIN_BIN/qchain-commit
+
+view() { qemu-img convert -O raw "$1" "$2"; }
+
+# build DIR: raw base (64 MiB of 128 MiB written), qcow2 overlay with 512
+# scattered 64 KiB clusters, 64 KiB of 4 KiB writes, zeros, compressed data
+build() {
+    local d=$1
+    qemu-img create -q -f raw "$d/base.raw" 128M
+    qemu-io -f raw -c 'write -P 1 0 64M' "$d/base.raw" >/dev/null
+    qemu-img create -q -f qcow2 -b base.raw -F raw "$d/top.qcow2"
+    python3 -c '
+import random
+r = random.Random(5)
+for i, c in enumerate(r.sample(range(2048), 512)):
+    print("write -P %d %d 64k" % (i % 250 + 2, c * 65536))
+print("write -P 7 100M 4k")
+print("write -z 10M 1M")
+print("write -c -P 8 120M 64k")
+' > "$d/cmds"
+    qemu-io "$d/top.qcow2" < "$d/cmds" >/dev/null
+}
+
+# commit_in DIR NAME: commit, compare with the view taken before; prints
+# offloaded-bytes and data-bytes
+commit_in() {
+    local d=$1 n=$2
+    view "$d/top.qcow2" "$work/before-$n.raw"
+    if ! "$C" --json "$d/top.qcow2" > "$work/c-$n.json" 2>"$work/err"; then
+        bad "$n" "commit failed: $(cat "$work/err")"; return 1; fi
+    if ! cmp -s "$work/before-$n.raw" "$d/base.raw"; then
+        bad "$n" "the base differs from the guest view"; return 1; fi
+    return 0
+}
+
+# --- the build's own file system: copy_file_range in the kernel
+mkdir -p "$work/local"
+build "$work/local"
+if commit_in "$work/local" local; then
+    off=$(json_get "$work/c-local.json" offloaded-bytes)
+    data=$(json_get "$work/c-local.json" data-bytes)
+    # everything but the compressed cluster goes through copy_file_range
+    if [ "$off" -gt 0 ] && [ "$off" -le "$data" ]; then
+        ok "local file system: $off of $data data bytes copied in the kernel, base equals the view"
+    else
+        bad "local file system" "offloaded-bytes $off of $data"
+    fi
+fi
+
+# --- XFS with reflink on a loop mount
+why=
+if [ "$(id -u)" -ne 0 ]; then why="not root"
+elif ! command -v mkfs.xfs >/dev/null; then why="mkfs.xfs missing (package xfsprogs)"
+elif ! grep -qw xfs /proc/filesystems && ! modprobe xfs 2>/dev/null; then why="the kernel has no XFS"
+fi
+mnt=$work/xfs
+if [ -z "$why" ]; then
+    truncate -s 1G "$work/xfs.img"
+    mkdir -p "$mnt"
+    if ! mkfs.xfs -q -m reflink=1 "$work/xfs.img" 2>"$work/err"; then
+        why="mkfs.xfs failed: $(head -c 200 "$work/err")"
+    elif ! mount -o loop "$work/xfs.img" "$mnt" 2>"$work/err"; then
+        why="cannot mount a loop device here: $(head -c 200 "$work/err")"
+    else
+        cleanup_hooks+=("umount '$mnt' 2>/dev/null || umount -l '$mnt' 2>/dev/null")
+    fi
+fi
+if [ -n "$why" ]; then
+    echo "# SKIP XFS reflink part: $why"
+    finish || exit 1
+    [ $cases -gt 0 ] || exit 77
+    exit 0
+fi
+
+build "$mnt"
+used0=$(df -B1 --output=used "$mnt" | tail -1)
+if commit_in "$mnt" xfs; then
+    used1=$(df -B1 --output=used "$mnt" | tail -1)
+    off=$(json_get "$work/c-xfs.json" offloaded-bytes)
+    data=$(json_get "$work/c-xfs.json" data-bytes)
+    grew=$((used1 - used0))
+    # reflinked data takes no new space: the file system grows by far less
+    # than the data committed (the compressed cluster, the 4 KiB write's
+    # partial block and metadata are written)
+    if [ "$off" -le 0 ]; then bad "xfs reflink" "nothing offloaded"
+    elif [ $grew -gt $((data / 4)) ]; then
+        bad "xfs reflink" "the file system grew by $grew bytes for $data bytes of data (no sharing)"
+    elif command -v filefrag >/dev/null && ! filefrag -v "$mnt/base.raw" | grep -q shared; then
+        bad "xfs reflink" "no shared extents in the base (filefrag)"
+    else
+        ok "xfs reflink: $off of $data data bytes shared, not copied (file system grew $grew bytes); base equals the view"
+    fi
+    # the overlay is still intact and the chain still reads the same
+    view "$mnt/top.qcow2" "$work/after-xfs.raw"
+    cmp -s "$work/before-xfs.raw" "$work/after-xfs.raw" \
+        && qemu-img check -q "$mnt/top.qcow2" \
+        && ok "xfs reflink: the committed overlay still reads the same" \
+        || bad "xfs reflink" "the overlay changed"
+    # writing the overlay afterwards must not change the base (copy on write
+    # of shared extents)
+    sum=$(md5sum < "$mnt/base.raw")
+    qemu-io -c 'write -P 0x99 0 128M' "$mnt/top.qcow2" >/dev/null
+    [ "$sum" = "$(md5sum < "$mnt/base.raw")" ] \
+        && ok "xfs reflink: rewriting the overlay leaves the base as committed" \
+        || bad "xfs reflink" "the base changed when the overlay was written"
+fi
+finish
