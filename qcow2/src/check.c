@@ -64,6 +64,7 @@ struct chk {
 
 /* ------------------------------------------------------------ findings */
 
+__attribute__((format(printf, 6, 0)))
 static void emit(struct chk *c, enum qcow2_check_severity sev,
                  const char *kind, uint64_t off, uint64_t len,
                  const char *fmt, va_list ap)
@@ -216,6 +217,43 @@ static int set_rc(struct chk *c, uint64_t cluster, uint64_t v)
     return 0;
 }
 
+static bool overlaps(uint64_t off, uint64_t a, uint64_t len)
+{
+    return len && off >= a && off - a < len;
+}
+
+/* May a repair rewrite the table entry at off?  Not when the table lies
+ * over a structure open depends on (a table overlapping the header, the
+ * snapshot table, the bitmap directory or the LUKS header is unsound
+ * itself: its entries are left alone and stay reported). */
+static bool may_write(const struct chk *c, uint64_t off)
+{
+    const struct qcow2_image *img = c->img;
+    const struct qcow2_header *h = &img->hp.h;
+
+    if (off < c->cs)
+        return false;
+    if (img->n_snaps) {
+        const struct qcow2_snapshot *l = &img->snaps[img->n_snaps - 1].pub;
+        if (overlaps(off, h->snapshots_offset,
+                     l->entry_offset + Q2_SNAP_FIXED_LEN + l->extra_data_size +
+                         strlen(l->id) + strlen(l->name) - h->snapshots_offset))
+            return false;
+    }
+    if (img->n_bitmaps) {
+        const struct q2_ext *e = &img->hp.exts[img->hp.ext_bitmaps];
+        if (overlaps(off, q2_load_be64(e->data + 16), q2_load_be64(e->data + 8)))
+            return false;
+    }
+    if (img->hp.ext_crypto >= 0) {
+        const struct q2_ext *e = &img->hp.exts[img->hp.ext_crypto];
+        if (e->len >= 16 &&
+            overlaps(off, q2_load_be64(e->data), q2_load_be64(e->data + 8)))
+            return false;
+    }
+    return true;
+}
+
 static int write_u64(struct chk *c, uint64_t off, uint64_t v)
 {
     uint8_t b[8];
@@ -253,7 +291,7 @@ static int check_copied(struct chk *c, uint64_t entry, uint64_t entry_off,
     if ((rc == 1) == ((entry & Q2_OFLAG_COPIED) != 0))
         return 0;
     want = rc == 1 ? entry | Q2_OFLAG_COPIED : entry & ~Q2_OFLAG_COPIED;
-    if (!fix) {
+    if (!fix || !may_write(c, entry_off)) {
         corrupt(c, "copied-flag", entry_off, "%s entry 0x%016" PRIx64 " at "
                 "0x%" PRIx64 ": COPIED flag %s but the refcount of 0x%" PRIx64
                 " is %" PRIu64, is_l1 ? "L1" : "L2", entry, entry_off,
@@ -324,7 +362,8 @@ static int walk_l2(struct chk *c, uint64_t l2_off, bool active)
                         PRIx64 ")", eoff);
                 continue;
             }
-            if (!inc(c, coff, csize, "compressed cluster") && c->fix_all) {
+            if (!inc(c, coff, csize, "compressed cluster") && c->fix_all &&
+                may_write(c, eoff)) {
                 if ((rc = write_u64(c, eoff, zero_entry(c))) < 0)
                     return rc;
                 if (img->extended_l2 &&
@@ -364,7 +403,7 @@ static int walk_l2(struct chk *c, uint64_t l2_off, bool active)
         if (off & (c->cs - 1)) {
             bool data = img->extended_l2 ? (bm & Q2_L2E_BITMAP_ALLOC) != 0
                                          : !zero;
-            if (!data && c->fix_all) {
+            if (!data && c->fix_all && may_write(c, eoff)) {
                 uint64_t ze = img->extended_l2 ? 0 : Q2_OFLAG_ZERO;
                 if ((rc = write_u64(c, eoff, ze)) < 0)
                     return rc;
@@ -382,7 +421,8 @@ static int walk_l2(struct chk *c, uint64_t l2_off, bool active)
                     data ? "data" : "preallocated zero", off, eoff);
         }
         if (!img->external_data &&
-            !inc(c, off, c->cs, "data cluster") && c->fix_all) {
+            !inc(c, off, c->cs, "data cluster") && c->fix_all &&
+            may_write(c, eoff)) {
             uint64_t ze = zero_entry(c);
             if ((rc = write_u64(c, eoff, ze)) < 0)
                 return rc;
@@ -442,7 +482,7 @@ static int walk_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
             (rc = check_copied(c, e, eoff, l2, true, false)) < 0)
             return rc;
         if (!inc(c, l2, c->cs, "L2 table")) {
-            if (c->fix_all) {
+            if (c->fix_all && may_write(c, eoff)) {
                 if ((rc = write_u64(c, eoff, 0)) < 0)
                     return rc;
                 c->r->corruptions--;
