@@ -3,7 +3,8 @@
 # qemu-img / qemu-io (7.2 was used), python3 and, if present, zstd.
 #
 #   fuzz/make-seeds.sh            # rewrites fuzz/corpus/{fuzz_header,
-#                                 # fuzz_open_map,fuzz_decompress}/seed-*
+#                                 # fuzz_open_map,fuzz_decompress,
+#                                 # fuzz_check}/seed-*
 #
 # Seeds are small valid inputs; the fuzzers grow the rest.  Files named
 # fuzz-<sha1> beside them are inputs libFuzzer found (merged with -merge=1,
@@ -221,6 +222,48 @@ if command -v zstd >/dev/null; then
 else
     echo "make-seeds.sh: zstd not found, no zstd decompress seeds" >&2
 fi
+
+# --- fuzz_check: the single-image fuzz_open_map seeds (no chain) up to
+# 64 KiB, and a 512-byte-cluster image with a snapshot, clean and damaged
+# (16-bit refcounts poked: a referenced cluster at 0, a leak; an L2 entry
+# past the end of the file)
+out_chk=$here/corpus/fuzz_check
+mkdir -p "$out_chk"
+rm -f "$out_chk"/seed-*
+for f in "$out_map"/seed-*; do
+    if ! grep -q QCHAINBK "$f" && [ "$(wc -c < "$f")" -le 65536 ]; then
+        cp "$f" "$out_chk/"
+    fi
+done
+create -o cluster_size=512 snap-512.qcow2 1M
+io snap-512.qcow2 'write -P 1 0 4k' 'write -c -P 2 64k 512' 'write -P 3 128k 1k'
+qemu-img snapshot -c x snap-512.qcow2
+io snap-512.qcow2 'write -P 4 0 1k'
+cp snap-512.qcow2 "$out_chk/seed-snap-512"
+# chk_poke FILE rc CLUSTER EXPR | l2 GUEST_CLUSTER EXPR (v: old value)
+chk_poke() {
+    python3 - "$@" <<'PYEOF'
+import struct, sys
+f = open(sys.argv[1], "r+b"); h = f.read(104)
+cs = 1 << struct.unpack(">I", h[20:24])[0]
+l1, rt = struct.unpack(">Q", h[40:48])[0], struct.unpack(">Q", h[48:56])[0]
+op, i, expr = sys.argv[2], int(sys.argv[3], 0), sys.argv[4]
+def rw(off, fmt):
+    f.seek(off); v = struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+    f.seek(off); f.write(struct.pack(fmt, eval(expr, {"v": v})))
+if op == "rc":
+    per = cs * 8 // 16
+    f.seek(rt + 8 * (i // per)); rb = struct.unpack(">Q", f.read(8))[0]
+    rw(rb + 2 * (i % per), ">H")
+else:
+    f.seek(l1 + 8 * (i // (cs // 8))); l2 = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+    rw(l2 + 8 * (i % (cs // 8)), ">Q")
+PYEOF
+}
+cp snap-512.qcow2 t1 && chk_poke t1 rc 3 0 && cp t1 "$out_chk/seed-dmg-rc0-512"
+cp snap-512.qcow2 t2 && chk_poke t2 l2 1 '(v & ~0x00fffffffffffe00) | (9000 << 9)' &&
+    cp t2 "$out_chk/seed-dmg-past-eof-512"
+cp snap-512.qcow2 t3 && chk_poke t3 rc 20 'v + 1' && cp t3 "$out_chk/seed-dmg-leak-512"
 
 du -sh "$here/corpus"
 ls -l "$out_map" "$out_hdr" "$out_dec" | awk '$5 > 307200 {print "large seed: " $0}'

@@ -307,6 +307,11 @@ Q2_HIDDEN int q2_resize(struct qcow2_image *img, uint64_t size);
 /* Rebuild the refcount structures from the references (rebuild.c), then
  * clear the dirty bit. */
 Q2_HIDDEN int q2_rebuild_refcounts(struct qcow2_image *img);
+/* Write fresh refcount blocks and table for reference counts cnt[0..n)
+ * (cluster indexes; the old refcount structures must not be counted), past
+ * cluster n, switch the header to them, clear the dirty bit. */
+Q2_HIDDEN int q2_rebuild_from_counts(struct qcow2_image *img,
+                                     const uint32_t *cnt, uint64_t n);
 /* Refcounts against references (rebuild.c): counts of clusters whose
  * refcount is too low (corruption) and too high (leak). */
 Q2_HIDDEN int q2_check_refcounts(struct qcow2_image *img,

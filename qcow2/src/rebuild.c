@@ -190,41 +190,33 @@ static int count_refs(struct qcow2_image *img, struct counts *c)
     return 0;
 }
 
-int q2_rebuild_refcounts(struct qcow2_image *img)
+/*
+ * Steps 2-4 over counts n[0..clusters): one reference count per cluster,
+ * the old refcount table and blocks not among them (they end up free).
+ */
+int q2_rebuild_from_counts(struct qcow2_image *img, const uint32_t *cnt,
+                           uint64_t clusters)
 {
     uint64_t cs = img->cluster_size;
     unsigned order = img->hp.h.refcount_order;
     uint64_t rbe = cs * 8 >> order, max = order == 6 ? UINT64_MAX
                                                      : (1ull << (1u << order)) - 1;
     uint64_t start, nb = 0, m = 0, end, k, i;
-    struct counts c = {0};
     uint8_t *buf = NULL, hdr[12];
     int64_t n;
-    int rc;
+    int rc = 0;
 
-    c.clusters = ((uint64_t)img->file_size + cs - 1) >> img->cluster_bits;
-    if (c.clusters > MAX_REBUILD_CLUSTERS)
-        return q2_err(img, -ENOMEM, "image too large to rebuild its "
-                      "refcounts");
-    c.n = calloc(c.clusters ? c.clusters : 1, sizeof(*c.n));
+    for (i = 0; i < clusters; i++) {
+        if (cnt[i] > max)
+            return q2_err(img, -QCOW2_ECORRUPT, "cluster 0x%" PRIx64 " has %"
+                          PRIu32 " references, more than %u-bit refcounts "
+                          "hold", i * cs, cnt[i], 1u << order);
+    }
     buf = malloc(cs);
-    if (!c.n || !buf) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    rc = count_refs(img, &c);
-    if (rc < 0)
-        goto out;
-    for (i = 0; i < c.clusters; i++) {
-        if (c.n[i] > max) {
-            rc = q2_err(img, -QCOW2_ECORRUPT, "cluster 0x%" PRIx64 " has %"
-                        PRIu32 " references, more than %u-bit refcounts "
-                        "hold", i * cs, c.n[i], 1u << order);
-            goto out;
-        }
-    }
+    if (!buf)
+        return -ENOMEM;
     /* new blocks and table past everything, covering it all */
-    start = c.clusters;
+    start = clusters;
     for (;;) {
         uint64_t nb2, m2;
         end = start + nb + m;
@@ -243,7 +235,7 @@ int q2_rebuild_refcounts(struct qcow2_image *img)
     for (k = 0; k < nb; k++) {
         memset(buf, 0, cs);
         for (i = k * rbe; i < (k + 1) * rbe && i < end; i++) {
-            uint64_t v = i < c.clusters ? c.n[i] : 1; /* new structures */
+            uint64_t v = i < clusters ? cnt[i] : 1; /* new structures */
             if (v)
                 q2_rc_entry_set(buf, order, i - k * rbe, v);
         }
@@ -291,8 +283,30 @@ out:
     if (rc < 0 && !img->err_set)
         q2_err(img, rc, "cannot rebuild the refcounts: %s",
                qcow2_strerror(rc));
-    free(c.n);
     free(buf);
+    return rc;
+}
+
+int q2_rebuild_refcounts(struct qcow2_image *img)
+{
+    uint64_t cs = img->cluster_size;
+    struct counts c = {0};
+    int rc;
+
+    c.clusters = ((uint64_t)img->file_size + cs - 1) >> img->cluster_bits;
+    if (c.clusters > MAX_REBUILD_CLUSTERS)
+        return q2_err(img, -ENOMEM, "image too large to rebuild its "
+                      "refcounts");
+    c.n = calloc(c.clusters ? c.clusters : 1, sizeof(*c.n));
+    if (!c.n)
+        return -ENOMEM;
+    rc = count_refs(img, &c);
+    if (rc == 0)
+        rc = q2_rebuild_from_counts(img, c.n, c.clusters);
+    else if (!img->err_set)
+        q2_err(img, rc, "cannot rebuild the refcounts: %s",
+               qcow2_strerror(rc));
+    free(c.n);
     return rc;
 }
 

@@ -298,7 +298,8 @@ int q2_write_prepare(struct qcow2_image *img)
     img->writable = true;
     if (img->format != QCOW2_FORMAT_QCOW2)
         return 0;
-    if (h->incompatible_features & Q2_INCOMPAT_CORRUPT)
+    if ((h->incompatible_features & Q2_INCOMPAT_CORRUPT) &&
+        !(img->opts.flags & QCOW2_OPEN_CHECK))
         return q2_err(img, -EACCES, "image is marked corrupt and cannot be "
                       "opened for writing (repair it first)");
     if (img->encrypted)
@@ -310,7 +311,8 @@ int q2_write_prepare(struct qcow2_image *img)
     img->wbuf = malloc(img->cluster_size);
     if (!img->wbuf)
         return -ENOMEM;
-    if (h->incompatible_features & Q2_INCOMPAT_DIRTY) {
+    if ((h->incompatible_features & Q2_INCOMPAT_DIRTY) &&
+        !(img->opts.flags & QCOW2_OPEN_CHECK)) {
         /* lazy refcounts left behind by a QEMU that did not close the
          * image: the refcounts may be too low; rebuild them first */
         rc = q2_rebuild_refcounts(img);
@@ -327,6 +329,8 @@ int q2_write_prepare(struct qcow2_image *img)
         if (rc < 0)
             return rc;
     }
+    if (img->opts.flags & QCOW2_OPEN_CHECK)
+        return 0; /* repairs write no guest data: bitmaps stay as they are */
     return prepare_bitmaps(img);
 }
 

@@ -55,6 +55,7 @@ backing-loop-3 chain
 backing-nbd chain
 backing-nbd-uri chain
 backing-json chain
+check-l1-over-header check
 "
 
 # refuse TOOL FILE ARGS...: qchain-TOOL ARGS... FILE fails properly
@@ -137,6 +138,8 @@ while read -r n kind; do
         tcase "$n: map --output=json fails" refuse map "$f" --output=json
         tcase "$n: export fails" export_refuse "$f"
         ;;
+    check)
+        ;; # case_check_l1_over_header below
     chain)
         tcase "$n: info shows the image" accept info "$f"
         tcase "$n: info --backing-chain fails" refuse info "$f" --backing-chain
@@ -202,6 +205,21 @@ case_odd_dir() {
     expect_failure map "$d/data-past-end.qcow2"
 }
 tcase "bad images in a directory named with a space and a quote" case_odd_dir
+
+# found by fuzz_check: the active L1 table overlaps the header, its
+# entries there point past the end of the file; -r all must drop the other
+# such references but never rewrite the header (the image stays openable)
+case_check_l1_over_header() {
+    cd "$(casedir check-l1-over-header)" && cp "$BAD/check-l1-over-header.qcow2" img.qcow2 || return 1
+    head -c 48 img.qcow2 > hdr.before  # up to the refcount table fields
+    qc check -f qcow2 -r all img.qcow2
+    expect_rc 2 || return 1
+    head -c 48 img.qcow2 > hdr.after
+    expect_same_bytes hdr.before hdr.after || return 1
+    qc check -f qcow2 --output=json img.qcow2
+    expect_rc 2
+}
+tcase "check -r all never rewrites the header (L1 over the header)" case_check_l1_over_header
 
 # the generator reproduces the committed files (opt-in: compressed images
 # depend on the zlib/zstd and QEMU versions, so other machines may differ)

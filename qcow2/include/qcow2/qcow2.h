@@ -62,6 +62,10 @@ struct qcow2_image;
 #define QCOW2_OPEN_RDWR 0x01        /* open for writing (issue 3) */
 #define QCOW2_OPEN_NO_BACKING 0x02  /* do not open the backing chain */
 #define QCOW2_OPEN_FORCE_SHARE 0x04 /* take no locks (qemu-img -U) */
+#define QCOW2_OPEN_CHECK 0x08       /* with RDWR, for qcow2_check repairs
+                                       (QEMU's BDRV_O_CHECK): an image
+                                       marked corrupt or dirty opens for
+                                       writing, unrepaired */
 
 /* Longest chain opened (layers below the top); deeper chains give -ELOOP. */
 #define QCOW2_DEFAULT_MAX_DEPTH 256
@@ -432,6 +436,83 @@ QCOW2_API int qcow2_set_backing(struct qcow2_image *img, const char *name,
  *         changed), -ENOMEM, -EFBIG, backend errors.
  */
 QCOW2_API int qcow2_rebuild_refcounts(struct qcow2_image *img);
+
+/* ------------------------------------------------------------------------ */
+/* Checking                                                                 */
+/* ------------------------------------------------------------------------ */
+
+#define QCOW2_CHECK_FIX_LEAKS 0x01 /* free leaked clusters (-r leaks) */
+#define QCOW2_CHECK_FIX_ALL 0x03   /* and fix errors (-r all) */
+
+enum qcow2_check_severity {
+    QCOW2_CHECK_CORRUPTION = 1, /* counted in corruptions */
+    QCOW2_CHECK_LEAK = 2,       /* counted in leaks */
+    QCOW2_CHECK_ERROR = 3,      /* the check could not look (check_errors) */
+    QCOW2_CHECK_REPAIRED = 4    /* a change a repair made */
+};
+
+struct qcow2_check_finding {
+    const char *kind;      /* stable short name ("refcount-too-low", ...) */
+    enum qcow2_check_severity severity;
+    uint64_t offset;       /* host offset concerned */
+    uint64_t length;       /* bytes concerned (leaked ranges), else 0 */
+    bool recheck;          /* found by the check after a repair */
+    const char *message;   /* valid during the callback only */
+};
+
+struct qcow2_check_opts {
+    size_t size;           /* sizeof(struct qcow2_check_opts) */
+    unsigned flags;        /* QCOW2_CHECK_FIX_*: needs a QCOW2_OPEN_RDWR |
+                              QCOW2_OPEN_CHECK handle */
+    /* Receives every finding; NULL: counted only. */
+    void (*finding)(void *ctx, const struct qcow2_check_finding *f);
+    void *ctx;
+};
+
+/* qemu-img check's counters (QAPI ImageCheck), with its meaning. */
+struct qcow2_check_result {
+    uint64_t check_errors;
+    uint64_t corruptions;
+    uint64_t leaks;
+    uint64_t corruptions_fixed;
+    uint64_t leaks_fixed;
+    uint64_t image_end_offset;    /* end of the last cluster in use */
+    uint64_t total_clusters;      /* virtual size in clusters */
+    uint64_t allocated_clusters;  /* of the active L1 */
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+    bool rechecked;               /* a repair ran; counters are the
+                                     recheck's, *_fixed the repair's */
+    bool rebuilt;                 /* the refcount structures were rebuilt */
+};
+
+/**
+ * Check a qcow2 image the way `qemu-img check` does: count the references
+ * every structure makes to each host cluster (header, L1/L2 of the image
+ * and of every snapshot, compressed extents, refcount table and blocks,
+ * snapshot table, bitmaps, LUKS header) and compare them with the stored
+ * refcounts; check entries (alignment, reserved bits, references past the
+ * end of the file, COPIED flags, subcluster bitmaps).  A cluster with
+ * no reference but a refcount is a leak; with fewer references than
+ * refcount, a leak too (qemu-img's count); below, a corruption.  Leaked
+ * clusters without any reference are reported as coalesced ranges
+ * (kind "leaked-range").
+ *
+ * Repairs (opts->flags): FIX_LEAKS lowers refcounts to the references
+ * (and fixes COPIED flags when nothing else is wrong); FIX_ALL also raises
+ * refcounts (rebuilding the refcount structures when a referenced cluster
+ * has none), fixes COPIED flags, drops references past the end of the file
+ * (they read as zeros: the entry becomes a zero cluster, an L1 entry
+ * unallocated) and unaligned preallocated zero clusters, then checks again.
+ * Memory: 4 bytes per cluster of the file, and the refcount table.
+ * @return 0 when the check completed (out filled), -EINVAL, -ENOMEM,
+ *         -ENOTSUP (not qcow2), -QCOW2_ECORRUPT (a repair needs a rebuild
+ *         that FIX_LEAKS does not allow), -E2BIG (the metadata describes
+ *         too much work), backend errors.
+ */
+QCOW2_API int qcow2_check(struct qcow2_image *img,
+                          const struct qcow2_check_opts *opts,
+                          struct qcow2_check_result *out);
 
 /* ------------------------------------------------------------------------ */
 /* Commit                                                                   */

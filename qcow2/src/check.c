@@ -1,0 +1,968 @@
+/*
+ * check.c - consistency check and repair of a qcow2 image, with qemu-img
+ * check's verdict and counters (QEMU 7.2, qcow2_co_check_locked).
+ *
+ * One pass counts the references every structure makes into an array of
+ * one counter per host cluster (the file's size in clusters, plus one:
+ * QEMU accepts a reference that ends less than a cluster past the end of
+ * the file), checking entries on the way; a second loop compares each
+ * counter with the stored refcount, one refcount block at a time.  In a
+ * read-only check the COPIED flags of the active tables are checked during
+ * the first pass against the stored refcounts (QEMU reads the active L2
+ * tables a second time for this).
+ *
+ * Repairs follow QEMU's order: entries that can be fixed without guessing
+ * are rewritten during the walk; then refcounts are set to the references
+ * (in place, or by rebuilding the refcount structures when a referenced
+ * cluster has none); then COPIED flags follow the new refcounts; then the
+ * whole check runs again and its counters are the result.
+ *
+ * Every number read from the file is hostile: offsets are bounded by the
+ * file size before anything is read, tables are read a cluster at a time,
+ * and the L2 entries visited are budgeted (snapshots may share L2 tables,
+ * so a small file can describe an unbounded walk).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "endian.h"
+#include "format.h"
+#include "internal.h"
+
+#define MAX_CHECK_CLUSTERS (1ull << 28) /* 1 GiB of counters */
+#define L2_BUDGET_WALKS 1024           /* full walks of the file's size */
+#define Q2_L2E_BITMAP_ALLOC 0xffffffffULL
+#define Q2_BME_RESERVED_MASK 0xff000000000001feULL
+#define Q2_BME_OFFSET_MASK 0x00fffffffffffe00ULL
+
+struct chk {
+    struct qcow2_image *img;
+    const struct qcow2_check_opts *o;
+    struct qcow2_check_result *r;
+    uint64_t cs;
+    uint64_t file_size;
+    uint64_t file_clusters; /* the file's size in clusters */
+    uint64_t nclusters;     /* counters: file_clusters + 1 */
+    uint64_t used_clusters; /* highest counter touched + 1 */
+    uint32_t *n;
+    uint32_t max_count;     /* refcount_max, capped to the counter type */
+    uint8_t *rt;            /* the refcount table */
+    uint64_t rt_entries;
+    uint8_t *l1buf, *l2buf; /* one cluster each */
+    uint64_t budget;        /* L2 entries left to visit */
+    bool fix_all, fix_leaks;
+    bool copied_inline;     /* COPIED checked while walking */
+    bool recheck;
+    bool rebuild;           /* the refcount structures must be rebuilt */
+    uint64_t pre_refblocks; /* corruptions before the refcount blocks */
+    int err;                /* first fatal error */
+};
+
+/* ------------------------------------------------------------ findings */
+
+__attribute__((format(printf, 6, 0)))
+static void emit(struct chk *c, enum qcow2_check_severity sev,
+                 const char *kind, uint64_t off, uint64_t len,
+                 const char *fmt, va_list ap)
+{
+    struct qcow2_check_finding f;
+    char msg[256];
+
+    if (!c->o || !c->o->finding)
+        return;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    f.kind = kind;
+    f.severity = sev;
+    f.offset = off;
+    f.length = len;
+    f.recheck = c->recheck;
+    f.message = msg;
+    c->o->finding(c->o->ctx, &f);
+}
+
+__attribute__((format(printf, 4, 5)))
+static void corrupt(struct chk *c, const char *kind, uint64_t off,
+                    const char *fmt, ...)
+{
+    va_list ap;
+
+    c->r->corruptions++;
+    va_start(ap, fmt);
+    emit(c, QCOW2_CHECK_CORRUPTION, kind, off, 0, fmt, ap);
+    va_end(ap);
+}
+
+__attribute__((format(printf, 4, 5)))
+static void repaired(struct chk *c, const char *kind, uint64_t off,
+                     const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    emit(c, QCOW2_CHECK_REPAIRED, kind, off, 0, fmt, ap);
+    va_end(ap);
+}
+
+__attribute__((format(printf, 5, 6)))
+static void leak(struct chk *c, const char *kind, uint64_t off, uint64_t len,
+                 const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    emit(c, QCOW2_CHECK_LEAK, kind, off, len, fmt, ap);
+    va_end(ap);
+}
+
+__attribute__((format(printf, 4, 5)))
+static void check_error(struct chk *c, const char *kind, uint64_t off,
+                        const char *fmt, ...)
+{
+    va_list ap;
+
+    c->r->check_errors++;
+    va_start(ap, fmt);
+    emit(c, QCOW2_CHECK_ERROR, kind, off, 0, fmt, ap);
+    va_end(ap);
+}
+
+/* ------------------------------------------------------------ counting */
+
+/* Does [off, off+len) end less than a cluster past the end of the file
+ * (QEMU's rule: the last cluster may be partly allocated)? */
+static bool within_file(const struct chk *c, uint64_t off, uint64_t len)
+{
+    uint64_t limit = c->file_size + c->cs - 1; /* exclusive end allowed */
+
+    return off < limit && len <= limit - off;
+}
+
+/* Count one reference to every cluster [off, off+len) touches.  Returns
+ * false (a corruption) when the range lies past the end of the file. */
+static bool inc(struct chk *c, uint64_t off, uint64_t len, const char *what)
+{
+    uint64_t i, last;
+
+    if (len == 0)
+        return true;
+    if (!within_file(c, off, len)) {
+        corrupt(c, "past-end-of-file", off, "%s at 0x%" PRIx64 " (%" PRIu64
+                " bytes) lies past the end of the file", what, off, len);
+        return false;
+    }
+    last = (off + len - 1) / c->cs;
+    for (i = off / c->cs; i <= last; i++) {
+        if (c->n[i] >= c->max_count) {
+            corrupt(c, "refcount-overflow", i * c->cs, "cluster 0x%" PRIx64
+                    " has more references than %u-bit refcounts hold", i * c->cs,
+                    1u << c->img->hp.h.refcount_order);
+            continue;
+        }
+        c->n[i]++;
+    }
+    if (last + 1 > c->used_clusters)
+        c->used_clusters = last + 1;
+    return true;
+}
+
+/* Stored refcount of a cluster, read the way QEMU reads it: no table entry
+ * or block means 0; an unaligned block cannot be read. */
+static int get_rc(struct chk *c, uint64_t cluster, uint64_t *out)
+{
+    struct qcow2_image *img = c->img;
+    unsigned rb_bits = img->cluster_bits + 3 - img->hp.h.refcount_order;
+    uint64_t idx = cluster >> rb_bits, rb;
+    const uint8_t *page;
+    int rc;
+
+    *out = 0;
+    if (idx >= c->rt_entries)
+        return 0;
+    rb = q2_load_be64(c->rt + idx * 8) & Q2_REFT_OFFSET_MASK;
+    if (rb == 0)
+        return 0;
+    if (rb & (c->cs - 1))
+        return -QCOW2_ECORRUPT;
+    rc = q2_cache_get(&img->cache, &img->io, rb, &page);
+    if (rc < 0)
+        return rc;
+    *out = q2_rc_entry_get(page, img->hp.h.refcount_order,
+                           cluster & ((1ull << rb_bits) - 1));
+    return 0;
+}
+
+/* Set a stored refcount (through the cache; q2_flush writes it). */
+static int set_rc(struct chk *c, uint64_t cluster, uint64_t v)
+{
+    struct qcow2_image *img = c->img;
+    unsigned rb_bits = img->cluster_bits + 3 - img->hp.h.refcount_order;
+    uint64_t idx = cluster >> rb_bits, rb;
+    uint8_t *page;
+    int rc;
+
+    if (idx >= c->rt_entries)
+        return -QCOW2_ECORRUPT;
+    rb = q2_load_be64(c->rt + idx * 8) & Q2_REFT_OFFSET_MASK;
+    if (rb == 0 || (rb & (c->cs - 1)))
+        return -QCOW2_ECORRUPT;
+    rc = q2_cache_get_mut(&img->cache, &img->io, rb, Q2_PAGE_REFBLOCK, &page);
+    if (rc < 0)
+        return rc;
+    q2_rc_entry_set(page, img->hp.h.refcount_order,
+                    cluster & ((1ull << rb_bits) - 1), v);
+    return 0;
+}
+
+static bool overlaps(uint64_t off, uint64_t a, uint64_t len)
+{
+    return len && off >= a && off - a < len;
+}
+
+/* May a repair rewrite the table entry at off?  Not when the table lies
+ * over a structure open depends on (a table overlapping the header, the
+ * snapshot table, the bitmap directory or the LUKS header is unsound
+ * itself: its entries are left alone and stay reported). */
+static bool may_write(const struct chk *c, uint64_t off)
+{
+    const struct qcow2_image *img = c->img;
+    const struct qcow2_header *h = &img->hp.h;
+
+    if (off < c->cs)
+        return false;
+    if (img->n_snaps) {
+        const struct qcow2_snapshot *l = &img->snaps[img->n_snaps - 1].pub;
+        if (overlaps(off, h->snapshots_offset,
+                     l->entry_offset + Q2_SNAP_FIXED_LEN + l->extra_data_size +
+                         strlen(l->id) + strlen(l->name) - h->snapshots_offset))
+            return false;
+    }
+    if (img->n_bitmaps) {
+        const struct q2_ext *e = &img->hp.exts[img->hp.ext_bitmaps];
+        if (overlaps(off, q2_load_be64(e->data + 16), q2_load_be64(e->data + 8)))
+            return false;
+    }
+    if (img->hp.ext_crypto >= 0) {
+        const struct q2_ext *e = &img->hp.exts[img->hp.ext_crypto];
+        if (e->len >= 16 &&
+            overlaps(off, q2_load_be64(e->data), q2_load_be64(e->data + 8)))
+            return false;
+    }
+    return true;
+}
+
+static int write_u64(struct chk *c, uint64_t off, uint64_t v)
+{
+    uint8_t b[8];
+    int64_t n;
+
+    q2_store_be64(b, v);
+    n = c->img->io.pwrite(c->img->io.ctx, b, 8, off);
+    if (n < 0)
+        return q2_err(c->img, (int)n, "cannot write at offset 0x%" PRIx64
+                      ": %s", off, qcow2_strerror((int)n));
+    return 0;
+}
+
+/* The entry a dropped reference becomes: it read as zeros (past the end
+ * of the file), so a zero cluster keeps the guest view; version 2 has no
+ * zero clusters. */
+static uint64_t zero_entry(const struct chk *c)
+{
+    return c->img->hp.h.version >= 3 && !c->img->extended_l2 ? Q2_OFLAG_ZERO
+                                                              : 0;
+}
+
+/* COPIED of an active entry against the stored refcount (refcount 1 set,
+ * anything else clear).  Returns 0 or a fatal error. */
+static int check_copied(struct chk *c, uint64_t entry, uint64_t entry_off,
+                        uint64_t target, bool is_l1, bool fix)
+{
+    uint64_t rc = 1, want;
+    int r;
+
+    if (is_l1 || !c->img->external_data) {
+        if (get_rc(c, target / c->cs, &rc) < 0)
+            return 0; /* reported by the comparison */
+    }
+    if ((rc == 1) == ((entry & Q2_OFLAG_COPIED) != 0))
+        return 0;
+    want = rc == 1 ? entry | Q2_OFLAG_COPIED : entry & ~Q2_OFLAG_COPIED;
+    if (!fix || !may_write(c, entry_off)) {
+        corrupt(c, "copied-flag", entry_off, "%s entry 0x%016" PRIx64 " at "
+                "0x%" PRIx64 ": COPIED flag %s but the refcount of 0x%" PRIx64
+                " is %" PRIu64, is_l1 ? "L1" : "L2", entry, entry_off,
+                (entry & Q2_OFLAG_COPIED) ? "set" : "clear", target, rc);
+        return 0;
+    }
+    r = write_u64(c, entry_off, want);
+    if (r < 0)
+        return r;
+    c->r->corruptions_fixed++;
+    repaired(c, "copied-flag", entry_off, "%s entry at 0x%" PRIx64 ": 0x%016"
+             PRIx64 " -> 0x%016" PRIx64 " (refcount %" PRIu64 ")",
+             is_l1 ? "L1" : "L2", entry_off, entry, want, rc);
+    return 0;
+}
+
+static int read_cluster(struct chk *c, uint8_t *buf, uint64_t off)
+{
+    int64_t n = q2_pread_full(&c->img->io, buf, c->cs, off);
+
+    if (n < 0)
+        return q2_err(c->img, (int)n, "cannot read at offset 0x%" PRIx64
+                      ": %s", off, qcow2_strerror((int)n));
+    return 0;
+}
+
+/* One L2 table: entries checked and their clusters counted. */
+static int walk_l2(struct chk *c, uint64_t l2_off, bool active)
+{
+    struct qcow2_image *img = c->img;
+    unsigned entries = 1u << img->l2_bits, k;
+    uint64_t next = 0;
+    uint8_t *l2 = c->l2buf;
+    int rc;
+
+    if (c->budget < entries) {
+        return q2_err(img, -E2BIG, "the tables reference L2 tables too many "
+                      "times to check (L2 table at 0x%" PRIx64 ")", l2_off);
+    }
+    c->budget -= entries;
+    if ((rc = read_cluster(c, l2, l2_off)) < 0)
+        return rc;
+    for (k = 0; k < entries; k++) {
+        uint64_t eoff = l2_off + (uint64_t)k * img->l2_entry_len;
+        uint64_t e = q2_load_be64(l2 + (size_t)k * img->l2_entry_len);
+        uint64_t bm = img->extended_l2
+                          ? q2_load_be64(l2 + (size_t)k * 16 + 8) : 0;
+        uint64_t off = e & Q2_L2E_OFFSET_MASK;
+        bool zero = !img->extended_l2 && (e & Q2_OFLAG_ZERO);
+
+        if (e & Q2_OFLAG_COMPRESSED) {
+            uint64_t coff = e & img->coffset_mask;
+            uint64_t nb = ((e >> img->csize_shift) & img->csize_mask) + 1;
+            uint64_t csize = nb * 512 - (coff & 511);
+            if (e & Q2_OFLAG_COPIED)
+                corrupt(c, "compressed-copied", eoff, "compressed cluster at "
+                        "0x%" PRIx64 " has the COPIED flag (L2 entry at 0x%"
+                        PRIx64 ")", coff, eoff);
+            if (img->external_data) {
+                corrupt(c, "compressed-data-file", eoff, "compressed cluster "
+                        "in an image with an external data file (L2 entry at "
+                        "0x%" PRIx64 ")", eoff);
+                continue;
+            }
+            if (bm) {
+                corrupt(c, "subcluster-bitmap", eoff, "compressed cluster "
+                        "with a non-zero subcluster bitmap (L2 entry at 0x%"
+                        PRIx64 ")", eoff);
+                continue;
+            }
+            if (!inc(c, coff, csize, "compressed cluster") && c->fix_all &&
+                may_write(c, eoff)) {
+                if ((rc = write_u64(c, eoff, zero_entry(c))) < 0)
+                    return rc;
+                if (img->extended_l2 &&
+                    (rc = write_u64(c, eoff + 8, ~0ull << 32)) < 0)
+                    return rc;
+                c->r->corruptions--;
+                c->r->corruptions_fixed++;
+                repaired(c, "dropped-reference", eoff, "L2 entry at 0x%"
+                         PRIx64 ": compressed cluster past the end of the "
+                         "file dropped (0x%016" PRIx64 " -> 0x%016" PRIx64 ")",
+                         eoff, e, zero_entry(c));
+                continue;
+            }
+            if (active) {
+                c->r->allocated_clusters++;
+                c->r->compressed_clusters++;
+                c->r->fragmented_clusters++;
+            }
+            continue;
+        }
+        if (e & Q2_L2E_STD_RESERVED_MASK)
+            corrupt(c, "reserved-bits", eoff, "L2 entry 0x%016" PRIx64
+                    " at 0x%" PRIx64 " has reserved bits set", e, eoff);
+        if (off == 0 && !(img->external_data && (e & Q2_OFLAG_COPIED) &&
+                          !zero)) {
+            /* unallocated or a plain zero cluster */
+            if (img->extended_l2 && (bm & Q2_L2E_BITMAP_ALLOC))
+                corrupt(c, "subcluster-bitmap", eoff, "unallocated cluster "
+                        "with allocated subclusters (L2 entry at 0x%" PRIx64
+                        ")", eoff);
+            continue;
+        }
+        /* a data cluster, or a preallocated zero cluster */
+        if (img->extended_l2 && ((bm >> 32) & bm))
+            corrupt(c, "subcluster-bitmap", eoff, "subclusters both "
+                    "allocated and zero (L2 entry at 0x%" PRIx64 ")", eoff);
+        if (off & (c->cs - 1)) {
+            bool data = img->extended_l2 ? (bm & Q2_L2E_BITMAP_ALLOC) != 0
+                                         : !zero;
+            if (!data && c->fix_all && may_write(c, eoff)) {
+                uint64_t ze = img->extended_l2 ? 0 : Q2_OFLAG_ZERO;
+                if ((rc = write_u64(c, eoff, ze)) < 0)
+                    return rc;
+                if (img->extended_l2 &&
+                    (rc = write_u64(c, eoff + 8, ~0ull << 32)) < 0)
+                    return rc;
+                c->r->corruptions_fixed++;
+                repaired(c, "unaligned", eoff, "L2 entry at 0x%" PRIx64
+                         ": unaligned preallocated zero cluster 0x%" PRIx64
+                         " made a plain zero cluster", eoff, off);
+                continue;
+            }
+            corrupt(c, "unaligned", eoff, "%s cluster offset 0x%" PRIx64
+                    " is not cluster aligned (L2 entry at 0x%" PRIx64 ")",
+                    data ? "data" : "preallocated zero", off, eoff);
+        }
+        if (!img->external_data &&
+            !inc(c, off, c->cs, "data cluster") && c->fix_all &&
+            may_write(c, eoff)) {
+            uint64_t ze = zero_entry(c);
+            if ((rc = write_u64(c, eoff, ze)) < 0)
+                return rc;
+            if (img->extended_l2 &&
+                (rc = write_u64(c, eoff + 8, ~0ull << 32)) < 0)
+                return rc;
+            c->r->corruptions--;
+            c->r->corruptions_fixed++;
+            repaired(c, "dropped-reference", eoff, "L2 entry at 0x%" PRIx64
+                     ": data cluster 0x%" PRIx64 " past the end of the file "
+                     "dropped (reads as zeros)", eoff, off);
+            continue;
+        }
+        if (active) {
+            c->r->allocated_clusters++;
+            if (next && off != next)
+                c->r->fragmented_clusters++;
+            next = off + c->cs;
+            if (c->copied_inline &&
+                (rc = check_copied(c, e, eoff, off, false, false)) < 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+/* An L1 table, its L2 tables and their clusters. */
+static int walk_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
+                   bool active)
+{
+    uint64_t per = c->cs / 8, i, bytes = (uint64_t)l1_size * 8;
+    int rc;
+
+    if (l1_size == 0)
+        return 0;
+    if (!inc(c, l1_off, bytes, active ? "active L1 table"
+                                      : "snapshot L1 table"))
+        return 0; /* it reads as zeros: nothing more */
+    for (i = 0; i < l1_size; i++) {
+        uint64_t eoff = l1_off + i * 8, e, l2;
+        if (i % per == 0) {
+            uint64_t left = bytes - i * 8;
+            int64_t n = q2_pread_full(&c->img->io, c->l1buf,
+                                      left < c->cs ? left : c->cs, eoff);
+            if (n < 0)
+                return q2_err(c->img, (int)n, "cannot read an L1 table at "
+                              "0x%" PRIx64 ": %s", eoff, qcow2_strerror((int)n));
+        }
+        e = q2_load_be64(c->l1buf + (i % per) * 8);
+        if (!e)
+            continue;
+        if (e & Q2_L1E_RESERVED_MASK)
+            corrupt(c, "reserved-bits", eoff, "L1 entry 0x%016" PRIx64 " at 0x%"
+                    PRIx64 " has reserved bits set", e, eoff);
+        l2 = e & Q2_L1E_OFFSET_MASK;
+        if (l2 && active && c->copied_inline &&
+            (rc = check_copied(c, e, eoff, l2, true, false)) < 0)
+            return rc;
+        if (!inc(c, l2, c->cs, "L2 table")) {
+            if (c->fix_all && may_write(c, eoff)) {
+                if ((rc = write_u64(c, eoff, 0)) < 0)
+                    return rc;
+                c->r->corruptions--;
+                c->r->corruptions_fixed++;
+                repaired(c, "dropped-reference", eoff, "L1 entry at 0x%" PRIx64
+                         ": L2 table 0x%" PRIx64 " past the end of the file "
+                         "dropped (its range reads as unallocated)", eoff, l2);
+            }
+            continue; /* reads as zeros: no entries */
+        }
+        if (l2 & (c->cs - 1))
+            corrupt(c, "unaligned", eoff, "L2 table offset 0x%" PRIx64 " is "
+                    "not cluster aligned (L1 entry at 0x%" PRIx64 ")", l2, eoff);
+        if ((rc = walk_l2(c, l2, active)) < 0)
+            return rc;
+        /* walk_l2 used only l2buf: the L1 chunk in l1buf is intact */
+    }
+    return 0;
+}
+
+static int walk_bitmaps(struct chk *c)
+{
+    struct qcow2_image *img = c->img;
+    const struct q2_ext *e;
+    unsigned i;
+
+    if (img->n_bitmaps == 0)
+        return 0;
+    e = &img->hp.exts[img->hp.ext_bitmaps];
+    inc(c, q2_load_be64(e->data + 16), q2_load_be64(e->data + 8),
+        "bitmap directory");
+    for (i = 0; i < img->n_bitmaps; i++) {
+        const struct qcow2_bitmap *bm = &img->bitmaps[i].pub;
+        uint64_t per = c->cs / 8, k;
+        if (!inc(c, bm->table_offset, (uint64_t)bm->table_size * 8,
+                 "bitmap table"))
+            continue;
+        for (k = 0; k < bm->table_size; k++) {
+            uint64_t eoff = bm->table_offset + k * 8, v, off;
+            if (k % per == 0) {
+                uint64_t left = ((uint64_t)bm->table_size - k) * 8;
+                int64_t n = q2_pread_full(&img->io, c->l1buf,
+                                          left < c->cs ? left : c->cs, eoff);
+                if (n < 0)
+                    return q2_err(img, (int)n, "cannot read a bitmap table "
+                                  "at 0x%" PRIx64 ": %s", eoff,
+                                  qcow2_strerror((int)n));
+            }
+            v = q2_load_be64(c->l1buf + (k % per) * 8);
+            off = v & Q2_BME_OFFSET_MASK;
+            if ((v & Q2_BME_RESERVED_MASK) || (off && ((v & 1) ||
+                                                       (off & (c->cs - 1))))) {
+                corrupt(c, "bitmap", eoff, "bitmap '%s': invalid table entry "
+                        "0x%016" PRIx64 " at 0x%" PRIx64, bm->name, v, eoff);
+                continue;
+            }
+            if (off)
+                inc(c, off, c->cs, "bitmap data cluster");
+        }
+    }
+    return 0;
+}
+
+static void walk_refblocks(struct chk *c)
+{
+    uint64_t i;
+
+    for (i = 0; i < c->rt_entries; i++) {
+        uint64_t eoff = c->img->hp.h.refcount_table_offset + i * 8;
+        uint64_t e = q2_load_be64(c->rt + i * 8);
+        uint64_t off = e & Q2_REFT_OFFSET_MASK, cl = off / c->cs;
+        if (e & Q2_REFT_RESERVED_MASK) {
+            corrupt(c, "reserved-bits", eoff, "refcount table entry %" PRIu64
+                    " has reserved bits set (at offset 0x%" PRIx64 ")", i,
+                    eoff);
+            c->rebuild = true;
+            continue;
+        }
+        if (off & (c->cs - 1)) {
+            corrupt(c, "unaligned", eoff, "refcount block %" PRIu64 " at 0x%"
+                    PRIx64 " is not cluster aligned", i, off);
+            c->rebuild = true;
+            continue;
+        }
+        if (cl >= c->file_clusters) {
+            corrupt(c, "past-end-of-file", eoff, "refcount block %" PRIu64
+                    " at 0x%" PRIx64 " lies past the end of the file", i, off);
+            c->rebuild = true;
+            continue;
+        }
+        if (off) {
+            inc(c, off, c->cs, "refcount block");
+            if (c->n[cl] != 1) {
+                corrupt(c, "refcount-block-shared", off, "refcount block %"
+                        PRIu64 " at 0x%" PRIx64 " has %" PRIu32 " references",
+                        i, off, c->n[cl]);
+                c->rebuild = true;
+            }
+        }
+    }
+}
+
+/* Everything but the refcount blocks (walk_refblocks, counted last as
+ * QEMU does). */
+static int count_all(struct chk *c)
+{
+    struct qcow2_image *img = c->img;
+    const struct qcow2_header *h = &img->hp.h;
+    unsigned i;
+    int rc;
+
+    inc(c, 0, c->cs, "header");
+    rc = walk_l1(c, h->l1_table_offset, h->l1_size, true);
+    if (rc < 0)
+        return rc;
+    for (i = 0; i < img->n_snaps; i++) {
+        const struct qcow2_snapshot *s = &img->snaps[i].pub;
+        if (s->l1_table_offset & (c->cs - 1)) {
+            corrupt(c, "snapshot", s->entry_offset, "snapshot %s: L1 table "
+                    "offset 0x%" PRIx64 " is not cluster aligned", s->id,
+                    s->l1_table_offset);
+            continue;
+        }
+        rc = walk_l1(c, s->l1_table_offset, s->l1_size, false);
+        if (rc < 0)
+            return rc;
+    }
+    if (img->n_snaps) {
+        const struct qcow2_snapshot *last = &img->snaps[img->n_snaps - 1].pub;
+        uint64_t end = last->entry_offset + Q2_SNAP_FIXED_LEN +
+                       last->extra_data_size + strlen(last->id) +
+                       strlen(last->name);
+        inc(c, h->snapshots_offset, end - h->snapshots_offset,
+            "snapshot table");
+    }
+    inc(c, h->refcount_table_offset, c->rt_entries * 8, "refcount table");
+    if (img->hp.ext_crypto >= 0) {
+        const struct q2_ext *e = &img->hp.exts[img->hp.ext_crypto];
+        if (e->len >= 16)
+            inc(c, q2_load_be64(e->data), q2_load_be64(e->data + 8),
+                "encryption header");
+    }
+    rc = walk_bitmaps(c);
+    if (rc < 0)
+        return rc;
+    c->pre_refblocks = c->r->corruptions;
+    walk_refblocks(c);
+    return 0;
+}
+
+/* Report leaked clusters nobody references as one range. */
+static void leaked_run(struct chk *c, uint64_t first, uint64_t count)
+{
+    if (count)
+        leak(c, "leaked-range", first * c->cs, count * c->cs, "clusters 0x%"
+             PRIx64 "..0x%" PRIx64 " (%" PRIu64 " bytes) have a refcount but "
+             "no reference", first * c->cs, (first + count) * c->cs - 1,
+             count * c->cs);
+}
+
+/* Stored refcounts against the counters; fixes what the mode allows. */
+static int compare(struct chk *c, bool fix_leaks, bool fix_errors,
+                   uint64_t *highest)
+{
+    uint64_t i, n = c->used_clusters > c->file_clusters ? c->used_clusters
+                                                         : c->file_clusters;
+    uint64_t run = 0, run_len = 0;
+    int rc;
+
+    *highest = 0;
+    for (i = 0; i < n; i++) {
+        uint64_t stored, refs = c->n[i];
+        rc = get_rc(c, i, &stored);
+        if (rc < 0) {
+            if (rc != -QCOW2_ECORRUPT)
+                return q2_err(c->img, rc, "cannot read the refcount of "
+                              "cluster 0x%" PRIx64 ": %s", i * c->cs,
+                              qcow2_strerror(rc));
+            check_error(c, "refcount-unreadable", i * c->cs, "cannot get the "
+                        "refcount of cluster 0x%" PRIx64 ": its refcount "
+                        "block is not cluster aligned", i * c->cs);
+            continue;
+        }
+        if (stored || refs)
+            *highest = i;
+        if (stored > refs && refs == 0) {
+            if (run_len && run + run_len == i) {
+                run_len++;
+            } else {
+                leaked_run(c, run, run_len);
+                run = i;
+                run_len = 1;
+            }
+        }
+        if (stored == refs)
+            continue;
+        if (stored == 0) {
+            c->rebuild = true;
+        } else if ((stored > refs && fix_leaks) ||
+                   (stored < refs && fix_errors)) {
+            rc = set_rc(c, i, refs);
+            if (rc < 0 && rc != -QCOW2_ECORRUPT)
+                return rc;
+            if (rc == 0) {
+                if (stored > refs)
+                    c->r->leaks_fixed++;
+                else
+                    c->r->corruptions_fixed++;
+                repaired(c, stored > refs ? "leak" : "refcount-too-low",
+                         i * c->cs, "cluster 0x%" PRIx64 ": refcount %" PRIu64
+                         " -> %" PRIu64, i * c->cs, stored, refs);
+                continue;
+            }
+        }
+        if (stored < refs) {
+            corrupt(c, "refcount-too-low", i * c->cs, "cluster 0x%" PRIx64
+                    ": refcount %" PRIu64 " below its %" PRIu64 " references",
+                    i * c->cs, stored, refs);
+        } else {
+            c->r->leaks++;
+            if (refs)
+                leak(c, "refcount-too-high", i * c->cs, 0, "cluster 0x%"
+                     PRIx64 ": refcount %" PRIu64 " above its %" PRIu64
+                     " references", i * c->cs, stored, refs);
+        }
+    }
+    leaked_run(c, run, run_len);
+    return 0;
+}
+
+/* COPIED flags of the active tables after a refcount repair. */
+static int copied_pass(struct chk *c, bool fix)
+{
+    struct qcow2_image *img = c->img;
+    const struct qcow2_header *h = &img->hp.h;
+    uint64_t per = c->cs / 8, i;
+    unsigned entries = 1u << img->l2_bits, k;
+    int rc;
+
+    if (!within_file(c, h->l1_table_offset, (uint64_t)h->l1_size * 8))
+        return 0;
+    for (i = 0; i < h->l1_size; i++) {
+        uint64_t eoff = h->l1_table_offset + i * 8, e, l2;
+        if (i % per == 0) {
+            uint64_t left = ((uint64_t)h->l1_size - i) * 8;
+            int64_t n = q2_pread_full(&img->io, c->l1buf,
+                                      left < c->cs ? left : c->cs, eoff);
+            if (n < 0)
+                return q2_err(img, (int)n, "cannot read the L1 table: %s",
+                              qcow2_strerror((int)n));
+        }
+        e = q2_load_be64(c->l1buf + (i % per) * 8);
+        l2 = e & Q2_L1E_OFFSET_MASK;
+        if (!l2)
+            continue;
+        if ((rc = check_copied(c, e, eoff, l2, true, fix)) < 0)
+            return rc;
+        if (!within_file(c, l2, c->cs))
+            continue;
+        if ((rc = read_cluster(c, c->l2buf, l2)) < 0)
+            return rc;
+        for (k = 0; k < entries; k++) {
+            uint64_t xoff = l2 + (uint64_t)k * img->l2_entry_len;
+            uint64_t x = q2_load_be64(c->l2buf + (size_t)k * img->l2_entry_len);
+            bool zero = !img->extended_l2 && (x & Q2_OFLAG_ZERO);
+            uint64_t off = x & Q2_L2E_OFFSET_MASK;
+            if (x & Q2_OFLAG_COMPRESSED)
+                continue;
+            if (off == 0 && !(img->external_data && (x & Q2_OFLAG_COPIED) &&
+                              !zero))
+                continue;
+            if ((rc = check_copied(c, x, xoff, off, false, fix)) < 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+static int load_reftable(struct chk *c)
+{
+    const struct qcow2_header *h = &c->img->hp.h;
+    uint64_t bytes = (uint64_t)h->refcount_table_clusters << c->img->cluster_bits;
+    int64_t n;
+
+    /* bounded to 8 MiB by the header check */
+    free(c->rt);
+    c->rt_entries = bytes / 8;
+    c->rt = malloc(bytes ? bytes : 1);
+    if (!c->rt)
+        return -ENOMEM;
+    n = q2_pread_full(&c->img->io, c->rt, bytes, h->refcount_table_offset);
+    if (n < 0)
+        return q2_err(c->img, (int)n, "cannot read the refcount table: %s",
+                      qcow2_strerror((int)n));
+    return 0;
+}
+
+/* One check (with the repairs of c->fix_*); fills c->r. */
+static int run(struct chk *c)
+{
+    struct qcow2_image *img = c->img;
+    uint64_t highest, old_corr;
+    int64_t sz;
+    int rc;
+
+    sz = img->io.size(img->io.ctx);
+    if (sz < 0)
+        return q2_err(img, (int)sz, "cannot get the file size: %s",
+                      qcow2_strerror((int)sz));
+    c->file_size = (uint64_t)sz;
+    c->file_clusters = (c->file_size + c->cs - 1) / c->cs;
+    if (c->file_clusters >= MAX_CHECK_CLUSTERS)
+        return q2_err(img, -EFBIG, "image file too large to check");
+    c->nclusters = c->file_clusters + 1;
+    free(c->n);
+    c->n = calloc(c->nclusters, sizeof(*c->n));
+    if (!c->n)
+        return -ENOMEM;
+    c->used_clusters = 0;
+    c->rebuild = false;
+    c->budget = (c->file_size / 8 + 1) * L2_BUDGET_WALKS + (1u << 20);
+    c->copied_inline = !c->fix_leaks;
+    q2_cache_clear(&img->cache);
+    if ((rc = load_reftable(c)) < 0)
+        return rc;
+    c->r->total_clusters = (img->virtual_size + c->cs - 1) / c->cs;
+
+    if ((rc = count_all(c)) < 0)
+        return rc;
+    rc = compare(c, c->fix_leaks, c->fix_all, &highest);
+    if (rc < 0)
+        return rc;
+    if (c->rebuild && c->fix_all) {
+        /* fresh structures from the references, the old ones not among
+         * them (they become free space) */
+        uint64_t n = c->used_clusters > c->file_clusters ? c->used_clusters
+                                                          : c->file_clusters;
+        uint64_t i, corr = c->r->corruptions - c->pre_refblocks;
+        uint64_t leaks = c->r->leaks;
+        const struct qcow2_header *h = &img->hp.h;
+        for (i = 0; i < c->rt_entries; i++) {
+            uint64_t e = q2_load_be64(c->rt + i * 8);
+            uint64_t off = e & Q2_REFT_OFFSET_MASK;
+            if (off && !(e & Q2_REFT_RESERVED_MASK) && !(off & (c->cs - 1)) &&
+                off / c->cs < c->file_clusters && c->n[off / c->cs])
+                c->n[off / c->cs]--;
+        }
+        if (within_file(c, h->refcount_table_offset, c->rt_entries * 8)) {
+            uint64_t a = h->refcount_table_offset / c->cs;
+            uint64_t b = (h->refcount_table_offset + c->rt_entries * 8 - 1) /
+                         c->cs;
+            for (i = a; i <= b && c->rt_entries; i++)
+                if (c->n[i])
+                    c->n[i]--;
+        }
+        if ((rc = q2_flush(img)) < 0) /* nothing pending, in principle */
+            return rc;
+        rc = q2_rebuild_from_counts(img, c->n, n);
+        if (rc < 0)
+            return rc;
+        c->r->rebuilt = true;
+        repaired(c, "rebuilt-refcounts", img->hp.h.refcount_table_offset,
+                 "refcount structures rebuilt from the references (new "
+                 "refcount table at 0x%" PRIx64 ")",
+                 img->hp.h.refcount_table_offset);
+        /* what the refcount comparison found is fixed now */
+        c->r->corruptions_fixed += corr;
+        c->r->leaks_fixed += leaks;
+        c->r->corruptions = c->pre_refblocks;
+        c->r->leaks = 0;
+        c->rebuild = false;
+        if ((rc = load_reftable(c)) < 0)
+            return rc;
+    } else if (c->rebuild && c->fix_leaks) {
+        check_error(c, "rebuild-needed", 0, "referenced clusters have no "
+                    "refcount: the refcount structures need a rebuild (-r all)");
+        return q2_err(img, -QCOW2_ECORRUPT, "the refcount structures need to "
+                      "be rebuilt; repair with -r all");
+    }
+    if (c->fix_leaks) {
+        if ((rc = q2_flush(img)) < 0)
+            return rc;
+        q2_cache_clear(&img->cache);
+        /* QEMU fixes COPIED with -r leaks only when nothing else is wrong:
+         * the refcounts can then be trusted */
+        old_corr = c->r->corruptions;
+        rc = copied_pass(c, c->fix_all || old_corr == 0);
+        if (rc < 0)
+            return rc;
+        if ((rc = img->io.flush(img->io.ctx)) < 0)
+            return rc;
+    }
+    c->r->image_end_offset = (highest + 1) * c->cs;
+    return 0;
+}
+
+static int mark_consistent(struct chk *c)
+{
+    struct qcow2_header *h = &c->img->hp.h;
+    uint64_t bits = Q2_INCOMPAT_DIRTY | Q2_INCOMPAT_CORRUPT;
+    int rc;
+
+    if (h->version < 3 || !(h->incompatible_features & bits))
+        return 0;
+    h->incompatible_features &= ~bits;
+    if ((rc = write_u64(c, 72, h->incompatible_features)) < 0)
+        return rc;
+    repaired(c, "header-flags", 72, "dirty and corrupt bits cleared");
+    return c->img->io.flush(c->img->io.ctx);
+}
+
+int qcow2_check(struct qcow2_image *img, const struct qcow2_check_opts *opts,
+                struct qcow2_check_result *out)
+{
+    struct qcow2_check_result res, fixed;
+    struct chk c;
+    unsigned flags = 0;
+    int rc;
+
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN ||
+        !out)
+        return -EINVAL;
+    q2_err_clear(img);
+    if (opts) {
+        if (opts->size < sizeof(size_t) + sizeof(unsigned))
+            return q2_err(img, -EINVAL, "qcow2_check: bad options size");
+        flags = opts->flags;
+    }
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return q2_err(img, -ENOTSUP, "this image format does not support "
+                      "checks");
+    if (flags & ~QCOW2_CHECK_FIX_ALL)
+        return q2_err(img, -EINVAL, "qcow2_check: unknown flags 0x%x", flags);
+    if (flags && (!img->writable || !(img->opts.flags & QCOW2_OPEN_CHECK)))
+        return q2_err(img, -EROFS, "repairs need the image open read-write "
+                      "for checking");
+
+    memset(&res, 0, sizeof(res));
+    memset(&c, 0, sizeof(c));
+    c.img = img;
+    c.o = opts;
+    c.r = &res;
+    c.cs = img->cluster_size;
+    c.max_count = img->hp.h.refcount_order >= 5
+                      ? UINT32_MAX
+                      : (uint32_t)((1u << (1u << img->hp.h.refcount_order)) - 1);
+    c.fix_leaks = (flags & QCOW2_CHECK_FIX_LEAKS) != 0;
+    c.fix_all = (flags & QCOW2_CHECK_FIX_ALL) == QCOW2_CHECK_FIX_ALL;
+    c.l1buf = malloc(c.cs);
+    c.l2buf = malloc(c.cs);
+    if (!c.l1buf || !c.l2buf) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = run(&c);
+    if (rc < 0)
+        goto out;
+    if (res.corruptions_fixed || res.leaks_fixed) {
+        fixed = res;
+        memset(&res, 0, sizeof(res));
+        c.fix_leaks = c.fix_all = false;
+        c.recheck = true;
+        rc = run(&c);
+        if (rc < 0)
+            goto out;
+        res.corruptions_fixed = fixed.corruptions_fixed;
+        res.leaks_fixed = fixed.leaks_fixed;
+        res.rebuilt = fixed.rebuilt;
+        res.rechecked = true;
+    }
+    if (flags && res.check_errors == 0 && res.corruptions == 0)
+        rc = mark_consistent(&c);
+    if (rc == 0)
+        *out = res;
+out:
+    if (rc < 0 && !img->err_set)
+        q2_err(img, rc, "check failed: %s", qcow2_strerror(rc));
+    free(c.n);
+    free(c.rt);
+    free(c.l1buf);
+    free(c.l2buf);
+    return rc;
+}
