@@ -40,10 +40,12 @@
 #include "internal.h"
 
 #define COPY_CHUNK (8u << 20)
+#define WRITEBACK_EVERY (16u << 20) /* start writing back this often */
 
 struct pending {
-    uint64_t start; /* guest offset of buf[0] */
-    size_t len;     /* bytes gathered */
+    uint64_t start;    /* guest offset of buf[0] */
+    size_t len;        /* bytes gathered */
+    uint64_t unsynced; /* bytes written since writeback was last started */
 };
 
 static int flush_pending(struct qcow2_image *top, struct qcow2_image *base,
@@ -58,15 +60,22 @@ static int flush_pending(struct qcow2_image *top, struct qcow2_image *base,
         return q2_err(top, (int)n, "writing the base: %s",
                       qcow2_errmsg(base));
     p->start += p->len;
+    p->unsynced += p->len;
     p->len = 0;
+    /* let the disk write while we copy on: the final flush then waits
+     * for the tail only */
+    if (p->unsynced >= WRITEBACK_EVERY && base->io.writeback) {
+        base->io.writeback(base->io.ctx);
+        p->unsynced = 0;
+    }
     return 0;
 }
 
 /*
- * Copy a data extent of a layer into a raw base inside the kernel
- * (copy_file_range; a reflink on file systems that share extents).  *done
- * gets the bytes copied; a source that ends early leaves the rest to the
- * caller (it reads as zeros).  -ENOTSUP: these files cannot be copied so.
+ * Copy a data extent of a layer into a raw base by sharing its extents
+ * (copy_file_range on a file system with reflinks).  *done gets the bytes
+ * copied; the rest (a range the file system cannot share, a source that
+ * ends early) is left to the caller.  -ENOTSUP: this base cannot.
  */
 static int offload_copy(struct qcow2_image *top, struct qcow2_image *base,
                         const struct qcow2_extent *e, uint64_t pos,
@@ -86,7 +95,9 @@ static int offload_copy(struct qcow2_image *top, struct qcow2_image *base,
             n = COPY_CHUNK;
         got = base->io.copy_range(base->io.ctx, src, e->offset + *done,
                                   pos + *done, (size_t)n);
-        if (got == -ENOTSUP && *done == 0)
+        if (got == -EAGAIN)
+            break; /* not this range: the caller copies the rest */
+        if (got == -ENOTSUP)
             return -ENOTSUP;
         if (got < 0)
             return q2_err(top, (int)got, "copying into the base: %s",
@@ -173,7 +184,7 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
                     goto out;
                 rc = offload_copy(top, base, &e, pos, &done);
                 if (rc == -ENOTSUP) {
-                    offload = false; /* these files cannot: read and write */
+                    offload = false; /* this base cannot: read and write */
                     rc = 0;
                 } else if (rc < 0) {
                     goto out;

@@ -733,11 +733,21 @@ static int do_write(struct qcow2_image *img, const uint8_t *src,
             n = img->io.pwrite(img->io.ctx, src, len, off);
             return n < 0 ? fail(img, (int)n, "cannot write data") : 0;
         }
-        /* zeros: a hole where the file system makes one */
+        /* zeros: a hole where the file system makes one (none needed
+         * where there is one already: a punch costs a journal update) */
         if (img->io.punch) {
             int64_t fsz = img->io.size(img->io.ctx);
-            rc = img->io.punch(img->io.ctx, off, len);
-            if (rc == 0 && fsz >= 0 && off + len > (uint64_t)fsz)
+            uint64_t in, pnum = 0; /* bytes of the range inside the file */
+            if (fsz < 0)
+                return fail(img, (int)fsz, "cannot get the file size");
+            in = off >= (uint64_t)fsz ? 0
+                 : len < (uint64_t)fsz - off ? len : (uint64_t)fsz - off;
+            if (in && img->io.block_status &&
+                img->io.block_status(img->io.ctx, off, in, &pnum) == 0 &&
+                pnum >= in)
+                in = 0; /* a hole already */
+            rc = in ? img->io.punch(img->io.ctx, off, len) : 0;
+            if (rc == 0 && off + len > (uint64_t)fsz)
                 rc = img->io.truncate(img->io.ctx, off + len);
             if (rc == 0)
                 return 0;

@@ -56,14 +56,20 @@ struct qcow2_io {
      * storage cannot, or -errno.  NULL: zeros are written instead. */
     int (*punch)(void *ctx, uint64_t off, uint64_t len);
     /* Optional: copy len bytes at src_off of `src` (another backend) to
-     * dst_off of this one inside the storage layer (copy_file_range: a
-     * reflink where the file system shares extents).  Returns the bytes
-     * copied, fewer than len only where src ends; -ENOTSUP when these two
-     * backends cannot copy this way at all; or -errno.  NULL: the library
-     * reads and writes. */
+     * dst_off of this one inside the storage layer, where that beats
+     * reading and writing (reflinks: shared extents, no bytes written).
+     * Returns the bytes copied, fewer than len only where src ends;
+     * -EAGAIN: not this range (alignment), copy it by hand; -ENOTSUP:
+     * never for this destination; or -errno.  NULL: the library reads and
+     * writes. */
     int64_t (*copy_range)(void *ctx, const struct qcow2_io *src,
                           uint64_t src_off, uint64_t dst_off, size_t len);
-    void *reserved[2]; /* zero */
+    /* Optional: start writing back what was written so far, without
+     * waiting (sync_file_range), so that the storage works while the
+     * writer goes on and the next flush has less to wait for.  A hint:
+     * no durability is implied.  NULL: nothing is started early. */
+    void (*writeback)(void *ctx);
+    void *reserved[1]; /* zero */
 };
 
 /* Flags for qcow2_io_open_file(). */
