@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Copy offload of qchain-commit into a raw base: on XFS with reflink (a loop
-# mount made here) the data lands as shared extents, not copied bytes; on
-# the build's own file system copy_file_range copies in the kernel.  Either
-# way the base must read exactly as the guest view did.
+# mount made here) the data lands as shared extents, not copied bytes; on a
+# file system without reflinks (ext4) nothing is offloaded (a kernel copy
+# is slower there than the library's coalesced writes).  Either way the
+# base must read exactly as the guest view did.
 #
 # Needs root, mkfs.xfs and a loop device for the XFS part; where the machine
 # does not allow mounting, that part is skipped with the reason (exit 77
@@ -43,17 +44,21 @@ commit_in() {
     return 0
 }
 
-# --- the build's own file system: copy_file_range in the kernel
+# --- the build's own file system: offload only where it shares extents
 mkdir -p "$work/local"
 build "$work/local"
+head -c 65536 /dev/urandom > "$work/local/probe"
+if cp --reflink=always "$work/local/probe" "$work/local/probe2" 2>/dev/null; then
+    reflinks=yes; else reflinks=no; fi
 if commit_in "$work/local" local; then
     off=$(json_get "$work/c-local.json" offloaded-bytes)
     data=$(json_get "$work/c-local.json" data-bytes)
-    # everything but the compressed cluster goes through copy_file_range
-    if [ "$off" -gt 0 ] && [ "$off" -le "$data" ]; then
-        ok "local file system: $off of $data data bytes copied in the kernel, base equals the view"
+    if [ $reflinks = yes ] && [ "$off" -gt 0 ] && [ "$off" -le "$data" ]; then
+        ok "local file system (reflinks): $off of $data data bytes shared, base equals the view"
+    elif [ $reflinks = no ] && [ "$off" = 0 ]; then
+        ok "local file system (no reflinks): data written by hand ($data bytes), base equals the view"
     else
-        bad "local file system" "offloaded-bytes $off of $data"
+        bad "local file system" "reflinks $reflinks, offloaded-bytes $off of $data"
     fi
 fi
 
