@@ -63,7 +63,8 @@
 #       Compared: `qchain-commit TOP` vs. `qemu-img commit -d TOP`.
 #       Targets (issue 4): at least 1.5x faster than qemu-img on the
 #       scattered cases, at least 5x on commit-4k; commit-seq is reported
-#       (its target is relative to a plain copy, compared in the issue note).
+#       against qemu-img, and commit-seq-copy holds it against a plain copy
+#       of the same bytes (dd, made durable the same way): within 1.25x.
 #
 # Measurement
 # -----------
@@ -88,7 +89,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-ALL_CASES=(map delta check commit-raw commit-qcow2 commit-seq commit-4k)
+ALL_CASES=(map delta check commit-raw commit-qcow2 commit-seq commit-seq-copy commit-4k)
 
 # --- parameters of case map (change the stamp if you change these) ---------
 MAP_SIZE=1T
@@ -421,6 +422,7 @@ commit_prep() {
     cp --sparse=always -- "$dir/pristine/base.img" "$dir/base.img"
     cp --sparse=always -- "$dir/pristine/top.qcow2" "$dir/top.qcow2"
     sync -f "$dir/base.img"
+    sleep 0.3 # let the file system finish the previous run's discards
 }
 
 commit_case() { # name basefmt kind min-speedup
@@ -445,6 +447,33 @@ case_commit-raw() { commit_case commit-raw raw scattered 1.5; }
 case_commit-qcow2() { commit_case commit-qcow2 qcow2 scattered 1.5; }
 case_commit-seq() { commit_case commit-seq raw seq ""; }
 case_commit-4k() { commit_case commit-4k raw 4k 5; }
+
+# commit-seq-copy: qchain-commit of the commit-seq images against a plain
+# copy of the same bytes (dd from the overlay's data clusters, which one
+# sequential write left contiguous, to the base at the guest offset), both
+# made durable.  Target (issue 4): within 1.25x of the copy, i.e. copy time
+# / ours >= 0.8.
+case_commit-seq-copy() {
+    local qc dir=$WORK/commit-seq off len
+    qc=$(need_tool qchain-commit)
+    COMMIT_CASE=commit-seq
+    commit_setup commit-seq raw seq
+    # the overlay's one data extent: guest 256 MiB at host offset $off
+    read -r off len < <(qemu-img map --output=json "$dir/pristine/top.qcow2" |
+        python3 -c 'import json,sys
+e=[x for x in json.load(sys.stdin) if x["depth"] == 0 and x["data"]]
+assert len(e) == 1 and e[0]["start"] == 256 << 20, e
+print(e[0]["offset"], e[0]["length"])')
+    OURS=(bash -c '"$0" "$1" >/dev/null && sync "$2"' "$qc" "$dir/top.qcow2" "$dir/base.img")
+    REF=(bash -c 'dd if="$0" of="$1" bs=8M iflag=skip_bytes,count_bytes \
+             oflag=seek_bytes conv=notrunc skip="$2" seek=$((256 << 20)) \
+             count="$3" status=none && sync "$1"' \
+         "$dir/top.qcow2" "$dir/base.img" "$off" "$len")
+    PREP=commit_prep
+    LABEL_OURS=qchain-commit
+    LABEL_REF="plain copy (dd)"
+    run_pair commit-seq-copy --min-speedup 0.8
+}
 
 # --- main -------------------------------------------------------------------
 for c in "${CASES[@]}"; do

@@ -40,27 +40,100 @@
 #include "internal.h"
 
 #define COPY_CHUNK (8u << 20)
-#define WRITEBACK_EVERY (16u << 20) /* start writing back this often */
+#define WRITEBACK_EVERY (4u << 20) /* start writing back this often */
 
 struct pending {
     uint64_t start;    /* guest offset of buf[0] */
     size_t len;        /* bytes gathered */
     uint64_t unsynced; /* bytes written since writeback was last started */
+    /* raw base: compare with what the base holds, write what differs */
+    uint8_t *cmp;      /* COPY_CHUNK bytes, NULL: no comparing */
+    uint64_t compared, same;
 };
+
+static int write_base(struct qcow2_image *top, struct qcow2_image *base,
+                      const uint8_t *data, size_t len, uint64_t off,
+                      struct pending *p)
+{
+    int64_t n = qcow2_pwrite(base, data, len, off);
+
+    if (n < 0)
+        return q2_err(top, (int)n, "writing the base: %s",
+                      qcow2_errmsg(base));
+    p->unsynced += len;
+    return 0;
+}
+
+/*
+ * Write the gathered bytes into a raw base, skipping the blocks the base
+ * already holds unchanged.  QEMU fills a cluster that a small guest write
+ * allocates with the backing file's bytes (copy on write), so most of such
+ * a cluster is the base's own content coming back; reading it (often from
+ * the page cache, and a hole costs no I/O) is cheaper than writing it.
+ * When the comparisons stop paying (less than one byte in COMPARE_MIN_SAME
+ * found unchanged after COMPARE_PROBE bytes), comparing stops.
+ */
+#define COMPARE_BLOCK 4096u
+#define COMPARE_PROBE (32u << 20)
+#define COMPARE_MIN_SAME 8
+
+static int write_changed(struct qcow2_image *top, struct qcow2_image *base,
+                         const uint8_t *buf, struct pending *p)
+{
+    int64_t got = q2_pread_full(&base->io, p->cmp, p->len, p->start);
+    size_t i = 0, run = 0, len = p->len;
+    bool in_run = false;
+    int rc;
+
+    if (got < 0)
+        return q2_err(top, (int)got, "reading the base: %s",
+                      qcow2_strerror((int)got));
+    if ((size_t)got < len)
+        memset(p->cmp + got, 0, len - (size_t)got); /* past its end */
+    while (i < len) {
+        size_t b = COMPARE_BLOCK - (size_t)((p->start + i) % COMPARE_BLOCK);
+        bool differs;
+        if (b > len - i)
+            b = len - i;
+        differs = memcmp(buf + i, p->cmp + i, b) != 0;
+        if (!differs)
+            p->same += b;
+        if (differs && !in_run) {
+            run = i;
+            in_run = true;
+        } else if (!differs && in_run) {
+            if ((rc = write_base(top, base, buf + run, i - run,
+                                 p->start + run, p)) < 0)
+                return rc;
+            in_run = false;
+        }
+        i += b;
+    }
+    if (in_run &&
+        (rc = write_base(top, base, buf + run, len - run, p->start + run,
+                         p)) < 0)
+        return rc;
+    p->compared += len;
+    if (p->compared >= COMPARE_PROBE &&
+        p->same < p->compared / COMPARE_MIN_SAME) {
+        free(p->cmp); /* the layers rewrite the base: stop comparing */
+        p->cmp = NULL;
+    }
+    return 0;
+}
 
 static int flush_pending(struct qcow2_image *top, struct qcow2_image *base,
                          uint8_t *buf, struct pending *p)
 {
-    int64_t n;
+    int rc;
 
     if (p->len == 0)
         return 0;
-    n = qcow2_pwrite(base, buf, p->len, p->start);
-    if (n < 0)
-        return q2_err(top, (int)n, "writing the base: %s",
-                      qcow2_errmsg(base));
+    rc = p->cmp ? write_changed(top, base, buf, p)
+                : write_base(top, base, buf, p->len, p->start, p);
+    if (rc < 0)
+        return rc;
     p->start += p->len;
-    p->unsynced += p->len;
     p->len = 0;
     /* let the disk write while we copy on: the final flush then waits
      * for the tail only */
@@ -144,9 +217,12 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     if (!buf)
         return -ENOMEM;
     /* uncompressed data into a raw base: copy offload where the files
-     * allow it (the first refusal switches it off) */
+     * allow it (the first refusal switches it off); otherwise only what
+     * differs from the base is written */
     offload = base->format == QCOW2_FORMAT_RAW && base->io.copy_range &&
               !base->write_err;
+    if (base->format == QCOW2_FORMAT_RAW)
+        p.cmp = malloc(COPY_CHUNK); /* none: everything is written */
 
     /* COPY */
     while (pos < size) {
@@ -235,6 +311,7 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     if (rc < 0)
         rc = q2_err(top, rc, "flushing the base: %s", qcow2_errmsg(base));
 out:
+    free(p.cmp);
     free(buf);
     if (rc == 0 && out)
         *out = st;

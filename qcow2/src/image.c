@@ -829,7 +829,10 @@ static int layer_status(struct qcow2_image *img, uint64_t start, uint64_t len,
         return rc;
     if (!io->block_status)
         return 0;
-    sz = io->size(io->ctx);
+    /* a read-only image's own file keeps the size it had at open (the
+     * size every bound of its mapping was checked against) */
+    sz = io == &img->io && !img->writable ? img->file_size
+                                           : io->size(io->ctx);
     if (sz < 0)
         return 0;
     fsize = (uint64_t)sz;

@@ -87,6 +87,22 @@ combo zstd-top cluster_size=64k compression_type=zstd
 combo grown cluster_size=64k cluster_size=64k grow
 combo grown-v2 compat=0.10,cluster_size=4k cluster_size=64k grow
 
+# raw base: clusters QEMU filled from the base (copy on write) come back
+# mostly unchanged; only the blocks that differ may be written, down to a
+# 512-byte write inside one block, a write of the base's own bytes, and
+# zeros written over a hole
+rm -f w.raw w.qcow2; qemu-img create -q -f raw w.raw 64M
+qemu-io -f raw -c 'write -P 0x41 0 32M' -c 'write -P 0x42 40M 1M' w.raw >/dev/null
+qemu-img create -q -f qcow2 -b w.raw -F raw w.qcow2
+qemu-io -c 'write -P 0x51 4k 4k' -c 'write -P 0x52 1000 512' -c 'write -P 0x53 1M 512' \
+        -c 'write -P 0x41 2M 64k' -c 'write -P 0x54 40M 4k' -c 'write -z 48M 128k' \
+        -c 'write -P 0 50M 64k' -c 'write -P 0x55 31M 2M' -c 'write -P 0x56 63M 1M' \
+        w.qcow2 >/dev/null
+view w.qcow2 w-before.raw
+"$C" w.qcow2 >/dev/null 2>err && cmp -s w-before.raw w.raw \
+    && ok "raw base: copy-on-write clusters committed block by block" \
+    || bad "raw base, copy on write" "$(cat err; cmp w-before.raw w.raw)"
+
 # raw base grown by a larger top
 rm -f g.raw g.qcow2; qemu-img create -q -f raw g.raw 8M
 qemu-io -f raw -c 'write -P 1 0 8M' g.raw >/dev/null
