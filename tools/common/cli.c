@@ -42,6 +42,7 @@ const char *cli_progname(void)
 }
 
 /* "progname: PREFIX message" on stderr. */
+__attribute__((format(printf, 2, 0)))
 static void vmsg(const char *prefix, const char *fmt, va_list ap)
 {
     fprintf(stderr, "%s: %s", progname, prefix);
