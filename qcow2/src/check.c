@@ -610,14 +610,10 @@ static int count_all(struct chk *c)
         if (rc < 0)
             return rc;
     }
-    if (img->n_snaps) {
-        const struct qcow2_snapshot *last = &img->snaps[img->n_snaps - 1].pub;
-        uint64_t end = last->entry_offset + Q2_SNAP_FIXED_LEN +
-                       last->extra_data_size + strlen(last->id) +
-                       strlen(last->name);
-        inc(c, h->snapshots_offset, end - h->snapshots_offset,
+    if (img->n_snaps)
+        inc(c, h->snapshots_offset,
+            q2_snap_table_len(img->snaps, img->n_snaps, h->snapshots_offset),
             "snapshot table");
-    }
     inc(c, h->refcount_table_offset, c->rt_entries * 8, "refcount table");
     if (img->hp.ext_crypto >= 0) {
         const struct q2_ext *e = &img->hp.exts[img->hp.ext_crypto];

@@ -89,11 +89,16 @@ static int raw_allocated(struct est *s, uint64_t off, uint64_t len,
     return 0;
 }
 
-static int raw_data(struct est *s, uint64_t off, uint64_t len)
+/* Data written over [off, off+len) allocates the blocks it touches that
+ * are holes; zeros punched there free the allocated blocks it covers whole
+ * (a punch leaves partial blocks in place). */
+static int raw_range(struct est *s, uint64_t off, uint64_t len, bool zeros)
 {
-    uint64_t a = off / RAW_BLOCK * RAW_BLOCK;
-    uint64_t b = (off + len + RAW_BLOCK - 1) / RAW_BLOCK * RAW_BLOCK;
-    uint64_t have;
+    uint64_t a = zeros ? (off + RAW_BLOCK - 1) / RAW_BLOCK * RAW_BLOCK
+                       : off / RAW_BLOCK * RAW_BLOCK;
+    uint64_t b = zeros ? (off + len) / RAW_BLOCK * RAW_BLOCK
+                       : (off + len + RAW_BLOCK - 1) / RAW_BLOCK * RAW_BLOCK;
+    uint64_t have = 0;
     int rc;
 
     if (a < s->raw_counted_end)
@@ -103,27 +108,12 @@ static int raw_data(struct est *s, uint64_t off, uint64_t len)
     rc = raw_allocated(s, a, b - a, &have);
     if (rc < 0)
         return rc;
-    s->raw_added += (b - a) - have;
-    s->raw_counted_end = b;
-    return 0;
-}
-
-static int raw_zero(struct est *s, uint64_t off, uint64_t len)
-{
-    /* a punch frees only the blocks it covers whole */
-    uint64_t a = (off + RAW_BLOCK - 1) / RAW_BLOCK * RAW_BLOCK;
-    uint64_t b = (off + len) / RAW_BLOCK * RAW_BLOCK;
-    uint64_t have;
-    int rc;
-
-    if (a < s->raw_counted_end)
-        a = s->raw_counted_end;
-    if (a >= b)
-        return 0;
-    rc = raw_allocated(s, a, b - a, &have);
-    if (rc < 0)
-        return rc;
-    s->raw_freed += have;
+    if (zeros) {
+        s->raw_freed += have;
+    } else {
+        s->raw_added += (b - a) - have;
+        s->raw_counted_end = b;
+    }
     return 0;
 }
 
@@ -372,11 +362,11 @@ int qcow2_commit_estimate(struct qcow2_image *top, unsigned stop,
             if (zlen == 0)
                 rc = 0;
             else if (s.base->format == QCOW2_FORMAT_RAW)
-                rc = raw_zero(&s, pos, zlen);
+                rc = raw_range(&s, pos, zlen, true);
             else
                 rc = q_range(&s, pos, zlen, true);
         } else if (s.base->format == QCOW2_FORMAT_RAW) {
-            rc = raw_data(&s, pos, e.length);
+            rc = raw_range(&s, pos, e.length, false);
         } else {
             rc = q_range(&s, pos, e.length, false);
         }

@@ -175,6 +175,9 @@ Q2_HIDDEN int q2_snap_parse(const uint8_t *buf, size_t len, uint64_t table_off,
                             uint64_t image_size, struct q2_snapshot **out,
                             char *err, size_t errlen);
 Q2_HIDDEN void q2_snap_free(struct q2_snapshot *s, unsigned n);
+/* Bytes from the table's offset to the end of its last entry (0: none). */
+Q2_HIDDEN uint64_t q2_snap_table_len(const struct q2_snapshot *s, unsigned n,
+                                     uint64_t table_off);
 
 /* ---- Bitmaps (bitmap.c) ---- */
 struct q2_bitmap {

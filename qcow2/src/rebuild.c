@@ -139,12 +139,10 @@ static int count_refs(struct qcow2_image *img, struct counts *c)
     if ((rc = walk_l1(img, c, h->l1_table_offset, h->l1_size)) < 0)
         return rc;
     if (img->n_snaps) {
-        const struct qcow2_snapshot *last = &img->snaps[img->n_snaps - 1].pub;
-        uint64_t end = last->entry_offset + Q2_SNAP_FIXED_LEN +
-                       last->extra_data_size + strlen(last->id) +
-                       strlen(last->name);
         if ((rc = ref(img, c, h->snapshots_offset,
-                      end - h->snapshots_offset, "snapshot table")) < 0)
+                      q2_snap_table_len(img->snaps, img->n_snaps,
+                                        h->snapshots_offset),
+                      "snapshot table")) < 0)
             return rc;
         for (i = 0; i < img->n_snaps; i++) {
             const struct qcow2_snapshot *s = &img->snaps[i].pub;

@@ -161,3 +161,15 @@ nomem:
     q2_snap_free(snaps, count);
     return -ENOMEM;
 }
+
+uint64_t q2_snap_table_len(const struct q2_snapshot *s, unsigned n,
+                           uint64_t table_off)
+{
+    const struct qcow2_snapshot *last;
+
+    if (n == 0)
+        return 0;
+    last = &s[n - 1].pub;
+    return last->entry_offset + Q2_SNAP_FIXED_LEN + last->extra_data_size +
+           strlen(last->id) + strlen(last->name) - table_off;
+}
