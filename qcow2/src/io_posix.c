@@ -301,7 +301,7 @@ fail:
 
 int qcow2_io_lock_probe(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* FIFOs */
     int n, mask = 0, rc;
 
     if (fd < 0)
@@ -338,14 +338,32 @@ int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
     oflags |= (flags & QCOW2_IO_RDWR) ? O_RDWR : O_RDONLY;
     if (flags & QCOW2_IO_CREATE)
         oflags |= O_CREAT | O_EXCL | O_RDWR;
-    fd = open(path, oflags, 0644);
+    /* O_NONBLOCK: opening a FIFO nobody writes to (a backing file name
+     * is file content, so it may name one) would block forever */
+    fd = open(path, oflags | O_NONBLOCK, 0644);
     if (fd < 0) {
         rc = -errno;
         snprintf(err, errlen, "%s", strerror(errno));
         return rc;
     }
-    if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
-        rc = S_ISDIR(st.st_mode) ? -EISDIR : -errno;
+    if (fstat(fd, &st) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s", strerror(-rc));
+        close(fd);
+        return rc;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s", strerror(EISDIR));
+        close(fd);
+        return -EISDIR;
+    }
+    if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "a FIFO or socket is not an image file");
+        close(fd);
+        return -EINVAL;
+    }
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+        rc = -errno;
         snprintf(err, errlen, "%s", strerror(-rc));
         close(fd);
         return rc;

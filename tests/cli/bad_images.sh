@@ -56,6 +56,8 @@ backing-nbd chain
 backing-nbd-uri chain
 backing-json chain
 check-l1-over-header check
+l2-shared-l1 data
+backing-fifo chain
 "
 
 # refuse TOOL FILE ARGS...: qchain-TOOL ARGS... FILE fails properly
@@ -205,6 +207,19 @@ case_odd_dir() {
     expect_failure map "$d/data-past-end.qcow2"
 }
 tcase "bad images in a directory named with a space and a quote" case_odd_dir
+
+# a FIFO as the backing file: refused at once, not waited on (open
+# blocked until a writer came, forever)
+case_backing_fifo() {
+    local d=$TESTTMP/fifo
+    mkdir -p "$d" && cp "$BAD/backing-fifo.qcow2" "$d/" && mkfifo "$d/backing-fifo.fifo" || return 1
+    QC_TIMEOUT=10
+    qc map "$d/backing-fifo.qcow2"
+    expect_failure map "$d/backing-fifo.qcow2" || return 1
+    qc info --backing-chain "$d/backing-fifo.qcow2"
+    expect_failure info "$d/backing-fifo.qcow2"
+}
+tcase "backing file is a FIFO: refused without blocking" case_backing_fifo
 
 # found by fuzz_check: the active L1 table overlaps the header, its
 # entries there point past the end of the file; -r all must drop the other

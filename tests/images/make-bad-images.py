@@ -583,6 +583,27 @@ def _(p):
          "cluster")
 
 
+@image("l2-shared-l1", "data",
+       "the virtual size is 1 GiB and all 512 L1 entries name the one L2 "
+       "table at 0x4000: an L2 table named twice (QEMU never writes one), "
+       "which lets a small file describe unbounded mapping work; map refuses "
+       "it, check walks the table again quietly (tests/cli/bounds.sh)")
+def _(p):
+    plain(p)
+    poke(p, 24, "Q", 1 << 30, "size")
+    poke(p, 36, "I", 512, "l1_size")
+    poke_bytes(p, 0x3000, struct.pack(">Q", COPIED | 0x4000) * 512,
+               "L1[0..511], each COPIED | 0x4000")
+
+
+@image("backing-fifo", "chain",
+       "backing file name 'backing-fifo.fifo' (raw); bad_images.sh makes it "
+       "a FIFO nobody writes to in a copy of the directory: opening it must "
+       "not block (in bad/ it does not exist; no pokes)")
+def _(p):
+    with_backing(p, "backing-fifo.fifo", "raw")
+
+
 # ------------------------------------------------------------ README
 
 README_HEAD = """\
@@ -648,6 +669,17 @@ images name each other relatively: keep them together in `bad/`.
 """
 
 
+# Rows for committed images not made here (fuzzer finds).
+FOUND = [
+    "| `check-l1-over-header.qcow2` | check | found by fuzz/fuzz_check.c "
+    "(not made by make-bad-images.py; committed as found, 11776 bytes, "
+    "512-byte clusters): the active L1 table lies over the header, and "
+    "entries of it point past the end of the file; `qchain-check -r all` "
+    "must drop the references it may drop and leave the header alone | fuzz "
+    "artifact, see fuzz/corpus/fuzz_check/crash-l1-over-header |",
+]
+
+
 def make(outdir):
     os.makedirs(outdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="qchain-bad-")
@@ -665,7 +697,7 @@ def make(outdir):
             rows.append("| `%s.qcow2` | %s | %s | %s |" % (
                 name, kind, what.replace("|", "\\|"),
                 pokes.replace("|", "\\|")))
-        return README_HEAD + "\n".join(rows) + "\n"
+        return README_HEAD + "\n".join(rows + FOUND) + "\n"
     finally:
         shutil.rmtree(work)
 
