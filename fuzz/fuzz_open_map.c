@@ -26,7 +26,9 @@
  *   3. qcow2_pread reads the first 4 MiB in odd-sized pieces, and each
  *      extent of each piece must read as the map says: zeros, or the bytes
  *      of its layer's file at its host offset;
- *   4. each internal snapshot is selected and mapped and read again.
+ *   4. each internal snapshot is selected and mapped and read again;
+ *   5. (before 4) each layer alone (qcow2_layer_pread) and each snapshot's
+ *      VM state (qcow2_vmstate_*) is read and held against its own map.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -498,6 +500,104 @@ static bool verify_piece(struct run *r, const uint8_t *buf, uint8_t *host,
     return true;
 }
 
+/*
+ * 5. forensic reads.  read_fn reads `len` bytes at `pos` of a view, map_fn
+ * describes it; every piece must read as its extents say: zeros where they
+ * say zero or unallocated (a layer alone, a VM state: never the backing
+ * file), the layer's own bytes where they say data.
+ */
+typedef int64_t (*view_read_fn)(struct qcow2_image *img, unsigned idx,
+                                void *buf, size_t len, uint64_t off);
+typedef int (*view_map_fn)(struct qcow2_image *img, unsigned idx,
+                           uint64_t start, uint64_t len,
+                           struct qcow2_extent *e);
+
+static int64_t layer_read(struct qcow2_image *img, unsigned idx, void *buf,
+                          size_t len, uint64_t off)
+{
+    (void)idx;
+    return qcow2_layer_pread(img, buf, len, off);
+}
+
+static int layer_map(struct qcow2_image *img, unsigned idx, uint64_t start,
+                     uint64_t len, struct qcow2_extent *e)
+{
+    (void)idx;
+    return qcow2_map(img, start, len, 0, e);
+}
+
+static void read_view_alone(struct run *r, struct qcow2_image *img,
+                            unsigned idx, uint64_t size, view_read_fn rd,
+                            view_map_fn mp)
+{
+    uint64_t pos, span = size < (1u << 20) ? size : (1u << 20);
+    uint8_t *buf = malloc(READ_PIECE), *host = malloc(READ_PIECE);
+    struct qcow2_extent e;
+    size_t len;
+
+    if (!buf || !host)
+        goto out;
+    for (pos = 0; pos < span; pos += len) {
+        uint64_t p;
+        int64_t n;
+        len = span - pos < READ_PIECE ? (size_t)(span - pos) : READ_PIECE;
+        n = rd(img, idx, buf, len, pos);
+        if (n < 0) {
+            FUZZ_ASSERT(qcow2_errmsg(img)[0] != '\0');
+            goto out;
+        }
+        FUZZ_ASSERT((uint64_t)n == len);
+        for (p = pos; p < pos + len; p += e.length) {
+            if (r->extents >= MAX_EXTENTS ||
+                mp(img, idx, p, pos + len - p, &e) < 0)
+                goto out;
+            r->extents++;
+            FUZZ_ASSERT(e.start == p && e.length > 0 &&
+                        e.length <= pos + len - p);
+            FUZZ_ASSERT(e.depth == 0 && e.layer == img);
+            if (e.kind == QCOW2_KIND_UNALLOCATED ||
+                e.kind == QCOW2_KIND_ZERO) {
+                memset(host, 0, e.length);
+                FUZZ_ASSERT(memcmp(buf + (p - pos), host, e.length) == 0);
+            } else if (e.kind == QCOW2_KIND_DATA) {
+                n = qcow2_host_pread(e.layer, e.in_data_file, host, e.length,
+                                     e.offset);
+                if (n < 0)
+                    goto out;
+                FUZZ_ASSERT(memcmp(buf + (p - pos), host, e.length) == 0);
+            }
+        }
+    }
+    /* reads stop at the end of the view */
+    FUZZ_ASSERT(rd(img, idx, buf, 1, size) == 0);
+out:
+    free(buf);
+    free(host);
+}
+
+static void forensic_reads(struct run *r)
+{
+    struct qcow2_image *l;
+    struct qcow2_info info;
+    struct qcow2_vmstate vm;
+    unsigned i;
+
+    for (l = r->top; l; l = qcow2_backing(l))
+        read_view_alone(r, l, 0, qcow2_virtual_size(l), layer_read,
+                        layer_map);
+    FUZZ_ASSERT(qcow2_get_info(r->top, &info) == 0);
+    FUZZ_ASSERT(qcow2_vmstate_get(r->top, info.nb_snapshots, &vm) < 0);
+    for (i = 0; i < info.nb_snapshots && i < MAX_SNAPS; i++) {
+        if (qcow2_vmstate_get(r->top, i, &vm) < 0) {
+            FUZZ_ASSERT(qcow2_errmsg(r->top)[0] != '\0');
+            continue;
+        }
+        FUZZ_ASSERT(vm.offset + vm.size >= vm.offset); /* no overflow */
+        read_view_alone(r, r->top, i, vm.size, qcow2_vmstate_pread,
+                        qcow2_vmstate_map);
+    }
+}
+
 /* Read [0, span) in odd-sized pieces and check each against the map. */
 static void read_image(struct run *r, uint64_t span)
 {
@@ -602,6 +702,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     r.extents = 0;
     map_image(&r);                /* 2. */
     read_image(&r, READ_SPAN);    /* 3. */
+    forensic_reads(&r);           /* 5. (before 4 changes the view) */
     select_snapshots(&r);         /* 4. */
 
     qcow2_close(img);

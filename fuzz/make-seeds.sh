@@ -185,6 +185,11 @@ create -o cluster_size=4096,data_file=data2.raw,data_file_raw=on \
 io datafile-raw.qcow2 'write -P 0xc3 0 4k'
 seed datafile-raw datafile-raw.qcow2 data2.raw
 
+# internal snapshots carrying VM state, laid out by QEMU (the forensic
+# reads: qcow2_vmstate_*); tests/cli/vmstate_image.py builds and checks it
+python3 "$here/../tests/cli/vmstate_image.py" tiny . >/dev/null
+seed vmstate-tiny tiny.qcow2
+
 # --- fuzz_header: the first 4 KiB of each top image --------------------------
 for f in "$out_map"/seed-*; do
     head -c 4096 "$f" > "$out_hdr/$(basename "$f")"

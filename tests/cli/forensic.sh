@@ -152,7 +152,7 @@ done
 
 V=$TESTTMP/vmstate
 mkdir -p "$V"
-for sc in c64k c4k v2 extl2; do
+for sc in c64k c4k v2 extl2 tiny; do
     if ! $PY "$VMSTATE_IMAGE" "$sc" "$V" > "$V/$sc.list" 2> "$V/$sc.log"; then
         echo "not ok - vmstate image $sc"; diag_file "$V/$sc.log"; N_FAIL=$((N_FAIL + 1))
         FAILED_CASES+=("vmstate image $sc")
@@ -185,7 +185,7 @@ case_vm_snapshot_view() {
     cmp_export_snapshot "$1.qcow2" "$2"
 }
 
-for sc in c64k c4k v2 extl2; do
+for sc in c64k c4k v2 extl2 tiny; do
     while read -r snap size vmoff; do
         tcase "export --vmstate $snap $sc ($size bytes at $vmoff)" case_vmstate "$sc" "$snap" "$size"
         tcase "export -s $snap $sc (guest view)" case_vm_snapshot_view "$sc" "$snap"

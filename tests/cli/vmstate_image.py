@@ -75,6 +75,16 @@ SCENARIOS = {
             ("write -P 0x66", 0, 130 * K),
         ]),
     ]),
+    # 512-byte clusters, a 64 KiB disk: a KiB-sized image (the fuzz seed
+    # of fuzz_open_map's VM-state reads, fuzz/make-seeds.sh)
+    "tiny": ("cluster_size=512", 64 * K, [
+        ("t", 3 * K + 100, [
+            ("write -P 0x7e", 0, 1 * K),
+            ("write -c -P 0x7f", 1 * K, 512),
+            ("write -z", 2 * K, 512),
+            ("write -P 0x70", 3 * K, 100),
+        ]),
+    ]),
     # extended L2 entries: subclusters of 2 KiB, a partial cluster
     "extl2": ("extended_l2=on,cluster_size=65536", 4 * M, [
         ("x", 100 * K, [
