@@ -74,6 +74,7 @@ struct chk {
     bool recheck;
     bool rebuild;           /* the refcount structures must be rebuilt */
     uint64_t pre_refblocks; /* corruptions before the refcount blocks */
+    uint32_t snap_incomplete; /* v3 entries with < 16 bytes of extra data */
     int err;                /* first fatal error */
 };
 
@@ -648,6 +649,25 @@ static int count_all(struct chk *c)
     unsigned i;
     int rc;
 
+    /* version 3 wants the VM state and disk size in the extra data;
+     * -r all rewrites the table with them (rewrite_snapshots) */
+    c->snap_incomplete = 0;
+    for (i = 0; h->version >= 3 && i < img->n_snaps; i++) {
+        const struct qcow2_snapshot *s = &img->snaps[i].pub;
+        if (s->extra_data_size >= Q2_SNAP_EXTRA_DISK)
+            continue;
+        c->snap_incomplete++;
+        if (c->fix_all)
+            repaired(c, "snapshot-incomplete", s->entry_offset, "snapshot "
+                     "table entry %u is incomplete: %" PRIu32 " bytes of "
+                     "extra data (rewriting the table)", i,
+                     s->extra_data_size);
+        else
+            corrupt(c, "snapshot-incomplete", s->entry_offset, "snapshot "
+                    "table entry %u is incomplete: %" PRIu32 " bytes of "
+                    "extra data, version 3 wants 16 (repair with -r all)", i,
+                    s->extra_data_size);
+    }
     inc(c, 0, c->cs, "header");
     rc = walk_l1(c, h->l1_table_offset, h->l1_size, true);
     if (rc < 0)
@@ -830,6 +850,100 @@ static int load_reftable(struct chk *c)
     return 0;
 }
 
+/* -r all: the snapshot table rewritten with complete extra data, after
+ * the refcounts are repaired (QEMU's qcow2_check_fix_snapshot_table), so
+ * that the new table's clusters come from sound refcounts; the switch is
+ * q2_snap_table_switch's.  The entries are re-read from the new table. */
+static int rewrite_snapshots(struct chk *c)
+{
+    struct qcow2_image *img = c->img;
+    const struct qcow2_header *h = &img->hp.h;
+    uint64_t old_len = q2_snap_table_len(img->snaps, img->n_snaps,
+                                         h->snapshots_offset);
+    uint8_t *old = NULL, *neu = NULL;
+    size_t neu_len = 0;
+    struct q2_snapshot *parsed = NULL;
+    char err[256];
+    int64_t n;
+    int rc;
+
+    /* the loaded entries end within 64 MiB of the table's start */
+    old = malloc(old_len ? old_len : 1);
+    if (!old)
+        return -ENOMEM;
+    n = q2_pread_full(&img->io, old, old_len, h->snapshots_offset);
+    if (n >= 0 && (uint64_t)n < old_len)
+        n = -QCOW2_ECORRUPT;
+    if (n < 0) {
+        rc = q2_err(img, (int)n, "cannot read the snapshot table: %s",
+                    qcow2_strerror((int)n));
+        goto out;
+    }
+    rc = q2_snap_complete(old, old_len, img->n_snaps, img->virtual_size,
+                          &neu, &neu_len);
+    if (rc < 0) {
+        q2_err(img, rc, "cannot rewrite the snapshot table: %s",
+               qcow2_strerror(rc));
+        goto out;
+    }
+    rc = q2_snap_table_switch(img, neu, neu_len, img->n_snaps, old_len);
+    if (rc < 0)
+        goto out;
+    rc = q2_snap_parse(neu, neu_len, h->snapshots_offset, img->n_snaps,
+                       h->version, h->size, &parsed, err, sizeof(err));
+    if (rc < 0) {
+        q2_err(img, rc, "%s", err);
+        goto out;
+    }
+    q2_snap_free(img->snaps, img->n_snaps);
+    img->snaps = parsed;
+    repaired(c, "snapshot-table", h->snapshots_offset, "snapshot table "
+             "rewritten with complete extra data at 0x%" PRIx64,
+             h->snapshots_offset);
+    c->r->corruptions_fixed += c->snap_incomplete;
+out:
+    free(old);
+    free(neu);
+    return rc;
+}
+
+/* Snapshots past QEMU's limits (65536 entries, a 64 MiB table) that a
+ * check-mode open left unloaded: without -r all the check cannot be done
+ * (qemu-img check exits 1); -r all drops them by writing the number of
+ * loaded entries into the header, as QEMU does; the table's tail and what
+ * only the dropped entries referenced then leak, and the same check
+ * repairs the leaks. */
+static int drop_overhang(struct chk *c)
+{
+    struct qcow2_image *img = c->img;
+    uint32_t over = img->snap_overhang;
+    uint8_t b[4];
+    int rc;
+
+    if (!over)
+        return 0;
+    if (!c->fix_all) {
+        check_error(c, "snapshot-table", 60, "the snapshot table is too "
+                    "large (%s): %" PRIu32 " overhanging snapshots; remove "
+                    "them with -r all", img->snap_too_big ? "over 64 MiB"
+                    : "over 65536 entries", over);
+        return q2_err(img, -EFBIG, "the snapshot table is too large (%s): "
+                      "%" PRIu32 " overhanging snapshots can be removed with "
+                      "-r all", img->snap_too_big ? "over 64 MiB"
+                      : "over 65536 entries", over);
+    }
+    q2_store_be32(b, img->n_snaps);
+    if ((rc = q2_header_write(img, 60, b, sizeof(b))) < 0)
+        return rc;
+    img->hp.h.nb_snapshots = img->n_snaps;
+    img->snap_overhang = 0;
+    img->snap_too_big = false;
+    c->r->corruptions_fixed += over;
+    repaired(c, "snapshot-table", 60, "%" PRIu32 " overhanging snapshots "
+             "dropped (the table keeps %u)", over, img->n_snaps);
+    return 0;
+}
+
 /* One check (with the repairs of c->fix_*); fills c->r. */
 static int run(struct chk *c)
 {
@@ -929,6 +1043,9 @@ static int run(struct chk *c)
         if ((rc = img->io.flush(img->io.ctx)) < 0)
             return rc;
     }
+    if (c->fix_all && c->snap_incomplete &&
+        (rc = rewrite_snapshots(c)) < 0)
+        return rc;
     c->r->image_end_offset = (highest + 1) * c->cs;
     return 0;
 }
@@ -991,6 +1108,9 @@ int qcow2_check(struct qcow2_image *img, const struct qcow2_check_opts *opts,
         rc = -ENOMEM;
         goto out;
     }
+    rc = drop_overhang(&c);
+    if (rc < 0)
+        goto out;
     rc = run(&c);
     if (rc < 0)
         goto out;

@@ -192,6 +192,13 @@ static int check_bitmaps_ext(const struct q2_hdr_parsed *p, uint64_t cs,
 int q2_hdr_parse(const uint8_t *buf, size_t len, uint64_t file_size,
                  struct q2_hdr_parsed *out, char *err, size_t errlen)
 {
+    return q2_hdr_parse_ex(buf, len, file_size, false, out, err, errlen);
+}
+
+int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
+                    bool any_snapshot_count, struct q2_hdr_parsed *out,
+                    char *err, size_t errlen)
+{
     struct q2_hdr_parsed p;
     struct qcow2_header *h = &p.h;
     uint64_t cs, ext_end, bytes_per_l2, need, unknown;
@@ -416,7 +423,7 @@ int q2_hdr_parse(const uint8_t *buf, size_t len, uint64_t file_size,
     }
 
     /* Snapshot table position (entries are parsed by snapshot.c) */
-    if (h->nb_snapshots > Q2_MAX_SNAPSHOTS) {
+    if (h->nb_snapshots > Q2_MAX_SNAPSHOTS && !any_snapshot_count) {
         rc = CORRUPT("too many snapshots: %" PRIu32 " (at offset 0x3c)",
                      h->nb_snapshots);
         goto fail;

@@ -137,20 +137,29 @@ static int read_exact(struct qcow2_image *img, void *buf, size_t len,
     return 0;
 }
 
+/* The snapshot table.  A check-mode open (QCOW2_OPEN_CHECK) loads what
+ * QEMU's check-mode open loads: the first 65536 entries, and of those the
+ * ones that end within 64 MiB of the table's start; the rest is counted in
+ * snap_overhang for qcow2_check to report or drop.  Other opens refuse
+ * such a table. */
 static int load_snapshots(struct qcow2_image *img)
 {
     const struct qcow2_header *h = &img->hp.h;
     uint64_t off = h->snapshots_offset, end = (uint64_t)img->file_size;
-    uint64_t pos = 0;
+    uint64_t pos = 0, prev;
     uint8_t fixed[Q2_SNAP_FIXED_LEN], *buf;
+    bool lenient = (img->opts.flags & QCOW2_OPEN_CHECK) != 0;
+    uint32_t i, count = h->nb_snapshots;
     char err[256];
-    uint32_t i;
     int rc;
 
-    if (h->nb_snapshots == 0)
+    if (count == 0)
         return 0;
+    if (count > Q2_MAX_SNAPSHOTS) /* only a lenient header parse lets it */
+        count = Q2_MAX_SNAPSHOTS;
     /* first pass: the table's length, from the fixed parts */
-    for (i = 0; i < h->nb_snapshots; i++) {
+    for (i = 0; i < count; i++) {
+        prev = pos;
         pos = (pos + 7) & ~7ull;
         if (pos + Q2_SNAP_FIXED_LEN > end - off)
             return q2_err(img, -QCOW2_ECORRUPT, "snapshot table entry %"
@@ -167,25 +176,33 @@ static int load_snapshots(struct qcow2_image *img)
                           "data of %" PRIu32 " bytes is too large (at offset "
                           "0x%" PRIx64 ")", i, q2_load_be32(fixed + 36),
                           off + pos);
-        if (pos > Q2_MAX_SNAPSHOTS_BYTES)
-            return q2_err(img, -QCOW2_ECORRUPT, "snapshot table is larger "
-                          "than 64 MiB (at offset 0x%" PRIx64 ")", off);
+        if (pos > Q2_MAX_SNAPSHOTS_BYTES) {
+            if (!lenient)
+                return q2_err(img, -QCOW2_ECORRUPT, "snapshot table is "
+                              "larger than 64 MiB (at offset 0x%" PRIx64 ")",
+                              off);
+            img->snap_too_big = true;
+            count = i;
+            pos = prev;
+            break;
+        }
         if (pos > end - off)
             return q2_err(img, -QCOW2_ECORRUPT, "snapshot table entry %"
                           PRIu32 " lies past the end of the file (at offset "
                           "0x%" PRIx64 ")", i, off);
     }
-    buf = malloc(pos);
+    img->snap_overhang = h->nb_snapshots - count;
+    buf = malloc(pos ? pos : 1);
     if (!buf)
         return -ENOMEM;
     rc = read_exact(img, buf, pos, off, "snapshot table");
     if (rc == 0) {
-        rc = q2_snap_parse(buf, pos, off, h->nb_snapshots, h->version,
-                           h->size, &img->snaps, err, sizeof(err));
+        rc = q2_snap_parse(buf, pos, off, count, h->version, h->size,
+                           &img->snaps, err, sizeof(err));
         if (rc < 0)
             q2_err(img, rc, "%s", err);
         else
-            img->n_snaps = h->nb_snapshots;
+            img->n_snaps = count;
     }
     free(buf);
     return rc;
@@ -250,8 +267,10 @@ static int open_qcow2(struct qcow2_image *img)
     rc = read_exact(img, img->hdr_buf, want, 0, "header");
     if (rc < 0)
         return rc;
-    rc = q2_hdr_parse(img->hdr_buf, img->hdr_len, (uint64_t)img->file_size, p,
-                      err, sizeof(err));
+    rc = q2_hdr_parse_ex(img->hdr_buf, img->hdr_len,
+                         (uint64_t)img->file_size,
+                         (img->opts.flags & QCOW2_OPEN_CHECK) != 0, p, err,
+                         sizeof(err));
     if (rc < 0)
         return q2_err(img, rc, "%s", err);
 

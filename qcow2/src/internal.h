@@ -84,6 +84,13 @@ struct q2_hdr_parsed {
 Q2_HIDDEN int q2_hdr_parse(const uint8_t *buf, size_t len, uint64_t file_size,
                            struct q2_hdr_parsed *out, char *err,
                            size_t errlen);
+/* The same; with any_snapshot_count, more than QEMU's 65536 snapshots are
+ * accepted (a check reads the first 65536 and reports the rest, as QEMU's
+ * check-mode open does; the table's offset is validated all the same). */
+Q2_HIDDEN int q2_hdr_parse_ex(const uint8_t *buf, size_t len,
+                              uint64_t file_size, bool any_snapshot_count,
+                              struct q2_hdr_parsed *out, char *err,
+                              size_t errlen);
 
 /* Name of an incompatible feature bit from a feature name table. */
 Q2_HIDDEN void q2_hdr_feature_name(const struct q2_hdr_parsed *p, unsigned type,
@@ -176,6 +183,11 @@ Q2_HIDDEN int q2_snap_parse(const uint8_t *buf, size_t len, uint64_t table_off,
                             char *err, size_t errlen);
 Q2_HIDDEN void q2_snap_free(struct q2_snapshot *s, unsigned n);
 /* Bytes from the table's offset to the end of its last entry (0: none). */
+/* in[0..len), n parsed entries, rewritten with complete extra data (at
+ * least 24 bytes, QEMU's check repair); *out malloc'd. */
+Q2_HIDDEN int q2_snap_complete(const uint8_t *in, size_t len, uint32_t n,
+                               uint64_t image_size, uint8_t **out,
+                               size_t *out_len);
 Q2_HIDDEN uint64_t q2_snap_table_len(const struct q2_snapshot *s, unsigned n,
                                      uint64_t table_off);
 
@@ -234,6 +246,11 @@ struct qcow2_image {
     char *data_file_name;
     struct q2_snapshot *snaps;
     unsigned n_snaps;
+    /* check-mode opens (QCOW2_OPEN_CHECK): entries of the table on disk
+     * past the ones loaded (beyond 65536, or past 64 MiB), which a check
+     * reports and -r all drops; snap_too_big: the 64 MiB limit did it */
+    uint32_t snap_overhang;
+    bool snap_too_big;
     struct q2_bitmap *bitmaps;
     unsigned n_bitmaps;
     struct q2_cache cache;     /* L1 pages, L2 tables, refcount pages */
@@ -302,6 +319,14 @@ Q2_HIDDEN int q2_rc_apply_pending(struct qcow2_image *img);
 /* Write every dirty page in crash-safe order (refcount blocks, table,
  * fsync, L2 tables, fsync, L1, fsync) and apply deferred frees. */
 Q2_HIDDEN int q2_flush(struct qcow2_image *img);
+/* A synced write of len header bytes at off. */
+Q2_HIDDEN int q2_header_write(struct qcow2_image *img, uint64_t off,
+                              const void *buf, size_t len);
+/* Replace the snapshot table (old_len bytes at snapshots_offset) with
+ * buf[0..len) holding count entries, crash-safely (write.c). */
+Q2_HIDDEN int q2_snap_table_switch(struct qcow2_image *img,
+                                   const uint8_t *buf, uint64_t len,
+                                   uint32_t count, uint64_t old_len);
 /* Make a freshly opened image writable (checks, autoclear bits). */
 Q2_HIDDEN int q2_write_prepare(struct qcow2_image *img);
 /* Grow to size bytes (any size: the header keeps it exactly, the guest

@@ -173,3 +173,72 @@ uint64_t q2_snap_table_len(const struct q2_snapshot *s, unsigned n,
     return last->entry_offset + Q2_SNAP_FIXED_LEN + last->extra_data_size +
            strlen(last->id) + strlen(last->name) - table_off;
 }
+
+/*
+ * The table rewritten with complete extra data (what QEMU writes when its
+ * check repairs version 3 entries with less than 16 bytes of it): every
+ * entry gets max(24, extra_data_size) bytes of extra data: the 64-bit VM
+ * state size (from the old extra data, else from the 32-bit field), the
+ * disk size (else image_size), the icount (else -1), then the old bytes
+ * past 24 unchanged.  The 32-bit VM state size becomes the 64-bit one
+ * where that fits, 0 otherwise; ids, names and every other field are
+ * copied byte for byte.  in[0..len) holds the n entries (as parsed by
+ * q2_snap_parse, so each lies inside it).
+ */
+int q2_snap_complete(const uint8_t *in, size_t len, uint32_t n,
+                     uint64_t image_size, uint8_t **out, size_t *out_len)
+{
+    size_t off = 0, o = 0, cap;
+    uint8_t *b;
+    uint32_t i;
+
+    /* each entry grows by at most 24 bytes of extra data and 7 of padding */
+    if (n > (SIZE_MAX - len) / 32)
+        return -EFBIG;
+    cap = len + (size_t)n * 32;
+    b = calloc(1, cap ? cap : 1);
+    if (!b)
+        return -ENOMEM;
+    for (i = 0; i < n; i++) {
+        const uint8_t *e;
+        uint32_t extra, nextra;
+        size_t names;
+        uint64_t vms;
+
+        off = (off + 7) & ~(size_t)7;
+        o = (o + 7) & ~(size_t)7;
+        if (off > len || len - off < Q2_SNAP_FIXED_LEN)
+            goto corrupt;
+        e = in + off;
+        extra = q2_load_be32(e + 36);
+        names = (size_t)q2_load_be16(e + 12) + q2_load_be16(e + 14);
+        if (len - off - Q2_SNAP_FIXED_LEN < (uint64_t)extra + names)
+            goto corrupt;
+        nextra = extra > Q2_SNAP_EXTRA_ICOUNT ? extra : Q2_SNAP_EXTRA_ICOUNT;
+        if (cap - o < Q2_SNAP_FIXED_LEN + (uint64_t)nextra + names)
+            goto corrupt; /* cannot happen: cap counts the growth */
+        memcpy(b + o, e, Q2_SNAP_FIXED_LEN);
+        vms = extra >= Q2_SNAP_EXTRA_VMSTATE
+                  ? q2_load_be64(e + Q2_SNAP_FIXED_LEN)
+                  : q2_load_be32(e + 32);
+        q2_store_be32(b + o + 32, vms <= UINT32_MAX ? (uint32_t)vms : 0);
+        q2_store_be32(b + o + 36, nextra);
+        q2_store_be64(b + o + 40, vms);
+        q2_store_be64(b + o + 48, extra >= Q2_SNAP_EXTRA_DISK
+                                      ? q2_load_be64(e + 48) : image_size);
+        q2_store_be64(b + o + 56, extra >= Q2_SNAP_EXTRA_ICOUNT
+                                      ? q2_load_be64(e + 56) : UINT64_MAX);
+        if (extra > Q2_SNAP_EXTRA_ICOUNT)
+            memcpy(b + o + 64, e + 64, extra - Q2_SNAP_EXTRA_ICOUNT);
+        memcpy(b + o + Q2_SNAP_FIXED_LEN + nextra,
+               e + Q2_SNAP_FIXED_LEN + extra, names);
+        off += Q2_SNAP_FIXED_LEN + extra + names;
+        o += Q2_SNAP_FIXED_LEN + nextra + names;
+    }
+    *out = b;
+    *out_len = o;
+    return 0;
+corrupt:
+    free(b);
+    return -QCOW2_ECORRUPT;
+}

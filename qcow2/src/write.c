@@ -883,6 +883,62 @@ static int grow_l1(struct qcow2_image *img, uint64_t entries)
     return rc;
 }
 
+int q2_header_write(struct qcow2_image *img, uint64_t off, const void *buf,
+                    size_t len)
+{
+    return write_header(img, off, buf, len);
+}
+
+/* The crash-safe switch of the snapshot table, in QEMU's order
+ * (qcow2_write_snapshots): the new clusters' refcounts durable, the new
+ * table written and flushed, nb_snapshots and snapshots_offset switched
+ * with one synced write, then the old table's clusters released (after the
+ * next barrier).  A crash leaves the old table in use and at worst the new
+ * clusters leaked. */
+int q2_snap_table_switch(struct qcow2_image *img, const uint8_t *buf,
+                         uint64_t len, uint32_t count, uint64_t old_len)
+{
+    uint64_t cs = img->cluster_size, neu = 0, old = img->hp.h.snapshots_offset;
+    uint64_t clusters = (len + cs - 1) / cs, k;
+    uint8_t hdr[12], *page;
+    int64_t n;
+    int rc;
+
+    if ((rc = q2_flush(img)) < 0)
+        return rc;
+    if (clusters && (rc = q2_rc_alloc(img, clusters, &neu)) < 0)
+        return rc;
+    if ((rc = q2_flush(img)) < 0) /* the new refcounts first */
+        return rc;
+    if (clusters) {
+        /* whole clusters: the tail of the last one zeroed */
+        page = calloc(1, clusters * cs);
+        if (!page)
+            return -ENOMEM;
+        memcpy(page, buf, len);
+        n = img->io.pwrite(img->io.ctx, page, clusters * cs, neu);
+        free(page);
+        if (n < 0)
+            return fail(img, (int)n, "cannot write the snapshot table");
+        if ((rc = img->io.flush(img->io.ctx)) < 0)
+            return fail(img, rc, "cannot flush the image");
+    }
+    q2_store_be32(hdr, count);
+    q2_store_be64(hdr + 4, neu);
+    if ((rc = write_header(img, 60, hdr, sizeof(hdr))) < 0)
+        return rc;
+    for (k = 0; k * cs < old_len; k++)
+        q2_cache_drop(&img->cache, (old & ~(cs - 1)) + k * cs);
+    img->hp.h.nb_snapshots = count;
+    img->hp.h.snapshots_offset = neu;
+    if (old_len && (rc = q2_rc_free_later(img, old, old_len)) < 0)
+        return rc;
+    /* twice: the second writes the decrements the first released */
+    if ((rc = q2_flush(img)) < 0)
+        return rc;
+    return q2_flush(img);
+}
+
 int q2_resize(struct qcow2_image *img, uint64_t size)
 {
     uint64_t old, need, bytes_per_l2, back, vs = size & ~511ull;

@@ -171,12 +171,83 @@ tcase "damage L1 entry past the end of the file" damage_case l1-past-eof "262144
 tcase "damage bad COPIED flags" damage_case copied "" \
     'poke img.qcow2 l2 2 "v & ~(1 << 63)"'
 # the snapshot table: a snapshot's L1 table moved off its cluster
-# boundary (qemu-img reports it and cannot repair it); the snapshot's own
-# L1 table (cluster 15) is then referenced by nothing
+# boundary; the snapshot's own L1 table (cluster 15) is then referenced by
+# nothing.  Neither tool repairs it: qemu-img check -r all and ours fix the
+# leak but leave the misplaced L1 offset, so both still report a corruption
+# (EXPECT_UNFIXABLE lets -r all end unclean for this case only)
 EXPECT_UNFIXABLE=snapshot
 tcase "damage broken snapshot table" damage_case snapshot "983040:65536" \
     'qimg snapshot -c s1 img.qcow2 &&
      off=$("$QEMU_IMG" info --output=json img.qcow2 >/dev/null; $PY -c "
 import struct; h=open(\"img.qcow2\",\"rb\").read(72); print(struct.unpack(\">Q\", h[64:72])[0])") &&
      hpoke img.qcow2 "$off" Q "v + 512"'
+# ------------------------------------------------------------ snapshot tables
+
+# Broken snapshot tables QEMU's check opens and -r all repairs (iotest 261;
+# snaptable.py makes them).  Both tools read-only and with -r leaks / -r all
+# (each on its own copy): the same exit code and, where qemu-img prints
+# them, the same counters; after our -r all qemu-img check finds the image
+# clean, the header keeps as many snapshots as qemu-img's repair kept, and
+# the guest view and the views of the snapshots made before the damage are
+# unchanged (taken from the undamaged image: qemu-img cannot open some of
+# the damaged ones).
+mk_snap_base() {
+    qimg create -q -f qcow2 -o cluster_size=64k base.qcow2 64M &&
+        qio -f qcow2 -c "write -P 0x11 0 512k" base.qcow2 &&
+        qimg snapshot -c s1 base.qcow2 &&
+        qio -f qcow2 -c "write -P 0x22 64k 128k" base.qcow2 &&
+        qimg snapshot -c s2 base.qcow2 &&
+        qio -f qcow2 -c "write -P 0x33 1M 64k" base.qcow2
+}
+
+nb_snapshots() {
+    $PY -c 'import struct,sys; print(struct.unpack(">I", open(sys.argv[1],"rb").read(64)[60:64])[0])' "$1"
+}
+
+snap_case() {
+    local mode=$1 m qrc arc s
+    shift
+    cd "$(casedir "snap-$mode")" || return 1
+    mk_snap_base || return 1
+    cp base.qcow2 img.qcow2
+    $PY "$CLI_DIR/snaptable.py" "$mode" img.qcow2 "$@" || { diag "snaptable.py failed"; return 1; }
+    qimg convert -O raw base.qcow2 guest.before || return 1
+    for s in s1 s2; do qimg convert -l "$s" -O raw base.qcow2 "$s.before" || return 1; done
+    cmp_check img.qcow2 || return 1
+    for m in leaks all; do
+        cp img.qcow2 q.qcow2
+        cp img.qcow2 c.qcow2
+        "$QEMU_IMG" check -r $m --output=json q.qcow2 > rep.ref 2> rep.ref.err
+        qrc=$?
+        qc check -r $m --output=json c.qcow2
+        expect_clean || return 1
+        if [ "$QC_RC" -ne "$qrc" ]; then
+            diag "-r $m: qemu-img exit $qrc, qchain-check $QC_RC"; diag_file rep.ref.err; diag_file "$QC_ERR"; return 1
+        fi
+        if [ -s rep.ref ]; then
+            sed -i 's/"q.qcow2"/"c.qcow2"/' rep.ref
+            cp "$QC_OUT" rep.out
+            $PY "$CLI_DIR/check_compare.py" rep.ref rep.out > rep.diff 2>&1 ||
+                { diag "-r $m disagrees with qemu-img:"; diag_file rep.diff; return 1; }
+        elif [ -s "$QC_OUT" ]; then
+            diag "-r $m: qemu-img printed no result, qchain-check did:"; diag_file "$QC_OUT"; return 1
+        fi
+    done
+    # after -r all (the last round)
+    "$QEMU_IMG" check c.qcow2 > after.txt 2>&1
+    arc=$?
+    [ "$arc" -eq 0 ] || { diag "after -r all qemu-img check exits $arc:"; diag_file after.txt; return 1; }
+    expect_eq "snapshots kept (qemu-img's repair, ours)" "$(nb_snapshots q.qcow2)" "$(nb_snapshots c.qcow2)" || return 1
+    qimg convert -O raw c.qcow2 guest.after || return 1
+    expect_same_bytes guest.before guest.after || { diag "-r all changed the guest view"; return 1; }
+    for s in s1 s2; do
+        qimg convert -l "$s" -O raw c.qcow2 "$s.after" || return 1
+        expect_same_bytes "$s.before" "$s.after" || { diag "-r all changed snapshot $s"; return 1; }
+    done
+    qc check c.qcow2
+    expect_rc 0
+}
+tcase "snapshot table: version 3 entries with incomplete extra data" snap_case incomplete
+tcase "snapshot table: more than 65536 snapshots" snap_case too-many 65540
+tcase "snapshot table: larger than 64 MiB" snap_case too-big
 finish
