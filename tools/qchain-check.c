@@ -264,10 +264,11 @@ int main(int argc, char **argv)
         cli_error("out of memory");
         return EXIT_CHECK_ERRORS;
     }
-    /* the check reads this image only: its backing files are not needed */
+    /* the check reads this image only, but opens its backing chain as
+     * qemu-img check does: a missing or unusable backing file fails the
+     * check (exit 1) like qemu-img's "Could not open backing file" */
     cli_open_opts(&common, &opts,
-                  QCOW2_OPEN_NO_BACKING |
-                      (fix ? QCOW2_OPEN_RDWR | QCOW2_OPEN_CHECK : 0));
+                  fix ? QCOW2_OPEN_RDWR | QCOW2_OPEN_CHECK : 0);
     rc = qcow2_open(img, file, &opts);
     if (rc < 0) {
         cli_error_file(file, "%s", qcow2_errmsg(img));

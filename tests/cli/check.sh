@@ -250,4 +250,23 @@ snap_case() {
 tcase "snapshot table: version 3 entries with incomplete extra data" snap_case incomplete
 tcase "snapshot table: more than 65536 snapshots" snap_case too-many 65540
 tcase "snapshot table: larger than 64 MiB" snap_case too-big
+# A missing backing file: qemu-img check cannot open the overlay (exit 1,
+# "Could not open backing file"), with and without -r; nor can we; with the
+# backing file back, both find the overlay clean.
+case_missing_backing() {
+    local m
+    cd "$(casedir missing-backing)" || return 1
+    qimg create -q -f qcow2 b.qcow2 1M &&
+        qimg create -q -f qcow2 -b b.qcow2 -F qcow2 o.qcow2 || return 1
+    cmp_check o.qcow2 || return 1
+    expect_rc 0 || return 1
+    mv b.qcow2 gone.qcow2
+    for m in "" "-r leaks" "-r all"; do
+        # shellcheck disable=SC2086
+        cmp_check o.qcow2 $m || return 1
+        expect_rc 1 || return 1
+        expect_stderr_match "b.qcow2" || return 1
+    done
+}
+tcase "check: missing backing file fails as in qemu-img" case_missing_backing
 finish
