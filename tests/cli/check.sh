@@ -269,4 +269,81 @@ case_missing_backing() {
     done
 }
 tcase "check: missing backing file fails as in qemu-img" case_missing_backing
+# ------------------------------------------------------------ locks
+
+# A stopped qemu-io holding the image (read-write, or read-only with -r),
+# as in locking.sh; HOLDER its pid, released by kill -CONT.
+HOLDER=""
+release() {
+    if [ -n "$HOLDER" ]; then
+        kill -CONT "$HOLDER" 2>/dev/null
+        wait "$HOLDER" 2>/dev/null
+        HOLDER=""
+    fi
+}
+hold() {
+    local ro="" i st
+    if [ "$1" = -r ]; then ro=-r; shift; fi
+    if [ -n "$ro" ]; then
+        "$QEMU_IO" -r -c "sigraise $(kill -l STOP)" -c 'read 0 512' "$1" > holder.log 2>&1 &
+    else
+        "$QEMU_IO" -c "sigraise $(kill -l STOP)" -c 'write -P 0x33 0 512' "$1" > holder.log 2>&1 &
+    fi
+    HOLDER=$!
+    trap release EXIT
+    for i in $(seq 1 200); do
+        st=$(ps -o stat= -p "$HOLDER" 2>/dev/null)
+        case $st in
+        T*) return 0 ;;
+        "") diag "qemu-io exited before stopping"; diag_file holder.log; HOLDER=""; return 1 ;;
+        esac
+        sleep 0.05
+    done
+    diag "qemu-io did not stop"; return 1
+}
+
+# check takes only read locks (none with -U): a writer blocks it, -U
+# reads past the writer; a read-only holder lets a check run but not a
+# repair (-r leaks needs the write lock); with nobody holding, -r leaks
+# runs and its fcntl calls take QEMU's writer bytes 100, 101, 103.
+case_locks() {
+    cd "$(casedir locks)" || return 1
+    mk_base || return 1
+    hold base.qcow2 || return 1
+    qc check base.qcow2
+    expect_rc 1 || return 1
+    expect_stderr_match "in use|lock" || return 1
+    qc check -U base.qcow2
+    expect_rc 0 || return 1
+    qc check -r leaks base.qcow2
+    expect_rc 1 || return 1
+    release
+    hold -r base.qcow2 || return 1
+    qc check base.qcow2
+    expect_rc 0 || return 1
+    qc check -r leaks base.qcow2
+    expect_rc 1 || return 1
+    expect_stderr_match "in use|lock" || return 1
+    release
+    if command -v strace > /dev/null; then
+        strace -f -e trace=fcntl -o trace.rw "$QCHAIN_BIN/qchain-check" -r all base.qcow2 > /dev/null 2>&1 ||
+            { diag "qchain-check -r all failed"; return 1; }
+        strace -f -e trace=fcntl -o trace.ro "$QCHAIN_BIN/qchain-check" base.qcow2 > /dev/null 2>&1 ||
+            { diag "qchain-check failed"; return 1; }
+        strace -f -e trace=fcntl -o trace.u "$QCHAIN_BIN/qchain-check" -U base.qcow2 > /dev/null 2>&1 ||
+            { diag "qchain-check -U failed"; return 1; }
+        local b got
+        for b in 100 101 103 201 203; do
+            grep -qE "F_OFD_SETLK.*F_RDLCK.*l_start=$b," trace.rw ||
+                { diag "-r all took no lock on byte $b:"; diag_file trace.rw 20; return 1; }
+        done
+        got=$(grep -E "F_OFD_SETLK.*F_RDLCK" trace.ro | grep -oE "l_start=[0-9]+" | sort -u | tr '\n' ' ')
+        expect_eq "bytes a plain check locks" "l_start=100 l_start=201 l_start=203 " "$got" || return 1
+        if grep -qE "F_OFD_SETLK.*F_RDLCK" trace.u; then
+            diag "check -U took locks:"; diag_file trace.u 10; return 1
+        fi
+    fi
+    return 0
+}
+tcase "check: read locks only (none with -U), -r takes the write lock" case_locks
 finish
