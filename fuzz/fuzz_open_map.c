@@ -472,12 +472,34 @@ static void map_image(struct run *r)
 /* Check the extents of [pos, pos + len) against buf, which qcow2_pread
  * filled with those bytes: zero extents read as zeros, data extents as the
  * bytes of their layer's file.  False when the walk cannot go on. */
+/* Do the bytes read for extent e (got) hold what it maps: zeros, or its
+ * layer's file at its host offset (compressed data is not compared)?
+ * host: scratch of e->length bytes.  False when the host read fails. */
+static bool content_as_mapped(const struct qcow2_extent *e, bool zeros,
+                              const uint8_t *got, uint8_t *host)
+{
+    int64_t n;
+
+    if (zeros) {
+        memset(host, 0, e->length);
+    } else if (e->kind == QCOW2_KIND_DATA) {
+        n = qcow2_host_pread(e->layer, e->in_data_file, host, e->length,
+                             e->offset);
+        if (n < 0)
+            return false;
+        FUZZ_ASSERT((uint64_t)n == e->length);
+    } else {
+        return true;
+    }
+    FUZZ_ASSERT(memcmp(got, host, e->length) == 0);
+    return true;
+}
+
 static bool verify_piece(struct run *r, const uint8_t *buf, uint8_t *host,
                          uint64_t pos, size_t len)
 {
     uint64_t p, end = pos + len;
     struct qcow2_extent e;
-    int64_t n;
 
     for (p = pos; p < end; p += e.length) {
         if (r->extents >= MAX_EXTENTS ||
@@ -485,17 +507,10 @@ static bool verify_piece(struct run *r, const uint8_t *buf, uint8_t *host,
             return false;
         check_extent(r, &e, pos, p, end, QCOW2_MAP_CHAIN);
         r->extents++;
-        if ((e.flags & QCOW2_EXTENT_ZERO) || !(e.flags & QCOW2_EXTENT_DATA)) {
-            memset(host, 0, e.length);
-            FUZZ_ASSERT(memcmp(buf + (p - pos), host, e.length) == 0);
-        } else if (e.kind == QCOW2_KIND_DATA) {
-            n = qcow2_host_pread(e.layer, e.in_data_file, host, e.length,
-                                 e.offset);
-            if (n < 0)
-                return false;
-            FUZZ_ASSERT((uint64_t)n == e.length);
-            FUZZ_ASSERT(memcmp(buf + (p - pos), host, e.length) == 0);
-        }
+        if (!content_as_mapped(&e, (e.flags & QCOW2_EXTENT_ZERO) ||
+                                       !(e.flags & QCOW2_EXTENT_DATA),
+                               buf + (p - pos), host))
+            return false;
     }
     return true;
 }
@@ -555,17 +570,10 @@ static void read_view_alone(struct run *r, struct qcow2_image *img,
             FUZZ_ASSERT(e.start == p && e.length > 0 &&
                         e.length <= pos + len - p);
             FUZZ_ASSERT(e.depth == 0 && e.layer == img);
-            if (e.kind == QCOW2_KIND_UNALLOCATED ||
-                e.kind == QCOW2_KIND_ZERO) {
-                memset(host, 0, e.length);
-                FUZZ_ASSERT(memcmp(buf + (p - pos), host, e.length) == 0);
-            } else if (e.kind == QCOW2_KIND_DATA) {
-                n = qcow2_host_pread(e.layer, e.in_data_file, host, e.length,
-                                     e.offset);
-                if (n < 0)
-                    goto out;
-                FUZZ_ASSERT(memcmp(buf + (p - pos), host, e.length) == 0);
-            }
+            if (!content_as_mapped(&e, e.kind == QCOW2_KIND_UNALLOCATED ||
+                                           e.kind == QCOW2_KIND_ZERO,
+                                   buf + (p - pos), host))
+                goto out;
         }
     }
     /* reads stop at the end of the view */
