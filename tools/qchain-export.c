@@ -162,6 +162,7 @@ int main(int argc, char **argv)
     const char *snapshot = NULL, *vmstate = NULL, *file, *outfile;
     uint64_t pos = 0, written = 0, layer = 0;
     uint8_t *buf = NULL;
+    void *mem = NULL;
     char err[512];
     int opt, rc, status = QCHAIN_EXIT_FAILURE;
     bool created = false;
@@ -204,7 +205,9 @@ int main(int argc, char **argv)
     }
 
     img = qcow2_new();
-    buf = malloc(CHUNK);
+    /* page-aligned: the kernel copies faster into aligned buffers */
+    if (posix_memalign(&mem, 4096, CHUNK) == 0)
+        buf = mem;
     if (!img || !buf) {
         cli_error("out of memory");
         goto out;

@@ -35,7 +35,7 @@ int q2_cache_init(struct q2_cache *c, size_t page, size_t budget)
     if (n < Q2_MIN_CACHE_SLOTS)
         n = Q2_MIN_CACHE_SLOTS;
     c->slots = calloc(n, sizeof(*c->slots));
-    c->mem = malloc(n * page);
+    c->mem = q2_buf_alloc(n * page);
     if (!c->slots || !c->mem) {
         q2_cache_free(c);
         return -ENOMEM;
@@ -52,6 +52,13 @@ void q2_cache_free(struct q2_cache *c)
     c->slots = NULL;
     c->mem = NULL;
     c->nslots = 0;
+}
+
+void *q2_buf_alloc(size_t len)
+{
+    void *p;
+
+    return posix_memalign(&p, 4096, len ? len : 1) == 0 ? p : NULL;
 }
 
 int64_t q2_pread_full(const struct qcow2_io *io, void *buf, size_t len,

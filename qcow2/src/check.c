@@ -1102,8 +1102,8 @@ int qcow2_check(struct qcow2_image *img, const struct qcow2_check_opts *opts,
                       : (uint32_t)((1u << (1u << img->hp.h.refcount_order)) - 1);
     c.fix_leaks = (flags & QCOW2_CHECK_FIX_LEAKS) != 0;
     c.fix_all = (flags & QCOW2_CHECK_FIX_ALL) == QCOW2_CHECK_FIX_ALL;
-    c.l1buf = malloc(c.cs);
-    c.l2buf = malloc(c.cs);
+    c.l1buf = q2_buf_alloc(c.cs);
+    c.l2buf = q2_buf_alloc(c.cs);
     if (!c.l1buf || !c.l2buf) {
         rc = -ENOMEM;
         goto out;

@@ -40,13 +40,14 @@
 #include "internal.h"
 
 #define COPY_CHUNK (8u << 20)
-#define WRITEBACK_EVERY (4u << 20) /* start writing back this often */
+#define WRITEBACK_EVERY (1u << 20) /* start writing back this often */
 
 struct pending {
     uint64_t start;    /* guest offset of buf[0] */
     size_t len;        /* bytes gathered */
     uint64_t unsynced; /* bytes written since writeback was last started */
-    /* raw base: compare with what the base holds, write what differs */
+    /* raw base: write only what the base does not hold already */
+    bool raw;
     uint8_t *cmp;      /* COPY_CHUNK bytes, NULL: no comparing */
     uint64_t compared, same;
 };
@@ -65,56 +66,99 @@ static int write_base(struct qcow2_image *top, struct qcow2_image *base,
 }
 
 /*
- * Write the gathered bytes into a raw base, skipping the blocks the base
- * already holds unchanged.  QEMU fills a cluster that a small guest write
- * allocates with the backing file's bytes (copy on write), so most of such
- * a cluster is the base's own content coming back; reading it (often from
- * the page cache, and a hole costs no I/O) is cheaper than writing it.
- * When the comparisons stop paying (less than one byte in COMPARE_MIN_SAME
- * found unchanged after COMPARE_PROBE bytes), comparing stops.
+ * Write the gathered bytes into a raw base, skipping what the base already
+ * holds.  Over a hole in the base, blocks of zeros need no writing (the
+ * hole reads as zeros).  Over the base's data, only blocks that differ are
+ * written: QEMU fills a cluster that a small guest write allocates with
+ * the backing file's bytes (copy on write), so most of such a cluster is
+ * the base's own content coming back; reading it (often from the page
+ * cache) is cheaper than writing it.  When the comparisons stop paying
+ * (less than one byte in COMPARE_MIN_SAME found unchanged after
+ * COMPARE_PROBE bytes), comparing stops and data is written as it comes.
  */
 #define COMPARE_BLOCK 4096u
 #define COMPARE_PROBE (32u << 20)
 #define COMPARE_MIN_SAME 8
 
-static int write_changed(struct qcow2_image *top, struct qcow2_image *base,
-                         const uint8_t *buf, struct pending *p)
+static bool all_zero(const uint8_t *b, size_t n)
 {
-    int64_t got = q2_pread_full(&base->io, p->cmp, p->len, p->start);
-    size_t i = 0, run = 0, len = p->len;
+    return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
+}
+
+/* Write the blocks of buf[0, len) (guest offset start) that need it: over
+ * a hole (cmp NULL) the blocks not all zero, over data those that differ
+ * from cmp. */
+static int write_blocks(struct qcow2_image *top, struct qcow2_image *base,
+                        const uint8_t *buf, const uint8_t *cmp, size_t len,
+                        uint64_t start, struct pending *p)
+{
+    size_t i = 0, run = 0;
     bool in_run = false;
     int rc;
 
-    if (got < 0)
-        return q2_err(top, (int)got, "reading the base: %s",
-                      qcow2_strerror((int)got));
-    if ((size_t)got < len)
-        memset(p->cmp + got, 0, len - (size_t)got); /* past its end */
     while (i < len) {
-        size_t b = COMPARE_BLOCK - (size_t)((p->start + i) % COMPARE_BLOCK);
-        bool differs;
+        size_t b = COMPARE_BLOCK - (size_t)((start + i) % COMPARE_BLOCK);
+        bool needed;
         if (b > len - i)
             b = len - i;
-        differs = memcmp(buf + i, p->cmp + i, b) != 0;
-        if (!differs)
+        needed = cmp ? memcmp(buf + i, cmp + i, b) != 0
+                     : !all_zero(buf + i, b);
+        if (cmp && !needed)
             p->same += b;
-        if (differs && !in_run) {
+        if (needed && !in_run) {
             run = i;
             in_run = true;
-        } else if (!differs && in_run) {
-            if ((rc = write_base(top, base, buf + run, i - run,
-                                 p->start + run, p)) < 0)
+        } else if (!needed && in_run) {
+            if ((rc = write_base(top, base, buf + run, i - run, start + run,
+                                 p)) < 0)
                 return rc;
             in_run = false;
         }
         i += b;
     }
-    if (in_run &&
-        (rc = write_base(top, base, buf + run, len - run, p->start + run,
-                         p)) < 0)
+    if (in_run && (rc = write_base(top, base, buf + run, len - run,
+                                   start + run, p)) < 0)
         return rc;
-    p->compared += len;
-    if (p->compared >= COMPARE_PROBE &&
+    return 0;
+}
+
+static int write_changed(struct qcow2_image *top, struct qcow2_image *base,
+                         const uint8_t *buf, struct pending *p)
+{
+    size_t i = 0, len = p->len;
+    int rc;
+
+    while (i < len) {
+        uint64_t pnum = len - i, off = p->start + i;
+        int data = base->io.block_status
+                       ? base->io.block_status(base->io.ctx, off, len - i,
+                                               &pnum)
+                       : 1;
+        size_t n;
+        if (data < 0 || pnum == 0 || pnum > len - i) {
+            data = 1; /* no answer: treat it as data */
+            pnum = len - i;
+        }
+        n = (size_t)pnum;
+        if (!data) {
+            rc = write_blocks(top, base, buf + i, NULL, n, off, p);
+        } else if (!p->cmp) {
+            rc = write_base(top, base, buf + i, n, off, p);
+        } else {
+            int64_t got = q2_pread_full(&base->io, p->cmp, n, off);
+            if (got < 0)
+                return q2_err(top, (int)got, "reading the base: %s",
+                              qcow2_strerror((int)got));
+            if ((size_t)got < n)
+                memset(p->cmp + got, 0, n - (size_t)got); /* past its end */
+            rc = write_blocks(top, base, buf + i, p->cmp, n, off, p);
+            p->compared += n;
+        }
+        if (rc < 0)
+            return rc;
+        i += n;
+    }
+    if (p->cmp && p->compared >= COMPARE_PROBE &&
         p->same < p->compared / COMPARE_MIN_SAME) {
         free(p->cmp); /* the layers rewrite the base: stop comparing */
         p->cmp = NULL;
@@ -129,7 +173,7 @@ static int flush_pending(struct qcow2_image *top, struct qcow2_image *base,
 
     if (p->len == 0)
         return 0;
-    rc = p->cmp ? write_changed(top, base, buf, p)
+    rc = p->raw ? write_changed(top, base, buf, p)
                 : write_base(top, base, buf, p->len, p->start, p);
     if (rc < 0)
         return rc;
@@ -213,7 +257,7 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
                           qcow2_errmsg(base));
         st.grown = true;
     }
-    buf = malloc(COPY_CHUNK);
+    buf = q2_buf_alloc(COPY_CHUNK);
     if (!buf)
         return -ENOMEM;
     /* uncompressed data into a raw base: copy offload where the files
@@ -221,8 +265,10 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
      * differs from the base is written */
     offload = base->format == QCOW2_FORMAT_RAW && base->io.copy_range &&
               !base->write_err;
-    if (base->format == QCOW2_FORMAT_RAW)
-        p.cmp = malloc(COPY_CHUNK); /* none: everything is written */
+    if (base->format == QCOW2_FORMAT_RAW) {
+        p.raw = true;
+        p.cmp = q2_buf_alloc(COPY_CHUNK); /* none: no comparing */
+    }
 
     /* COPY */
     while (pos < size) {

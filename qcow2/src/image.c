@@ -997,9 +997,9 @@ static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
     int rc;
 
     if (!l->cbuf)
-        l->cbuf = malloc(2 * l->cluster_size);
+        l->cbuf = q2_buf_alloc(2 * l->cluster_size);
     if (!l->dbuf)
-        l->dbuf = malloc(l->cluster_size);
+        l->dbuf = q2_buf_alloc(l->cluster_size);
     if (!l->cbuf || !l->dbuf)
         return q2_err(top, -ENOMEM, "out of memory");
     /* key: the descriptor's offset + 1 (0 means empty) */

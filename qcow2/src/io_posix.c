@@ -16,6 +16,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <stdio.h>
@@ -33,10 +35,64 @@
 static const char *const perm_names[NPERMS] = {
     "consistent read", "write", "write unchanged", "resize", "graph mod"};
 
+/* The last answer of SEEK_HOLE/SEEK_DATA, valid until this handle
+ * changes the file (a reader's file is locked against writers).  Walks
+ * ask about the same run many times (the rest of a cluster, the zeros
+ * after a write), and each lseek on ext4 is a walk of its extent tree. */
+struct hole_cache {
+    uint64_t start, end; /* [start, end) is one run; end == start: none */
+    bool data;
+    uint64_t hole_at;    /* a hole is known to start here (UINT64_MAX) */
+    uint64_t block;      /* the file system's block size */
+};
+
+/* Writeback started in the background: sync_file_range does the file
+ * system's work of building the I/O (allocation, bios) in the caller, so
+ * a thread takes it and the copy goes on on another CPU. */
+struct writeback {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    bool started, requested, stop;
+};
+
 struct posix_file {
     int fd;
     int share; /* copy_range: 0 not probed, 1 extents shared, -1 cannot */
+    struct hole_cache hc;
+    struct writeback wb;
 };
+
+static void hole_cache_drop(struct posix_file *f)
+{
+    f->hc.start = f->hc.end = 0;
+    f->hc.hole_at = UINT64_MAX;
+}
+
+/* [off, off+len) is being written: what of the cached run stays true.
+ * Data written into data leaves it data; a hole keeps the part past the
+ * last block the write touches (writers move forward, so that is the part
+ * asked about next). */
+static void hole_cache_write(struct posix_file *f, uint64_t off, uint64_t len)
+{
+    struct hole_cache *c = &f->hc;
+    uint64_t end = off + len, after;
+
+    c->hole_at = UINT64_MAX;
+    if (c->end == c->start || end <= c->start || off >= c->end)
+        return; /* no overlap */
+    if (c->data) {
+        if (end > c->end)
+            c->end = end; /* the run grows: still data */
+        return;
+    }
+    after = (end + c->block - 1) / c->block * c->block;
+    if (after < end || after >= c->end) {
+        hole_cache_drop(f);
+        return;
+    }
+    c->start = after;
+}
 
 static int64_t posix_pread(void *ctx, void *buf, size_t len, uint64_t off)
 {
@@ -64,6 +120,7 @@ static int64_t posix_pwrite(void *ctx, const void *buf, size_t len,
     struct posix_file *f = ctx;
     size_t done = 0;
 
+    hole_cache_write(f, off, len);
     while (done < len) {
         ssize_t n = pwrite(f->fd, (const char *)buf + done, len - done,
                            (off_t)(off + done));
@@ -85,16 +142,72 @@ static int posix_flush(void *ctx)
     return fdatasync(f->fd) < 0 ? -errno : 0;
 }
 
+static void *writeback_main(void *arg)
+{
+    struct posix_file *f = arg;
+
+    pthread_mutex_lock(&f->wb.lock);
+    for (;;) {
+        while (!f->wb.requested && !f->wb.stop)
+            pthread_cond_wait(&f->wb.wake, &f->wb.lock);
+        if (f->wb.stop)
+            break;
+        f->wb.requested = false;
+        pthread_mutex_unlock(&f->wb.lock);
+        /* the whole file: pages already on their way are skipped */
+        (void)sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        pthread_mutex_lock(&f->wb.lock);
+    }
+    pthread_mutex_unlock(&f->wb.lock);
+    return NULL;
+}
+
 static void posix_writeback(void *ctx)
 {
     struct posix_file *f = ctx;
-    /* the whole file: pages already on their way are skipped */
+
+    if (!f->wb.started) {
+        if (pthread_mutex_init(&f->wb.lock, NULL) != 0)
+            goto inline_;
+        if (pthread_cond_init(&f->wb.wake, NULL) != 0) {
+            pthread_mutex_destroy(&f->wb.lock);
+            goto inline_;
+        }
+        f->wb.requested = f->wb.stop = false;
+        if (pthread_create(&f->wb.thread, NULL, writeback_main, f) != 0) {
+            pthread_cond_destroy(&f->wb.wake);
+            pthread_mutex_destroy(&f->wb.lock);
+            goto inline_;
+        }
+        f->wb.started = true;
+    }
+    pthread_mutex_lock(&f->wb.lock);
+    f->wb.requested = true;
+    pthread_cond_signal(&f->wb.wake);
+    pthread_mutex_unlock(&f->wb.lock);
+    return;
+inline_: /* no thread: start it here */
     (void)sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+
+static void writeback_stop(struct posix_file *f)
+{
+    if (!f->wb.started)
+        return;
+    pthread_mutex_lock(&f->wb.lock);
+    f->wb.stop = true;
+    pthread_cond_signal(&f->wb.wake);
+    pthread_mutex_unlock(&f->wb.lock);
+    pthread_join(f->wb.thread, NULL);
+    pthread_cond_destroy(&f->wb.wake);
+    pthread_mutex_destroy(&f->wb.lock);
+    f->wb.started = false;
 }
 
 static int posix_truncate(void *ctx, uint64_t size)
 {
     struct posix_file *f = ctx;
+    hole_cache_drop(f);
     return ftruncate(f->fd, (off_t)size) < 0 ? -errno : 0;
 }
 
@@ -112,6 +225,7 @@ static void posix_close(void *ctx)
 {
     struct posix_file *f = ctx;
     if (f) {
+        writeback_stop(f);
         close(f->fd); /* drops our OFD locks */
         free(f);
     }
@@ -134,6 +248,8 @@ static int64_t posix_copy_range(void *ctx, const struct qcow2_io *src,
     struct posix_file *d = ctx;
     const struct posix_file *s;
     size_t done = 0;
+
+    hole_cache_drop(d);
 
     if (!src || src->copy_range != posix_copy_range || d->share < 0)
         return -ENOTSUP; /* not a file of ours: no descriptor to hand over */
@@ -172,34 +288,64 @@ static int64_t posix_copy_range(void *ctx, const struct qcow2_io *src,
     return (int64_t)done;
 }
 
-/* The answer of file-posix's block status: SEEK_DATA / SEEK_HOLE. */
+/* The answer of file-posix's block status (SEEK_DATA / SEEK_HOLE), asked
+ * with SEEK_HOLE first: a run of data, the common case inside a data
+ * cluster, then takes one call, and where it ends a hole is known to
+ * start. */
 static int posix_block_status(void *ctx, uint64_t off, uint64_t len,
                               uint64_t *pnum)
 {
     struct posix_file *f = ctx;
+    struct hole_cache *c = &f->hc;
     off_t data, hole;
+    uint64_t end;
 
+    if (len == 0) {
+        *pnum = 0;
+        return 1;
+    }
+    if (off >= c->start && off < c->end) {
+        end = c->end;
+        goto answer;
+    }
+    if (off != c->hole_at) {
+        hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
+        if (hole < 0) {
+            if (errno == ENXIO) { /* past EOF: reads as zeros */
+                *pnum = len;
+                return 0;
+            }
+            *pnum = len; /* no information: everything is data */
+            return 1;
+        }
+        if ((uint64_t)hole > off) {
+            c->start = off;
+            c->end = end = (uint64_t)hole;
+            c->data = true;
+            c->hole_at = (uint64_t)hole;
+            goto answer;
+        }
+    }
+    /* a hole starts at off: where does data come back? */
     data = lseek(f->fd, (off_t)off, SEEK_DATA);
     if (data < 0) {
-        if (errno == ENXIO) { /* trailing hole, or past EOF */
+        if (errno != ENXIO) {
             *pnum = len;
-            return 0;
+            return 1;
         }
-        *pnum = len; /* no information: everything is data */
+        end = UINT64_MAX; /* a trailing hole, and past EOF */
+    } else if ((uint64_t)data <= off) {
+        *pnum = len; /* changed under us: say data, the safe answer */
         return 1;
+    } else {
+        end = (uint64_t)data;
     }
-    if ((uint64_t)data > off) {
-        uint64_t n = (uint64_t)data - off;
-        *pnum = n < len ? n : len;
-        return 0;
-    }
-    hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
-    if (hole < 0 || (uint64_t)hole <= off) {
-        *pnum = len;
-        return 1;
-    }
-    *pnum = (uint64_t)hole - off < len ? (uint64_t)hole - off : len;
-    return 1;
+    c->start = off;
+    c->end = end;
+    c->data = false;
+answer:
+    *pnum = end - off < len ? end - off : len;
+    return c->data ? 1 : 0;
 }
 
 static int posix_identity(void *ctx, uint64_t *dev, uint64_t *ino)
@@ -228,6 +374,7 @@ static int posix_punch(void *ctx, uint64_t off, uint64_t len)
 {
     struct posix_file *f = ctx;
 
+    hole_cache_drop(f);
     if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   (off_t)off, (off_t)len) < 0)
         return (errno == EOPNOTSUPP || errno == ENOSYS) ? -ENOTSUP : -errno;
@@ -381,8 +528,10 @@ int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
         close(fd);
         return -ENOMEM;
     }
+    memset(f, 0, sizeof(*f));
     f->fd = fd;
-    f->share = 0;
+    hole_cache_drop(f);
+    f->hc.block = st.st_blksize > 0 ? (uint64_t)st.st_blksize : 4096;
     memset(io, 0, sizeof(*io));
     io->version = QCOW2_IO_VERSION;
     io->ctx = f;

@@ -312,7 +312,7 @@ int q2_l1_check(struct qcow2_image *img)
 
     /* l1_size * 8 <= 32 MiB and lies inside the file (header.c, snapshot
      * selection), so both buffers are bounded by the file */
-    buf = malloc(CHUNK * 8);
+    buf = q2_buf_alloc(CHUNK * 8);
     l2s = malloc((img->l1_size ? img->l1_size : 1) * sizeof(*l2s));
     if (!buf || !l2s) {
         rc = -ENOMEM;

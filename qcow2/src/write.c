@@ -308,7 +308,7 @@ int q2_write_prepare(struct qcow2_image *img)
     if (img->external_data)
         return q2_err(img, -ENOTSUP, "writing images with an external data "
                       "file is not supported");
-    img->wbuf = malloc(img->cluster_size);
+    img->wbuf = q2_buf_alloc(img->cluster_size);
     if (!img->wbuf)
         return -ENOMEM;
     if ((h->incompatible_features & Q2_INCOMPAT_DIRTY) &&

@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -296,6 +297,123 @@ TEST(posix_block_status_sparse)
     EXPECT_TRUE(io.allocated(io.ctx) < (int64_t)size);
     io.close(io.ctx);
     remove_tmpdir("sparse", NULL);
+}
+
+/* Is the 512-byte sector at off data, as a fresh descriptor sees it? */
+static int kernel_data_at(int fd, uint64_t off)
+{
+    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+    return d >= 0 && (uint64_t)d <= off;
+}
+
+/* The backend remembers its last SEEK_HOLE/SEEK_DATA answer and keeps
+ * what stays true across its own writes: every answer, after any mix of
+ * writes, punches and truncations through the handle, must agree with
+ * the kernel over the whole run it reports. */
+TEST(posix_block_status_cache)
+{
+    struct qcow2_io io;
+    char path[512];
+    uint64_t size = 2u << 20, x = 12345;
+    uint8_t *buf = malloc(1 << 17);
+    int fd = -1, i, bad = 0;
+
+    REQUIRE_TRUE(buf);
+    memset(buf, 0x5a, 1 << 17);
+    if (!make_tmpdir()[0]) {
+        free(buf);
+        SKIP("cannot create a temporary directory");
+    }
+    tmp_path(path, sizeof(path), "cache");
+    if (make_sparse(path) < 0) {
+        free(buf);
+        remove_tmpdir("cache", NULL);
+        SKIP("the file system under %s does not report holes", tmpdir);
+    }
+    REQUIRE_EQ_INT(qcow2_io_open_file(path, QCOW2_IO_RDWR, &io, NULL, 0), 0);
+    fd = open(path, O_RDONLY);
+    REQUIRE_TRUE(fd >= 0);
+    for (i = 0; i < 3000 && !bad; i++) {
+        uint64_t off, len, pnum = 0, k;
+        int op, st;
+        x = x * 6364136223846793005u + 1442695040888963407u;
+        op = (int)(x >> 60);
+        off = (x >> 20) % size & ~(uint64_t)511;
+        len = 512 * (1 + (x >> 8) % 64);
+        if (op < 3) { /* write: small and unaligned, or a few blocks */
+            len = op == 0 ? 1 + (x >> 4) % 700 : len;
+            EXPECT_EQ_INT((int)io.pwrite(io.ctx, buf, len, off), (int)len);
+            continue;
+        }
+        if (op == 3 && (x & 1)) {
+            EXPECT_EQ_INT(io.punch(io.ctx, off & ~(uint64_t)4095, 8192), 0);
+            continue;
+        }
+        if (op == 4 && (x & 3) == 0) {
+            EXPECT_EQ_INT(io.truncate(io.ctx, size), 0);
+            continue;
+        }
+        /* queries, often where the last write ended (a writer's next) */
+        if (op < 10)
+            off = (off + 4096) & ~(uint64_t)4095;
+        if (off >= size)
+            continue;
+        st = io.block_status(io.ctx, off, size - off, &pnum);
+        if (st < 0 || pnum == 0 || pnum > size - off) {
+            failure("block_status(%" PRIu64 ") = %d, pnum %" PRIu64, off, st,
+                    pnum);
+            bad = 1;
+            break;
+        }
+        for (k = off; k < off + pnum; k += 512)
+            if (kernel_data_at(fd, k) != st) {
+                failure("block_status(%" PRIu64 ") says %s for %" PRIu64
+                        " bytes; the kernel disagrees at %" PRIu64,
+                        off, st ? "data" : "hole", pnum, k);
+                bad = 1;
+                break;
+            }
+    }
+    EXPECT_EQ_INT(bad, 0);
+    close(fd);
+    io.close(io.ctx);
+
+    /* the cases one by one, on a fresh copy */
+    REQUIRE_EQ_INT(make_sparse(path), 0);
+    REQUIRE_EQ_INT(qcow2_io_open_file(path, QCOW2_IO_RDWR, &io, NULL, 0), 0);
+    {
+        static const struct {
+            uint64_t woff, wlen; /* a write first (wlen 0: none) */
+            uint64_t q;          /* then the question */
+            int st;
+            uint64_t min, max;   /* the run: at least what the backend
+                                    knows, at most the kernel's answer */
+        } steps[] = {
+            {0, 0, 0, 1, 65536, 65536},           /* data [0, 64K) */
+            {60000, 10000, 0, 1, 70000, 73728},   /* a write past its end:
+                                                     the run grows */
+            {0, 0, 80000, 0, 968576, 968576},     /* the hole to 1M */
+            {100000, 100, 98304, 1, 4096, 4096},  /* written into */
+            {0, 0, 102400, 0, 946176, 946176},    /* the hole after it */
+            {0, 0, 90000, 0, 8304, 8304},         /* and before it */
+            {2097152, 512, 2097152, 1, 512, 512}, /* past the end */
+        };
+        unsigned k;
+        for (k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+            uint64_t pnum = 0;
+            failure("step %u", k);
+            if (steps[k].wlen)
+                EXPECT_EQ_INT((int)io.pwrite(io.ctx, buf, steps[k].wlen,
+                                             steps[k].woff),
+                              (int)steps[k].wlen);
+            EXPECT_EQ_INT(io.block_status(io.ctx, steps[k].q, 4u << 20,
+                                          &pnum), steps[k].st);
+            EXPECT_TRUE(pnum >= steps[k].min && pnum <= steps[k].max);
+        }
+    }
+    io.close(io.ctx);
+    free(buf);
+    remove_tmpdir("cache", NULL);
 }
 
 TEST(posix_raw_map_holes)
