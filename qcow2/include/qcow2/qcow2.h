@@ -538,7 +538,11 @@ struct qcow2_commit_stats {
  * backing file; grow the base to the top's size first; flush at the end.
  * `base` is a read-write handle on the image at depth `stop` of `top`'s
  * chain.  The guest view through `top` never changes, and running it
- * again after an interruption writes the same bytes.
+ * again after an interruption writes the same bytes.  `progress`, when
+ * not NULL, gets the guest bytes handled so far and the total the layers
+ * hold (data and zeros: qcow2_commit_estimate's data_bytes + zero_bytes,
+ * walked first from metadata), at least once at the end with done equal
+ * to total; a non-zero return cancels the commit.
  * @return 0, -EINVAL, -EROFS, -ECANCELED, or an error of either image;
  *         qcow2_errmsg(top) explains.
  */
