@@ -177,26 +177,29 @@ echo stale > r-base.raw.qchain-commit.tmp
     || bad "--force" "$(cat err)"
 
 # --- killed at random moments, then run again to completion
+# The commit takes about 0.4 s here (0.5 s under the sanitizers); kills land
+# in the first 0.3 s, and at least 3 of each format's kills must catch the
+# job unfinished (its journal still there), or the test proves nothing.
 crash() { # base-format base-opts
-    local fmt=$1 bo=$2 k kills=${KILLS:-10} rc
+    local fmt=$1 bo=$2 k kills=${KILLS:-10} rc caught=0
     for k in $(seq 1 "$kills"); do
         rm -f k-* k-base.*
         if [ "$fmt" = raw ]; then
-            qemu-img create -q -f raw k-base.img 512M
+            qemu-img create -q -f raw k-base.img 256M
         else
-            qemu-img create -q -f qcow2 -o "$bo" k-base.img 512M
+            qemu-img create -q -f qcow2 -o "$bo" k-base.img 256M
         fi
-        qemu-io -f "$fmt" -c 'write -P 1 0 64M' k-base.img >/dev/null
+        qemu-io -f "$fmt" -c 'write -P 1 0 32M' k-base.img >/dev/null
         qemu-img create -q -f qcow2 -b k-base.img -F "$fmt" k-top.qcow2
-        qemu-io -c 'write -P 2 8M 160M' -c 'write -z 200M 32M' -c 'write -P 3 300M 64M' \
+        qemu-io -c 'write -P 2 4M 80M' -c 'write -z 100M 16M' -c 'write -P 3 150M 32M' \
             k-top.qcow2 >/dev/null
         view k-top.qcow2 k-before.raw
         "$C" k-top.qcow2 >/dev/null 2>&1 &
         pid=$!
-        sleep "0.$(printf '%03d' $(( RANDOM % 600 )))"
+        sleep "0.$(printf '%03d' $(( RANDOM % 300 )))"
         kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
-        view k-top.qcow2 k-mid.raw
-        if ! cmp -s k-before.raw k-mid.raw; then
+        [ -e k-base.img.qchain-commit ] && caught=$((caught + 1))
+        if ! qemu-img compare -q -f raw -F qcow2 k-before.raw k-top.qcow2; then
             bad "crash $fmt $k" "guest view changed after the kill"; continue; fi
         if [ "$fmt" = qcow2 ]; then
             qemu-img check k-base.img >/dev/null 2>&1; rc=$?
@@ -205,12 +208,15 @@ crash() { # base-format base-opts
         fi
         if ! "$C" k-top.qcow2 >out 2>err; then
             bad "crash $fmt $k" "re-run failed: $(cat err)"; continue; fi
-        view k-base.img k-after.raw
-        if ! cmp -s k-before.raw k-after.raw; then bad "crash $fmt $k" "base differs after the re-run"
+        if ! qemu-img compare -q -f raw -F "$fmt" k-before.raw k-base.img; then
+            bad "crash $fmt $k" "base differs after the re-run"
         elif ! clean k-base.img; then bad "crash $fmt $k" "leaks or errors after the re-run"
         elif [ -e k-base.img.qchain-commit ]; then bad "crash $fmt $k" "journal left behind"
         else ok "crash $fmt $k: view intact, re-run completed$(grep -q Resuming out && echo ' (resumed)')"; fi
     done
+    [ "$caught" -ge 3 ] || [ "$kills" -lt 10 ] \
+        && ok "crash $fmt${bo:+ $bo}: $caught of $kills kills interrupted the job" \
+        || bad "crash $fmt${bo:+ $bo}" "only $caught of $kills kills interrupted the job"
 }
 crash raw ""
 crash qcow2 cluster_size=64k

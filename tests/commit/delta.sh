@@ -133,13 +133,13 @@ done
 
 # a large scattered delta over a raw base: 2048 x 4 KiB in 64 KiB clusters
 rm -rf ./*.qcow2 ./*.raw cc
-qemu-img create -q -f raw base.raw 1G
-qemu-io -f raw -c 'write -P 1 0 512M' base.raw >/dev/null
+qemu-img create -q -f raw base.raw 256M
+qemu-io -f raw -c 'write -P 1 0 128M' base.raw >/dev/null
 qemu-img create -q -f qcow2 -b base.raw -F raw top.qcow2
 python3 -c '
 import random
 r = random.Random(7)
-for c in r.sample(range(16384), 2048):
+for c in r.sample(range(4096), 2048):
     print("write -P %d %d 4k" % (c % 250 + 1, c * 65536 + r.randrange(16) * 4096))
 ' > cmds
 qemu-io top.qcow2 < cmds >/dev/null
