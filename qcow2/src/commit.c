@@ -49,8 +49,7 @@ struct pending {
     uint64_t start;    /* guest offset of buf[0] */
     size_t len;        /* bytes gathered */
     uint64_t unsynced; /* bytes written since writeback was last started */
-    /* raw base: write only what the base does not hold already */
-    bool raw;
+    /* raw base: compare with what the base holds, write what differs */
     uint8_t *cmp;      /* COPY_CHUNK bytes, NULL: no comparing */
     uint64_t compared, same;
 };
@@ -176,8 +175,10 @@ static int flush_pending(struct qcow2_image *top, struct qcow2_image *base,
 
     if (p->len == 0)
         return 0;
-    rc = p->raw ? write_changed(top, base, buf, p)
-                : write_base(top, base, buf, p->len, p->start, p);
+    /* a raw base gets only what it does not hold already */
+    rc = base->format == QCOW2_FORMAT_RAW
+             ? write_changed(top, base, buf, p)
+             : write_base(top, base, buf, p->len, p->start, p);
     if (rc < 0)
         return rc;
     p->start += p->len;
@@ -278,10 +279,8 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
      * differs from the base is written */
     offload = base->format == QCOW2_FORMAT_RAW && base->io.copy_range &&
               !base->write_err;
-    if (base->format == QCOW2_FORMAT_RAW) {
-        p.raw = true;
+    if (base->format == QCOW2_FORMAT_RAW)
         p.cmp = q2_buf_alloc(COPY_CHUNK); /* none: no comparing */
-    }
 
     /* COPY */
     while (pos < size) {

@@ -249,11 +249,10 @@ static int64_t posix_copy_range(void *ctx, const struct qcow2_io *src,
     const struct posix_file *s;
     size_t done = 0;
 
-    hole_cache_drop(d);
-
     if (!src || src->copy_range != posix_copy_range || d->share < 0)
         return -ENOTSUP; /* not a file of ours: no descriptor to hand over */
     s = src->ctx;
+    hole_cache_drop(d); /* the copy changes what is allocated */
     if (d->share == 0) {
         struct file_clone_range r = {.src_fd = s->fd,
                                      .src_offset = src_off,
