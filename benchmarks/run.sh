@@ -74,6 +74,15 @@
 #       any commit must write.  The ratio to qemu-img that a target asks
 #       for is only reachable where qemu-img is that far from the floor.
 #
+# commit-raw-floor   (issue 4, no target)
+#       The device's own floor for commit-raw's bytes: the same 256 MiB
+#       written as ONE sequential stream (dd, 8 MiB blocks, from the
+#       overlay's file to the base at 384 MiB, over 128 MiB of data and
+#       128 MiB of hole, as the scattered commit half overwrites and half
+#       allocates), made durable the same way.  No writer of those bytes
+#       into this base is faster than that on this disk, so a ratio to
+#       qemu-img above (qemu-img time / this time) cannot be reached here.
+#
 # Measurement
 # -----------
 # Each command runs once untimed (warm-up, page cache; also the output
@@ -97,7 +106,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-ALL_CASES=(map delta check commit-raw commit-raw-copy commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor)
+ALL_CASES=(map delta check commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # --- parameters of case map (change the stamp if you change these) ---------
@@ -506,6 +515,27 @@ scatter_case() { # name source-case kind mode
 }
 case_commit-raw-copy() { scatter_case commit-raw-copy commit-raw scattered all; }
 case_commit-4k-floor() { scatter_case commit-4k-floor commit-4k 4k first4k; }
+
+case_commit-raw-floor() {
+    local qc dir=$WORK/commit-raw off
+    qc=$(need_tool qchain-commit)
+    COMMIT_CASE=commit-raw
+    commit_setup commit-raw raw scattered
+    # host offset of the overlay's first data cluster; its data clusters
+    # follow one another (qemu-io allocated them in write order)
+    off=$(qemu-img map --output=json "$dir/pristine/top.qcow2" | python3 -c '
+import json, sys
+print(min(x["offset"] for x in json.load(sys.stdin) if x["depth"] == 0 and x["data"]))')
+    OURS=(bash -c '"$0" "$1" >/dev/null && sync "$2"' "$qc" "$dir/top.qcow2" "$dir/base.img")
+    REF=(bash -c 'dd if="$0" of="$1" bs=8M iflag=skip_bytes,count_bytes \
+             oflag=seek_bytes conv=notrunc skip="$2" seek=$((384 << 20)) \
+             count=$((256 << 20)) status=none && sync "$1"' \
+         "$dir/top.qcow2" "$dir/base.img" "$off")
+    PREP=commit_prep
+    LABEL_OURS=qchain-commit
+    LABEL_REF="dd (sequential)"
+    run_pair commit-raw-floor
+}
 
 case_commit-seq-copy() {
     local qc dir=$WORK/commit-seq off len
