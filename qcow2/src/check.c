@@ -19,13 +19,16 @@
  *
  * Every number read from the file is hostile: offsets are bounded by the
  * file size before anything is read, tables are read a cluster at a time,
- * and the L2 and bitmap table entries visited are budgeted (snapshots may
- * share L2 tables, so a small file can describe an unbounded walk).  A
- * table walked a second time in one check is walked quietly: its
- * references and the counters still count, but its findings, reported on
- * the first walk, are not formatted and reported again (tests/cli/bounds.sh
- * measured 8 s of CPU for a 768 KiB file whose 4096 L1 entries name one L2
- * table, each visit reporting 8192 refcount overflows anew).
+ * and the table entries visited are budgeted.  Tables may be shared
+ * (snapshots share L2 tables, and may name one L1 table; a crafted file
+ * names one L2 table from all 4Mi entries of its L1), so a small file can
+ * describe an unbounded walk: a table named again is not walked again at
+ * once but counted, and walked once more at the end of the pass with that
+ * count as the weight of everything it references and finds (the same
+ * counters as one walk per reference: 2^40 references of l1-max-same-l2
+ * counted in 0.1 s instead of a budget error after 17 s).  A table walked
+ * a second time is walked quietly: its references and the counters count,
+ * but its findings, reported on the first walk, are not reported again.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -39,17 +42,29 @@
 #include "internal.h"
 
 #define MAX_CHECK_CLUSTERS (1ull << 28) /* 1 GiB of counters */
-/* L2 entries a check may visit: this many walks of a table as large as the
- * file.  QEMU's 65536 snapshots sharing every L2 table fit for clusters of
- * 8 KiB and more (L2 tables <= 1/1024 of the data); with 4 KiB clusters
- * 32768 of them do, with 512-byte clusters 4096.  At ~17 ns per visit that
- * is ~0.14 s of CPU per MiB of file at worst: well inside issue 7's 2 s
- * per MiB, also for sanitizer builds (tests/cli/bounds.sh, l1-max-same-l2:
- * 1024 walks took 95 s for a 42 MiB file, 256 walks 23 s). */
-#define L2_BUDGET_WALKS 64
+/* Table entries (L1, L2, bitmap) a check may visit: this many walks of a
+ * table as large as the file.  A table named again costs nothing until it
+ * is walked once more with its weight, so every distinct table is walked
+ * at most three times (first reference, weighted as active, weighted as a
+ * snapshot's); what the budget still bounds is distinct tables overlapping
+ * one another (snapshots naming 65536 different offsets of one 32 MiB L1
+ * range).  At ~17 ns per visit that is ~0.14 s of CPU per MiB of file at
+ * worst: well inside issue 7's 2 s per MiB, also for sanitizer builds. */
+#define BUDGET_WALKS 64
+/* L1 tables are read this much at a time (at least a cluster) */
+#define L1_CHUNK 65536
 #define Q2_L2E_BITMAP_ALLOC 0xffffffffULL
 #define Q2_BME_RESERVED_MASK 0xff000000000001feULL
 #define Q2_BME_OFFSET_MASK 0x00fffffffffffe00ULL
+
+/* Tables named again during a pass: key (a, b) -> the number of further
+ * references (an open-addressing hash table; b == 0 marks a free slot).
+ * Its size is bounded by the distinct tables, themselves bounded by the
+ * file. */
+struct again {
+    struct again_slot { uint64_t a, b, n; } *slot;
+    size_t cap, used;
+};
 
 struct chk {
     struct qcow2_image *img;
@@ -64,10 +79,18 @@ struct chk {
     uint32_t max_count;     /* refcount_max, capped to the counter type */
     uint8_t *rt;            /* the refcount table */
     uint64_t rt_entries;
-    uint8_t *l1buf, *l2buf; /* one cluster each */
+    uint8_t *l1buf, *l2buf; /* l2buf: one cluster; l1buf: one cluster
+                               or L1_CHUNK, whichever is larger */
+    size_t l1buf_len;
     uint64_t budget;        /* L2 and bitmap table entries left to visit */
     uint8_t *walked;        /* per cluster: bit 0 walked as an L2 table,
-                               bit 1 as a bitmap table (this run) */
+                               bit 1 as a bitmap table, bit 2 as an L2
+                               table by copied_pass (this run) */
+    struct again l1_again;  /* (L1 offset, size + 1) of snapshots */
+    struct again l2_again;  /* (L2 offset << 1 | active, 1) */
+    uint64_t weight;        /* references the table being walked stands
+                               for: what it counts and finds counts this
+                               many times (1 outside weighted walks) */
     bool quiet;             /* revisiting a table: findings not reported */
     bool fix_all, fix_leaks;
     bool copied_inline;     /* COPIED checked while walking */
@@ -106,7 +129,7 @@ static void corrupt(struct chk *c, const char *kind, uint64_t off,
 {
     va_list ap;
 
-    c->r->corruptions++;
+    c->r->corruptions += c->weight;
     va_start(ap, fmt);
     emit(c, QCOW2_CHECK_CORRUPTION, kind, off, 0, fmt, ap);
     va_end(ap);
@@ -157,11 +180,12 @@ static bool within_file(const struct chk *c, uint64_t off, uint64_t len)
     return off < limit && len <= limit - off;
 }
 
-/* Count one reference to every cluster [off, off+len) touches.  Returns
- * false (a corruption) when the range lies past the end of the file. */
+/* Count one reference (c->weight of them) to every cluster [off, off+len)
+ * touches.  Returns false (a corruption) when the range lies past the end
+ * of the file. */
 static bool inc(struct chk *c, uint64_t off, uint64_t len, const char *what)
 {
-    uint64_t i, last;
+    uint64_t i, last, w = c->weight;
 
     if (len == 0)
         return true;
@@ -172,13 +196,18 @@ static bool inc(struct chk *c, uint64_t off, uint64_t len, const char *what)
     }
     last = (off + len - 1) / c->cs;
     for (i = off / c->cs; i <= last; i++) {
-        if (c->n[i] >= c->max_count) {
+        uint64_t room = c->max_count - c->n[i]; /* n[i] <= max_count */
+        if (w > room) {
+            /* every reference past the maximum is one corruption */
+            c->weight = w - room;
             corrupt(c, "refcount-overflow", i * c->cs, "cluster 0x%" PRIx64
                     " has more references than %u-bit refcounts hold", i * c->cs,
                     1u << c->img->hp.h.refcount_order);
+            c->weight = w;
+            c->n[i] = c->max_count;
             continue;
         }
-        c->n[i]++;
+        c->n[i] += (uint32_t)w;
     }
     if (last + 1 > c->used_clusters)
         c->used_clusters = last + 1;
@@ -348,25 +377,116 @@ static bool revisit(struct chk *c, uint64_t off, unsigned bit)
     return seen;
 }
 
+static size_t again_hash(uint64_t a, uint64_t b, size_t cap)
+{
+    uint64_t h = a * 0x9e3779b97f4a7c15ull ^ b * 0xc2b2ae3d27d4eb4full;
+
+    return (size_t)(h ^ (h >> 29)) & (cap - 1);
+}
+
+/* The slot of key (a, b), b != 0, inserted with n = 0 if it is new; NULL
+ * when memory runs out. */
+static struct again_slot *again_get(struct again *t, uint64_t a, uint64_t b)
+{
+    struct again_slot *s;
+    size_t i;
+
+    if (2 * (t->used + 1) > t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 64, k;
+        struct again_slot *ns = calloc(cap, sizeof(*ns));
+        if (!ns)
+            return NULL;
+        for (k = 0; k < t->cap; k++) {
+            if (!t->slot[k].b)
+                continue;
+            for (i = again_hash(t->slot[k].a, t->slot[k].b, cap); ns[i].b;
+                 i = (i + 1) & (cap - 1))
+                ;
+            ns[i] = t->slot[k];
+        }
+        free(t->slot);
+        t->slot = ns;
+        t->cap = cap;
+    }
+    for (i = again_hash(a, b, t->cap);; i = (i + 1) & (t->cap - 1)) {
+        s = &t->slot[i];
+        if (s->b == b && s->a == a)
+            return s;
+        if (!s->b)
+            break;
+    }
+    s->a = a;
+    s->b = b;
+    s->n = 0;
+    t->used++;
+    return s;
+}
+
+static void again_clear(struct again *t)
+{
+    free(t->slot);
+    memset(t, 0, sizeof(*t));
+}
+
+/* Budget `entries` table entries for a walk of the table at off. */
+static int spend(struct chk *c, uint64_t entries, const char *what,
+                 uint64_t off)
+{
+    if (c->budget < entries)
+        return q2_err(c->img, -E2BIG, "the tables describe too many %s "
+                      "entries to check (%s at 0x%" PRIx64 ")", what, what,
+                      off);
+    c->budget -= entries;
+    return 0;
+}
+
 static int walk_l2_entries(struct chk *c, uint64_t l2_off, bool active);
 
-/* One L2 table: entries checked and their clusters counted. */
-static int walk_l2(struct chk *c, uint64_t l2_off, bool active)
+/* Walk the L2 table at l2_off now (with c->weight and c->quiet). */
+static int walk_l2_now(struct chk *c, uint64_t l2_off, bool active)
 {
-    struct qcow2_image *img = c->img;
-    unsigned entries = 1u << img->l2_bits;
-    int rc;
+    int rc = spend(c, 1u << c->img->l2_bits, "L2 table", l2_off);
 
-    if (c->budget < entries) {
-        return q2_err(img, -E2BIG, "the tables reference L2 tables too many "
-                      "times to check (L2 table at 0x%" PRIx64 ")", l2_off);
-    }
-    c->budget -= entries;
-    c->quiet = revisit(c, l2_off, 1);
-    rc = read_cluster(c, c->l2buf, l2_off);
+    if (rc == 0)
+        rc = read_cluster(c, c->l2buf, l2_off);
     if (rc == 0)
         rc = walk_l2_entries(c, l2_off, active);
+    return rc;
+}
+
+/* One L2 table: entries checked and their clusters counted; a table walked
+ * before in this run only counted, for walk_again. */
+static int walk_l2(struct chk *c, uint64_t l2_off, bool active)
+{
+    struct again_slot *s;
+
+    if (!revisit(c, l2_off, 1))
+        return walk_l2_now(c, l2_off, active);
+    s = again_get(&c->l2_again, l2_off << 1 | active, 1);
+    if (!s)
+        return -ENOMEM;
+    s->n += c->weight;
+    return 0;
+}
+
+/* The L2 tables named again during the pass, each walked once more
+ * (quietly) with its further references as weight. */
+static int walk_l2_again(struct chk *c)
+{
+    struct again *t = &c->l2_again;
+    size_t i;
+    int rc = 0;
+
+    c->quiet = true;
+    for (i = 0; i < t->cap && rc == 0; i++) {
+        if (!t->slot[i].b)
+            continue;
+        c->weight = t->slot[i].n;
+        rc = walk_l2_now(c, t->slot[i].a >> 1, t->slot[i].a & 1);
+    }
+    c->weight = 1;
     c->quiet = false;
+    again_clear(t);
     return rc;
 }
 
@@ -413,7 +533,9 @@ static int walk_l2_entries(struct chk *c, uint64_t l2_off, bool active)
                 if (img->extended_l2 &&
                     (rc = write_u64(c, eoff + 8, ~0ull << 32)) < 0)
                     return rc;
-                c->r->corruptions--;
+                /* the first reference repairs it, the others find it
+                 * repaired */
+                c->r->corruptions -= c->weight;
                 c->r->corruptions_fixed++;
                 repaired(c, "dropped-reference", eoff, "L2 entry at 0x%"
                          PRIx64 ": compressed cluster past the end of the "
@@ -422,9 +544,9 @@ static int walk_l2_entries(struct chk *c, uint64_t l2_off, bool active)
                 continue;
             }
             if (active) {
-                c->r->allocated_clusters++;
-                c->r->compressed_clusters++;
-                c->r->fragmented_clusters++;
+                c->r->allocated_clusters += c->weight;
+                c->r->compressed_clusters += c->weight;
+                c->r->fragmented_clusters += c->weight;
             }
             continue;
         }
@@ -473,7 +595,7 @@ static int walk_l2_entries(struct chk *c, uint64_t l2_off, bool active)
             if (img->extended_l2 &&
                 (rc = write_u64(c, eoff + 8, ~0ull << 32)) < 0)
                 return rc;
-            c->r->corruptions--;
+            c->r->corruptions -= c->weight;
             c->r->corruptions_fixed++;
             repaired(c, "dropped-reference", eoff, "L2 entry at 0x%" PRIx64
                      ": data cluster 0x%" PRIx64 " past the end of the file "
@@ -481,9 +603,9 @@ static int walk_l2_entries(struct chk *c, uint64_t l2_off, bool active)
             continue;
         }
         if (active) {
-            c->r->allocated_clusters++;
+            c->r->allocated_clusters += c->weight;
             if (next && off != next)
-                c->r->fragmented_clusters++;
+                c->r->fragmented_clusters += c->weight;
             next = off + c->cs;
             if (c->copied_inline &&
                 (rc = check_copied(c, e, eoff, off, false, false)) < 0)
@@ -497,7 +619,7 @@ static int walk_l2_entries(struct chk *c, uint64_t l2_off, bool active)
 static int walk_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
                    bool active)
 {
-    uint64_t per = c->cs / 8, i, bytes = (uint64_t)l1_size * 8;
+    uint64_t per = c->l1buf_len / 8, i, bytes = (uint64_t)l1_size * 8;
     int rc;
 
     if (l1_size == 0)
@@ -505,12 +627,14 @@ static int walk_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
     if (!inc(c, l1_off, bytes, active ? "active L1 table"
                                       : "snapshot L1 table"))
         return 0; /* it reads as zeros: nothing more */
+    if ((rc = spend(c, l1_size, "L1 table", l1_off)) < 0)
+        return rc;
     for (i = 0; i < l1_size; i++) {
         uint64_t eoff = l1_off + i * 8, e, l2;
         if (i % per == 0) {
             uint64_t left = bytes - i * 8;
             int64_t n = q2_pread_full(&c->img->io, c->l1buf,
-                                      left < c->cs ? left : c->cs, eoff);
+                                      left < per * 8 ? left : per * 8, eoff);
             if (n < 0)
                 return q2_err(c->img, (int)n, "cannot read an L1 table at "
                               "0x%" PRIx64 ": %s", eoff, qcow2_strerror((int)n));
@@ -529,7 +653,7 @@ static int walk_l1(struct chk *c, uint64_t l1_off, uint32_t l1_size,
             if (c->fix_all && may_write(c, eoff)) {
                 if ((rc = write_u64(c, eoff, 0)) < 0)
                     return rc;
-                c->r->corruptions--;
+                c->r->corruptions -= c->weight;
                 c->r->corruptions_fixed++;
                 repaired(c, "dropped-reference", eoff, "L1 entry at 0x%" PRIx64
                          ": L2 table 0x%" PRIx64 " past the end of the file "
@@ -565,7 +689,7 @@ static int walk_bitmaps(struct chk *c)
                  "bitmap table"))
             continue;
         /* QEMU never shares a bitmap table, but 65535 bitmaps may name
-         * one: the same budget as the L2 walk bounds the work */
+         * one: the same budget as the L1 and L2 walks bounds the work */
         if (c->budget < bm->table_size)
             return q2_err(img, -E2BIG, "the bitmaps reference bitmap tables "
                           "too many times to check (bitmap table at 0x%"
@@ -646,7 +770,9 @@ static int count_all(struct chk *c)
 {
     struct qcow2_image *img = c->img;
     const struct qcow2_header *h = &img->hp.h;
+    struct again_slot *sl;
     unsigned i;
+    size_t j;
     int rc;
 
     /* version 3 wants the VM state and disk size in the extra data;
@@ -680,10 +806,33 @@ static int count_all(struct chk *c)
                     s->l1_table_offset);
             continue;
         }
+        /* snapshots naming one L1 table: it is walked once more, with
+         * their number less one as the weight */
+        sl = again_get(&c->l1_again, s->l1_table_offset,
+                       (uint64_t)s->l1_size + 1);
+        if (!sl)
+            return -ENOMEM;
+        if (sl->n++)
+            continue;
         rc = walk_l1(c, s->l1_table_offset, s->l1_size, false);
         if (rc < 0)
             return rc;
     }
+    for (j = 0; j < c->l1_again.cap; j++) {
+        sl = &c->l1_again.slot[j];
+        if (!sl->b || sl->n < 2)
+            continue;
+        c->weight = sl->n - 1;
+        c->quiet = true;
+        rc = walk_l1(c, sl->a, (uint32_t)(sl->b - 1), false);
+        c->weight = 1;
+        c->quiet = false;
+        if (rc < 0)
+            return rc;
+    }
+    again_clear(&c->l1_again);
+    if ((rc = walk_l2_again(c)) < 0)
+        return rc;
     if (img->n_snaps)
         inc(c, h->snapshots_offset,
             q2_snap_table_len(img->snaps, img->n_snaps, h->snapshots_offset),
@@ -783,14 +932,41 @@ static int compare(struct chk *c, bool fix_leaks, bool fix_errors,
     return 0;
 }
 
-/* COPIED flags of the active tables after a refcount repair. */
+/* COPIED flags of one active L2 table (with c->weight). */
+static int copied_l2(struct chk *c, uint64_t l2, bool fix)
+{
+    struct qcow2_image *img = c->img;
+    unsigned entries = 1u << img->l2_bits, k;
+    int rc;
+
+    if ((rc = read_cluster(c, c->l2buf, l2)) < 0)
+        return rc;
+    for (k = 0; k < entries; k++) {
+        uint64_t xoff = l2 + (uint64_t)k * img->l2_entry_len;
+        uint64_t x = q2_load_be64(c->l2buf + (size_t)k * img->l2_entry_len);
+        bool zero = !img->extended_l2 && (x & Q2_OFLAG_ZERO);
+        uint64_t off = x & Q2_L2E_OFFSET_MASK;
+        if (x & Q2_OFLAG_COMPRESSED)
+            continue;
+        if (off == 0 && !(img->external_data && (x & Q2_OFLAG_COPIED) &&
+                          !zero))
+            continue;
+        if ((rc = check_copied(c, x, xoff, off, false, fix)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* COPIED flags of the active tables after a refcount repair.  An L2 table
+ * named again is checked once more at the end with the number of further
+ * references as weight (its repairs are made by the first). */
 static int copied_pass(struct chk *c, bool fix)
 {
     struct qcow2_image *img = c->img;
     const struct qcow2_header *h = &img->hp.h;
     uint64_t per = c->cs / 8, i;
-    unsigned entries = 1u << img->l2_bits, k;
-    int rc;
+    size_t j;
+    int rc = 0;
 
     if (!within_file(c, h->l1_table_offset, (uint64_t)h->l1_size * 8))
         return 0;
@@ -812,23 +988,27 @@ static int copied_pass(struct chk *c, bool fix)
             return rc;
         if (!within_file(c, l2, c->cs))
             continue;
-        if ((rc = read_cluster(c, c->l2buf, l2)) < 0)
-            return rc;
-        for (k = 0; k < entries; k++) {
-            uint64_t xoff = l2 + (uint64_t)k * img->l2_entry_len;
-            uint64_t x = q2_load_be64(c->l2buf + (size_t)k * img->l2_entry_len);
-            bool zero = !img->extended_l2 && (x & Q2_OFLAG_ZERO);
-            uint64_t off = x & Q2_L2E_OFFSET_MASK;
-            if (x & Q2_OFLAG_COMPRESSED)
-                continue;
-            if (off == 0 && !(img->external_data && (x & Q2_OFLAG_COPIED) &&
-                              !zero))
-                continue;
-            if ((rc = check_copied(c, x, xoff, off, false, fix)) < 0)
-                return rc;
+        if (revisit(c, l2, 4)) { /* once more at the end, weighted */
+            struct again_slot *s = again_get(&c->l2_again, l2 << 1, 1);
+            if (!s)
+                return -ENOMEM;
+            s->n++;
+            continue;
         }
+        if ((rc = copied_l2(c, l2, fix)) < 0)
+            return rc;
     }
-    return 0;
+    c->quiet = true;
+    for (j = 0; j < c->l2_again.cap && rc == 0; j++) {
+        if (!c->l2_again.slot[j].b)
+            continue;
+        c->weight = c->l2_again.slot[j].n;
+        rc = copied_l2(c, c->l2_again.slot[j].a >> 1, fix);
+    }
+    c->weight = 1;
+    c->quiet = false;
+    again_clear(&c->l2_again);
+    return rc < 0 ? rc : 0;
 }
 
 static int load_reftable(struct chk *c)
@@ -971,7 +1151,10 @@ static int run(struct chk *c)
         return -ENOMEM;
     c->used_clusters = 0;
     c->rebuild = false;
-    c->budget = (c->file_size / 8 + 1) * L2_BUDGET_WALKS + (1u << 20);
+    c->budget = (c->file_size / 8 + 1) * BUDGET_WALKS + (1u << 20);
+    c->weight = 1;
+    again_clear(&c->l1_again);
+    again_clear(&c->l2_again);
     c->copied_inline = !c->fix_leaks;
     q2_cache_clear(&img->cache);
     if ((rc = load_reftable(c)) < 0)
@@ -1102,7 +1285,8 @@ int qcow2_check(struct qcow2_image *img, const struct qcow2_check_opts *opts,
                       : (uint32_t)((1u << (1u << img->hp.h.refcount_order)) - 1);
     c.fix_leaks = (flags & QCOW2_CHECK_FIX_LEAKS) != 0;
     c.fix_all = (flags & QCOW2_CHECK_FIX_ALL) == QCOW2_CHECK_FIX_ALL;
-    c.l1buf = q2_buf_alloc(c.cs);
+    c.l1buf_len = c.cs > L1_CHUNK ? c.cs : L1_CHUNK;
+    c.l1buf = q2_buf_alloc(c.l1buf_len);
     c.l2buf = q2_buf_alloc(c.cs);
     if (!c.l1buf || !c.l2buf) {
         rc = -ENOMEM;
@@ -1136,6 +1320,8 @@ out:
         q2_err(img, rc, "check failed: %s", qcow2_strerror(rc));
     free(c.n);
     free(c.walked);
+    again_clear(&c.l1_again);
+    again_clear(&c.l2_again);
     free(c.rt);
     free(c.l1buf);
     free(c.l2buf);

@@ -195,7 +195,8 @@ def _(d):
 
 @case("l1-max-same-l2", "1", "as l1-max-zero, but all 4Mi L1 entries name "
       "one L2 table whose 256Ki entries all map one data cluster: map must "
-      "refuse (an L2 table named twice), check must stay within budget")
+      "refuse (an L2 table named twice); check counts the 2^40 references "
+      "by walking the table once more with weight 4Mi-1")
 def _(d):
     im = Img(21, 1 << 61)
     over_base(im)
@@ -301,6 +302,29 @@ def _(d):
     l1 = shared_l2s(im, 16, data)
     im.l1 = (l1, 16)
     snapshots(im, 65536, l1, 16)
+    im.write(d + "/top.qcow2")
+
+
+@case("snap-65536-l1-overlap", "0", "512-byte clusters, 65536 snapshots "
+      "whose L1 tables all claim 4Mi entries (32 MiB) at 65536 different "
+      "offsets 512 bytes apart: one sparse 64 MiB range described 65536 "
+      "times over, 2^38 L1 entries; check must stop at its budget")
+def _(d):
+    im = Img(9, MiB)
+    over_base(im)
+    im.l1 = (im.alloc(8 * 32), 32)
+    l1s = im.alloc(65536 * im.cs + L1_MAX * 8)
+    ents = []
+    for i in range(65536):
+        sid, name = str(i + 1).encode(), b"s%d" % (i + 1)
+        e = struct.pack(">QIHHIIQII", l1s + i * im.cs, L1_MAX, len(sid),
+                        len(name), 1700000000, 0, 0, 0, 16)
+        e += struct.pack(">QQ", 0, im.size) + sid + name
+        ents.append(e + bytes(-len(e) % 8))
+    table = b"".join(ents)
+    off = im.alloc(len(table))
+    im.f[off:off + len(table)] = table
+    im.snap = (off, 65536)
     im.write(d + "/top.qcow2")
 
 
