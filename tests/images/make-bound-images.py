@@ -603,7 +603,10 @@ def main():
     if args == ["--list"]:
         print("\n".join(c[0] for c in CASES))
         return
-    if not args:
+    if args in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if not args or args[0].startswith("-"):
         sys.exit("usage: make-bound-images.py --list | OUTDIR [CASE...]")
     out, only = args[0], set(args[1:])
     unknown = only - {c[0] for c in CASES}
