@@ -253,13 +253,22 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     st.total_bytes = size;
 
     /* the work to report: the guest bytes the layers hold (data and
-     * zeros), walked from metadata as qchain-delta walks them */
-    if (progress) {
+     * zeros), walked from metadata as qchain-delta walks them; and for a
+     * base on a device, which cannot grow, the space the commit needs,
+     * refused before anything is written rather than found missing
+     * halfway */
+    if (progress || q2_fixed_size(base)) {
         struct qcow2_commit_estimate est;
-        rc = qcow2_commit_estimate(top, stop, 0, &est);
+        rc = q2_commit_estimate(top, stop, base, 0, &est);
         if (rc < 0)
             return rc;
         work = est.data_bytes + est.zero_bytes;
+        if (q2_fixed_size(base) &&
+            est.base_required_bytes > (uint64_t)base->file_size)
+            return q2_err(top, -ENOSPC, "the base '%s' is a device of %"
+                          PRId64 " bytes; the commit needs %" PRIu64
+                          " bytes: extend the volume", base->filename,
+                          base->file_size, est.base_required_bytes);
     }
 
     /* GROW */

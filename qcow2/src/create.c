@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "endian.h"
@@ -262,15 +263,115 @@ int qcow2_create_io(struct qcow2_io *io, const char *name,
     return rc;
 }
 
+/* The new image made in memory: *io holds exactly the bytes qcow2_create
+ * would write (the caller closes it). */
+static int create_mem(const struct qcow2_create_opts *o, const char *name,
+                      struct qcow2_io *io, char *err, size_t errlen)
+{
+    int rc = qcow2_io_open_mem(NULL, 0, io);
+
+    if (rc < 0)
+        return cfail(err, errlen, rc, "out of memory");
+    rc = qcow2_create_io(io, name, o, err, errlen);
+    if (rc < 0)
+        io->close(io->ctx);
+    return rc;
+}
+
+int qcow2_create_size(const struct qcow2_create_opts *o, uint64_t *out,
+                      char *err, size_t errlen)
+{
+    struct qcow2_io io;
+    size_t len = 0;
+    int rc = qcow2_create_check(o, err, errlen);
+
+    if (rc < 0)
+        return rc;
+    if (o->format == QCOW2_FORMAT_RAW) {
+        *out = o->virtual_size;
+        return 0;
+    }
+    rc = create_mem(o, "", &io, err, errlen);
+    if (rc < 0)
+        return rc;
+    qcow2_io_mem_data(&io, &len);
+    io.close(io.ctx);
+    *out = len;
+    return 0;
+}
+
+/*
+ * A new image on an existing block device (an LVM volume), as qemu-img
+ * create writes one: the device is not created and keeps its size; a raw
+ * image is the device itself (nothing is written); a qcow2 image is made
+ * in memory, checked against the device's size, and written over the
+ * device's start in one write, then flushed.  Refused before anything is
+ * written when it does not fit.
+ */
+static int create_on_device(const char *path,
+                            const struct qcow2_create_opts *o, char *err,
+                            size_t errlen)
+{
+    struct qcow2_io dev, mem;
+    const uint8_t *bytes;
+    size_t len = 0;
+    int64_t cap, n;
+    int rc;
+
+    rc = qcow2_io_open_file(path, QCOW2_IO_RDWR, &dev, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (!(dev.caps & QCOW2_IO_CAP_FIXED_SIZE)) {
+        dev.close(dev.ctx); /* replaced by a file since we looked */
+        return cfail(err, errlen, -EEXIST, "%s", strerror(EEXIST));
+    }
+    cap = dev.size(dev.ctx);
+    if (cap < 0) {
+        dev.close(dev.ctx);
+        return cfail(err, errlen, (int)cap, "cannot get the size of the "
+                     "device: %s", qcow2_strerror((int)cap));
+    }
+    if (o->format == QCOW2_FORMAT_RAW) {
+        dev.close(dev.ctx);
+        if (o->virtual_size > (uint64_t)cap)
+            return cfail(err, errlen, -ENOSPC, "the device is %" PRId64
+                         " bytes, smaller than the image's %" PRIu64,
+                         cap, o->virtual_size);
+        return 0;
+    }
+    rc = create_mem(o, path, &mem, err, errlen);
+    if (rc < 0) {
+        dev.close(dev.ctx);
+        return rc;
+    }
+    bytes = qcow2_io_mem_data(&mem, &len);
+    if ((uint64_t)len > (uint64_t)cap) {
+        rc = cfail(err, errlen, -ENOSPC, "the device is %" PRId64 " bytes; "
+                   "the new image's metadata needs %zu", cap, len);
+    } else {
+        n = dev.pwrite(dev.ctx, bytes, len, 0);
+        rc = n < 0 ? (int)n : dev.flush(dev.ctx);
+        if (rc < 0)
+            cfail(err, errlen, rc, "cannot write the image: %s",
+                  qcow2_strerror(rc));
+    }
+    mem.close(mem.ctx);
+    dev.close(dev.ctx);
+    return rc;
+}
+
 int qcow2_create(const char *path, const struct qcow2_create_opts *o,
                  char *err, size_t errlen)
 {
     struct qcow2_io io;
+    struct stat st;
     int rc;
 
     rc = qcow2_create_check(o, err, errlen);
     if (rc < 0)
         return rc;
+    if (stat(path, &st) == 0 && S_ISBLK(st.st_mode))
+        return create_on_device(path, o, err, errlen);
     rc = qcow2_io_open_file(path, QCOW2_IO_CREATE, &io, err, errlen);
     if (rc < 0)
         return rc;

@@ -30,13 +30,27 @@
  *               fill free clusters inside the file (first fit), then extend
  *               it; the growth is how far the file's end moves.
  *
+ *               Enabled persistent bitmaps (auto, not in use) get a data
+ *               cluster for every bitmap cluster a write marks that has
+ *               none yet.
+ *
+ *   a device    (QCOW2_IO_CAP_FIXED_SIZE) does not grow: a raw base's
+ *               growth is 0; a qcow2 base's image ends after its last
+ *               cluster in use (refcounts), not at the device's end, and
+ *               grows from there as in a file.
+ *
+ * base_required_bytes is the size the base's file or device must have when
+ * the commit is done: the image's end after the growth (qcow2), the top's
+ * virtual size when a raw base grows, else its current size.
+ *
  * Not modelled: clusters freed during the commit and reused by later
- * allocations of the same commit (frees are deferred to flushes), and
- * clusters of persistent bitmaps the commit marks.  Both are small next to
- * the data; qchain-delta's tests hold the estimate against real commits.
+ * allocations of the same commit (frees are deferred to flushes).  That
+ * makes the estimate an upper bound, which is what a device needs before
+ * the first write; qchain-delta's tests hold it against real commits.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "endian.h"
@@ -56,6 +70,9 @@ struct est {
     uint64_t last_l1;    /* L1 index whose L2 was last considered, +1 */
     uint64_t last_gc;    /* guest cluster last made ours, +1 */
     uint32_t l1_entries; /* the base's L1 size after growing */
+    uint64_t *bm_next;   /* per bitmap: bitmap clusters below this are
+                            counted; UINT64_MAX: not marked by writes */
+    uint64_t end_clusters; /* qcow2: where the image ends before */
 };
 
 /* ---- raw base ---- */
@@ -202,10 +219,51 @@ static int q_write(struct est *s, uint64_t gc, uint64_t in, uint64_t len,
     return 0;
 }
 
+/* Bitmap data clusters the writes to [off, off+len) allocate: one per
+ * bitmap cluster that has none (and is not all ones), as bitmap_mark. */
+static int q_bitmaps(struct est *s, uint64_t off, uint64_t len)
+{
+    struct qcow2_image *b = s->base;
+    uint64_t cs = b->cluster_size, bpc = cs * 8;
+    unsigned i;
+
+    for (i = 0; i < b->n_bitmaps && len; i++) {
+        const struct qcow2_bitmap *p = &b->bitmaps[i].pub;
+        unsigned gb = p->granularity_bits;
+        uint64_t first = (off >> gb) / bpc, last = ((off + len - 1) >> gb) /
+                                                   bpc, ci;
+        if (s->bm_next[i] == UINT64_MAX)
+            continue;
+        for (ci = first > s->bm_next[i] ? first : s->bm_next[i]; ci <= last;
+             ci++) {
+            uint64_t pos = p->table_offset + ci * 8, key, e;
+            const uint8_t *page;
+            int rc;
+            if (ci >= p->table_size)
+                break;
+            key = pos & ~(cs - 1);
+            rc = q2_cache_get(&b->cache, &b->io, key, &page);
+            if (rc < 0)
+                return q2_err(b, rc, "cannot read a bitmap table: %s (at "
+                              "offset 0x%" PRIx64 ")", qcow2_strerror(rc),
+                              pos);
+            e = q2_load_be64(page + (pos - key));
+            if (!(e & 0x00fffffffffffe00ULL) && !(e & 1))
+                s->new_clusters++;
+        }
+        if (last + 1 > s->bm_next[i])
+            s->bm_next[i] = last + 1;
+    }
+    return 0;
+}
+
 static int q_range(struct est *s, uint64_t off, uint64_t len, bool zeros)
 {
     uint64_t cs = s->base->cluster_size;
+    int brc = s->bm_next ? q_bitmaps(s, off, len) : 0;
 
+    if (brc < 0)
+        return brc;
     while (len) {
         uint64_t in = off & (cs - 1), n = cs - in < len ? cs - in : len;
         int rc = q_write(s, off >> s->base->cluster_bits, in, n, zeros);
@@ -233,6 +291,9 @@ static int q_growth(struct est *s, uint64_t need, int64_t *out)
     uint64_t old_end = ((uint64_t)b->file_size + cs - 1) / cs;
     int rc;
 
+    if (q2_fixed_size(b) && (rc = q2_rc_used_end(b, &old_end)) < 0)
+        return rc;
+    s->end_clusters = old_end;
     rc = q2_rc_count_used(b, old_end, UINT64_MAX, &used);
     if (rc < 0)
         return rc;
@@ -291,6 +352,13 @@ int qcow2_commit_estimate(struct qcow2_image *top, unsigned stop,
                           unsigned flags,
                           struct qcow2_commit_estimate *out)
 {
+    return q2_commit_estimate(top, stop, NULL, flags, out);
+}
+
+int q2_commit_estimate(struct qcow2_image *top, unsigned stop,
+                       struct qcow2_image *base, unsigned flags,
+                       struct qcow2_commit_estimate *out)
+{
     struct qcow2_commit_estimate st = {0};
     struct est s = {0};
     struct qcow2_extent e;
@@ -308,6 +376,8 @@ int qcow2_commit_estimate(struct qcow2_image *top, unsigned stop,
     if (!s.base)
         return q2_err(top, -EINVAL, "the chain has no layer at depth %u",
                       stop);
+    if (base)
+        s.base = base; /* the same file, through the writer's handle */
     s.base_file_size = s.base->file_size > 0 ? (uint64_t)s.base->file_size
                                              : 0;
     size = top->virtual_size;
@@ -321,6 +391,21 @@ int qcow2_commit_estimate(struct qcow2_image *top, unsigned stop,
             s.new_clusters += (need * 8 + s.base->cluster_size - 1) /
                               s.base->cluster_size;
     }
+    if (s.base->format == QCOW2_FORMAT_QCOW2 && s.base->n_bitmaps) {
+        s.bm_next = malloc(s.base->n_bitmaps * sizeof(*s.bm_next));
+        if (!s.bm_next)
+            return -ENOMEM;
+        for (d = 0; d < s.base->n_bitmaps; d++) {
+            /* the ones a writer marks: a writer's handle knows, else
+             * write.c's rule (auto, and not in use) */
+            uint32_t f = s.base->bitmaps[d].pub.flags;
+            bool marked = s.base->writable
+                              ? s.base->bitmaps[d].tracked
+                              : (f & QCOW2_BITMAP_AUTO) &&
+                                    !(f & QCOW2_BITMAP_IN_USE);
+            s.bm_next[d] = marked ? 0 : UINT64_MAX;
+        }
+    }
 
     while (pos < size) {
         bool zeros;
@@ -329,7 +414,7 @@ int qcow2_commit_estimate(struct qcow2_image *top, unsigned stop,
         if (rc < 0) {
             uint64_t span;
             if (!(flags & QCOW2_ESTIMATE_TOLERANT) || rc == -ENOMEM)
-                return rc;
+                goto out;
             /* metadata caught mid-update: skip this L2 table's range of
              * the top and say how much was skipped */
             span = 1ull << (top->format == QCOW2_FORMAT_QCOW2
@@ -370,25 +455,39 @@ int qcow2_commit_estimate(struct qcow2_image *top, unsigned stop,
         } else {
             rc = q_range(&s, pos, e.length, false);
         }
-        if (rc < 0) {
-            if (s.base != top)
-                rc = q2_err(top, rc, "'%s': %s", s.base->filename,
-                            s.base->errmsg);
-            return rc;
-        }
+        if (rc < 0)
+            goto base_fail;
         pos += e.length;
     }
 
+    if (q2_fixed_size(s.base))
+        st.base_capacity_bytes = s.base_file_size;
     if (s.base->format == QCOW2_FORMAT_RAW) {
-        st.base_growth_bytes = (int64_t)s.raw_added - (int64_t)s.raw_freed;
+        /* a device's storage is all there: nothing grows or shrinks */
+        st.base_growth_bytes = q2_fixed_size(s.base)
+                                   ? 0
+                                   : (int64_t)s.raw_added -
+                                         (int64_t)s.raw_freed;
+        st.base_required_bytes = st.grows ? size : s.base_file_size;
     } else {
         st.new_clusters = s.new_clusters;
         rc = q_growth(&s, s.new_clusters, &st.base_growth_bytes);
         if (rc < 0)
-            return s.base != top ? q2_err(top, rc, "'%s': %s",
-                                          s.base->filename, s.base->errmsg)
-                                 : rc;
+            goto base_fail;
+        /* a file that does not grow keeps its size, whatever lies past
+         * its last cluster */
+        st.base_required_bytes =
+            !q2_fixed_size(s.base) && st.base_growth_bytes == 0
+                ? s.base_file_size
+                : s.end_clusters * s.base->cluster_size +
+                      (uint64_t)st.base_growth_bytes;
     }
     *out = st;
-    return 0;
+    goto out;
+base_fail:
+    if (s.base != top)
+        rc = q2_err(top, rc, "'%s': %s", s.base->filename, s.base->errmsg);
+out:
+    free(s.bm_next);
+    return rc;
 }

@@ -567,6 +567,7 @@ int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *out)
     i.filename = img->filename;
     i.virtual_size = img->virtual_size;
     i.file_size = img->file_size;
+    i.fixed_size = q2_fixed_size(img);
     i.actual_size = img->io.allocated ? img->io.allocated(img->io.ctx) : -1;
     if (img->format == QCOW2_FORMAT_QCOW2) {
         i.cluster_size = (uint32_t)img->cluster_size;

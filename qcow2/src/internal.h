@@ -278,6 +278,13 @@ struct qcow2_image {
     unsigned depth;            /* position in the chain, 0 = top */
 };
 
+/* Storage of a fixed size (a block device): file_size is its capacity;
+ * it never grows, so allocations are checked against it. */
+static inline bool q2_fixed_size(const struct qcow2_image *img)
+{
+    return (img->io.caps & QCOW2_IO_CAP_FIXED_SIZE) != 0;
+}
+
 /* ---- map.c ---- */
 /* One layer's answer for the bytes at guest offset `start` (< virtual
  * size), at most len bytes, not crossing an L2 table.  Fills kind, offset,
@@ -303,6 +310,9 @@ Q2_HIDDEN void q2_rc_entry_set(uint8_t *blk, unsigned order, uint64_t i,
  * `limit`. */
 Q2_HIDDEN int q2_rc_count_used(struct qcow2_image *img, uint64_t end,
                                uint64_t limit, uint64_t *out);
+/* End of the image in clusters: one past the last cluster with a
+ * non-zero refcount (on a device, where the file size says nothing). */
+Q2_HIDDEN int q2_rc_used_end(struct qcow2_image *img, uint64_t *out);
 /* Add delta (+1 or -1) to a cluster's refcount in its (cached) block. */
 Q2_HIDDEN int q2_rc_update(struct qcow2_image *img, uint64_t cluster,
                            int delta);
@@ -346,6 +356,12 @@ Q2_HIDDEN int q2_check_refcounts(struct qcow2_image *img,
                                  uint64_t *corruptions, uint64_t *leaks);
 /* Final flushes at close; returns the first error. */
 Q2_HIDDEN int q2_write_close(struct qcow2_image *img);
+
+/* qcow2_commit_estimate with the base read through `base` (a writer's
+ * handle on the file at depth stop), or the chain's own layer (NULL). */
+Q2_HIDDEN int q2_commit_estimate(struct qcow2_image *top, unsigned stop,
+                                 struct qcow2_image *base, unsigned flags,
+                                 struct qcow2_commit_estimate *out);
 
 /* QEMU's metadata-preallocation heuristic for an image (0 or 1). */
 Q2_HIDDEN int q2_detect_prealloc(struct qcow2_image *img);

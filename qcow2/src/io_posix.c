@@ -13,6 +13,16 @@
  *
  * A writer is stricter than QEMU: it refuses when any other process holds
  * any lock byte at all (a running VM reading the image as a backing file).
+ *
+ * Block devices (LVM volumes) are storage of a fixed size: st_size is 0
+ * for them, so the size comes from BLKGETSIZE64; they cannot be truncated
+ * (the backend says so with QCOW2_IO_CAP_FIXED_SIZE and refuses); zeroing
+ * goes through fallocate on the device, which discards only where the
+ * device guarantees that the range reads back as zeros and otherwise
+ * writes zeros in the kernel; extents are never shared with files.  A
+ * device opened for writing is opened exclusively (O_EXCL), so a mounted
+ * file system or another exclusive user refuses us.  The locks are the
+ * same bytes on the device node, which is what QEMU locks too.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -58,6 +68,8 @@ struct writeback {
 
 struct posix_file {
     int fd;
+    bool blockdev;    /* a block device: fixed size, device zeroing */
+    unsigned sector;  /* blockdev: logical block size (fallocate's unit) */
     int share; /* copy_range: 0 not probed, 1 extents shared, -1 cannot */
     struct hole_cache hc;
     struct writeback wb;
@@ -204,11 +216,13 @@ static void writeback_stop(struct posix_file *f)
     f->wb.started = false;
 }
 
-static int posix_truncate(void *ctx, uint64_t size)
+static int64_t device_size(int fd)
 {
-    struct posix_file *f = ctx;
-    hole_cache_drop(f);
-    return ftruncate(f->fd, (off_t)size) < 0 ? -errno : 0;
+    uint64_t n;
+
+    if (ioctl(fd, BLKGETSIZE64, &n) < 0)
+        return -errno;
+    return n > INT64_MAX ? -EFBIG : (int64_t)n;
 }
 
 static int64_t posix_size(void *ctx)
@@ -216,9 +230,28 @@ static int64_t posix_size(void *ctx)
     struct posix_file *f = ctx;
     struct stat st;
 
+    if (f->blockdev)
+        return device_size(f->fd);
     if (fstat(f->fd, &st) < 0)
         return -errno;
     return (int64_t)st.st_size;
+}
+
+/* A device keeps its size: asking for it is a no-op, anything else is
+ * refused (the library never asks; this is the backstop). */
+static int posix_truncate(void *ctx, uint64_t size)
+{
+    struct posix_file *f = ctx;
+
+    hole_cache_drop(f);
+    if (f->blockdev) {
+        int64_t cap = device_size(f->fd);
+        if (cap < 0)
+            return (int)cap;
+        return size == (uint64_t)cap ? 0
+               : size > (uint64_t)cap ? -ENOSPC : -EINVAL;
+    }
+    return ftruncate(f->fd, (off_t)size) < 0 ? -errno : 0;
 }
 
 static void posix_close(void *ctx)
@@ -369,11 +402,64 @@ static int64_t posix_allocated(void *ctx)
     return (int64_t)st.st_blocks * 512;
 }
 
+static int write_zeros(int fd, uint64_t off, uint64_t len)
+{
+    static const uint8_t zeros[4096];
+
+    while (len) {
+        size_t k = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
+        ssize_t n = pwrite(fd, zeros, k, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        off += (uint64_t)n;
+        len -= (uint64_t)n;
+    }
+    return 0;
+}
+
+/*
+ * Zero a range of a block device.  fallocate on a device works in its
+ * logical blocks: PUNCH_HOLE sends a write-zeroes request that may unmap
+ * (thin volumes give the space back) and fails rather than fall back when
+ * the device cannot guarantee zeros; ZERO_RANGE then makes the kernel
+ * write them.  Parts of blocks at either end are written as zeros.
+ */
+static int device_zero(struct posix_file *f, uint64_t off, uint64_t len)
+{
+    uint64_t s = f->sector, a = (off + s - 1) / s * s;
+    uint64_t b = (off + len) / s * s;
+    int rc;
+
+    if (a >= b)
+        return write_zeros(f->fd, off, len);
+    if (a > off && (rc = write_zeros(f->fd, off, a - off)) < 0)
+        return rc;
+    if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)a, (off_t)(b - a)) < 0 &&
+        fallocate(f->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)a, (off_t)(b - a)) < 0 &&
+        (rc = write_zeros(f->fd, a, b - a)) < 0)
+        return rc;
+    if (off + len > b && (rc = write_zeros(f->fd, b, off + len - b)) < 0)
+        return rc;
+    return 0;
+}
+
 static int posix_punch(void *ctx, uint64_t off, uint64_t len)
 {
     struct posix_file *f = ctx;
 
     hole_cache_drop(f);
+    if (f->blockdev) {
+        int64_t cap = device_size(f->fd);
+        if (cap < 0)
+            return (int)cap;
+        if (off > (uint64_t)cap || len > (uint64_t)cap - off)
+            return -ENOSPC;
+        return len ? device_zero(f, off, len) : 0;
+    }
     if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   (off_t)off, (off_t)len) < 0)
         return (errno == EOPNOTSUPP || errno == ENOSYS) ? -ENOTSUP : -errno;
@@ -466,6 +552,37 @@ out:
     return rc;
 }
 
+/* Re-open the block device *fd names with O_EXCL (claiming it), making
+ * sure the name still gives the same device. */
+static int open_exclusive(const char *path, int oflags, const struct stat *st,
+                          int *fd, char *err, size_t errlen)
+{
+    struct stat st2;
+    int fd2 = open(path, (oflags & ~O_CREAT) | O_EXCL | O_NONBLOCK);
+    int rc;
+
+    if (fd2 < 0) {
+        rc = -errno;
+        if (rc == -EBUSY)
+            snprintf(err, errlen, "the device is in use (mounted, or "
+                     "claimed by another program)");
+        else
+            snprintf(err, errlen, "%s", strerror(-rc));
+        close(*fd);
+        return rc;
+    }
+    if (fstat(fd2, &st2) < 0 || !S_ISBLK(st2.st_mode) ||
+        st2.st_rdev != st->st_rdev) {
+        snprintf(err, errlen, "the device changed while it was opened");
+        close(fd2);
+        close(*fd);
+        return -EAGAIN;
+    }
+    close(*fd);
+    *fd = fd2;
+    return 0;
+}
+
 int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
                        char *err, size_t errlen)
 {
@@ -508,6 +625,14 @@ int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
         close(fd);
         return -EINVAL;
     }
+    if (S_ISBLK(st.st_mode) && (oflags & O_ACCMODE) == O_RDWR) {
+        /* a writer claims the device: a mounted file system, or another
+         * program that claimed it, refuses us (QEMU does not claim it:
+         * the locks below see a running VM) */
+        rc = open_exclusive(path, oflags, &st, &fd, err, errlen);
+        if (rc < 0)
+            return rc;
+    }
     if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
         rc = -errno;
         snprintf(err, errlen, "%s", strerror(-rc));
@@ -531,6 +656,22 @@ int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
     f->fd = fd;
     hole_cache_drop(f);
     f->hc.block = st.st_blksize > 0 ? (uint64_t)st.st_blksize : 4096;
+    if (S_ISBLK(st.st_mode)) {
+        int ss = 512;
+        int64_t cap = device_size(fd);
+        if (cap < 0) {
+            snprintf(err, errlen, "cannot get the size of the device: %s",
+                     strerror((int)-cap));
+            close(fd);
+            free(f);
+            return (int)cap;
+        }
+        if (ioctl(fd, BLKSSZGET, &ss) < 0 || ss < 512 || (ss & (ss - 1)))
+            ss = 512;
+        f->blockdev = true;
+        f->sector = (unsigned)ss;
+        f->share = -1; /* no extents to share with files */
+    }
     memset(io, 0, sizeof(*io));
     io->version = QCOW2_IO_VERSION;
     io->ctx = f;
@@ -546,5 +687,6 @@ int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
     io->punch = posix_punch;
     io->copy_range = posix_copy_range;
     io->writeback = posix_writeback;
+    io->caps = f->blockdev ? QCOW2_IO_CAP_FIXED_SIZE : 0;
     return 0;
 }

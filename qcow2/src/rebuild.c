@@ -213,8 +213,14 @@ int q2_rebuild_from_counts(struct qcow2_image *img, const uint32_t *cnt,
     buf = malloc(cs);
     if (!buf)
         return -ENOMEM;
-    /* new blocks and table past everything, covering it all */
+    /* new blocks and table past everything, covering it all: past the
+     * file, or on a device (which cannot grow), past the last cluster
+     * anything references */
     start = clusters;
+    if (q2_fixed_size(img)) {
+        while (start > 1 && cnt[start - 1] == 0)
+            start--;
+    }
     for (;;) {
         uint64_t nb2, m2;
         end = start + nb + m;
@@ -230,10 +236,16 @@ int q2_rebuild_from_counts(struct qcow2_image *img, const uint32_t *cnt,
                     "limit of 8 MiB");
         goto out;
     }
+    if (q2_fixed_size(img) && end * cs > (uint64_t)img->file_size) {
+        rc = q2_err(img, -ENOSPC, "the device is full: it is %" PRId64
+                    " bytes and the rebuilt refcounts need %" PRIu64,
+                    img->file_size, end * cs);
+        goto out;
+    }
     for (k = 0; k < nb; k++) {
         memset(buf, 0, cs);
         for (i = k * rbe; i < (k + 1) * rbe && i < end; i++) {
-            uint64_t v = i < clusters ? cnt[i] : 1; /* new structures */
+            uint64_t v = i < start ? cnt[i] : 1; /* new structures */
             if (v)
                 q2_rc_entry_set(buf, order, i - k * rbe, v);
         }
@@ -266,7 +278,8 @@ int q2_rebuild_from_counts(struct qcow2_image *img, const uint32_t *cnt,
         goto out;
     img->hp.h.refcount_table_offset = (start + nb) * cs;
     img->hp.h.refcount_table_clusters = (uint32_t)m;
-    img->file_size = (int64_t)(end * cs);
+    if (!q2_fixed_size(img))
+        img->file_size = (int64_t)(end * cs);
     img->free_hint = 1;
     q2_cache_clear(&img->cache); /* old refcount pages are gone */
     img->hp.h.incompatible_features &= ~Q2_INCOMPAT_DIRTY;

@@ -174,6 +174,38 @@ int q2_rc_count_used(struct qcow2_image *img, uint64_t end, uint64_t limit,
     return 0;
 }
 
+int q2_rc_used_end(struct qcow2_image *img, uint64_t *out)
+{
+    unsigned order = img->hp.h.refcount_order;
+    uint64_t rbe = 1ull << rb_bits(img), rt = rt_entries(img), i;
+    int rc;
+
+    /* from the last table entry down: the first non-zero refcount found
+     * ends the image */
+    while (rt-- > 0) {
+        uint64_t rb_off;
+        const uint8_t *page;
+        rc = rt_get(img, rt, &rb_off);
+        if (rc < 0)
+            return rc;
+        if (rb_off == 0)
+            continue;
+        rc = q2_cache_get(&img->cache, &img->io, rb_off, &page);
+        if (rc < 0)
+            return q2_err(img, rc, "cannot read a refcount block: %s (at "
+                          "offset 0x%" PRIx64 ")", qcow2_strerror(rc),
+                          rb_off);
+        for (i = rbe; i-- > 0;) {
+            if (q2_rc_entry_get(page, order, i) != 0) {
+                *out = rt * rbe + i + 1;
+                return 0;
+            }
+        }
+    }
+    *out = 0;
+    return 0;
+}
+
 int q2_rc_update(struct qcow2_image *img, uint64_t cluster, int delta)
 {
     unsigned order = img->hp.h.refcount_order;
@@ -207,6 +239,15 @@ int q2_rc_update(struct qcow2_image *img, uint64_t cluster, int delta)
     return 0;
 }
 
+/* An allocation would pass the end of a device (checked before anything
+ * is written at the new place). */
+static int no_space(struct qcow2_image *img, uint64_t need)
+{
+    return q2_err(img, -ENOSPC, "the device is full: it is %" PRId64 " bytes "
+                  "and the image needs %" PRIu64 " (a device cannot grow: "
+                  "extend the volume)", img->file_size, need);
+}
+
 /*
  * Grow the refcount table so that it covers cluster `need` (QEMU's
  * qcow2_refcount_area): after everything in use, write the refcount blocks
@@ -229,11 +270,15 @@ static int grow_reftable(struct qcow2_image *img, uint64_t need)
     if (rc < 0)
         return rc;
     start = old_entries * rbe;
-    n = img->io.size(img->io.ctx);
-    if (n < 0)
-        return q2_err(img, (int)n, "cannot get the file size");
-    if ((((uint64_t)n + cs - 1) >> img->cluster_bits) > start)
-        start = ((uint64_t)n + cs - 1) >> img->cluster_bits;
+    /* past the file's end too (clusters there are not ours to count); on a
+     * device everything past the covered area is free space */
+    if (!q2_fixed_size(img)) {
+        n = img->io.size(img->io.ctx);
+        if (n < 0)
+            return q2_err(img, (int)n, "cannot get the file size");
+        if ((((uint64_t)n + cs - 1) >> img->cluster_bits) > start)
+            start = ((uint64_t)n + cs - 1) >> img->cluster_bits;
+    }
     for (;;) {
         uint64_t nb2, m2, top;
         end = start + nb + m;
@@ -252,6 +297,8 @@ static int grow_reftable(struct qcow2_image *img, uint64_t need)
         (end << img->cluster_bits) >= Q2_MAX_HOST_OFFSET)
         return q2_err(img, -EFBIG, "the refcount table cannot grow past "
                       "QEMU's limit of 8 MiB");
+    if (q2_fixed_size(img) && end * cs > (uint64_t)img->file_size)
+        return no_space(img, end * cs);
     buf = calloc(1, cs);
     if (!buf)
         return -ENOMEM;
@@ -361,6 +408,9 @@ static int find_run(struct qcow2_image *img, uint64_t n, uint64_t *out)
     if (((run_start + n) << img->cluster_bits) > Q2_MAX_HOST_OFFSET)
         return q2_err(img, -EFBIG, "image file would exceed QEMU's size "
                       "limit");
+    if (q2_fixed_size(img) &&
+        ((run_start + n) << img->cluster_bits) > (uint64_t)img->file_size)
+        return no_space(img, (run_start + n) << img->cluster_bits);
     *out = run_start;
     return 0;
 }

@@ -747,7 +747,7 @@ static int do_write(struct qcow2_image *img, const uint8_t *src,
                 pnum >= in)
                 in = 0; /* a hole already */
             rc = in ? img->io.punch(img->io.ctx, off, len) : 0;
-            if (rc == 0 && off + len > (uint64_t)fsz)
+            if (rc == 0 && off + len > (uint64_t)fsz && !q2_fixed_size(img))
                 rc = img->io.truncate(img->io.ctx, off + len);
             if (rc == 0)
                 return 0;
@@ -955,6 +955,14 @@ int q2_resize(struct qcow2_image *img, uint64_t size)
                       "bitmaps (QEMU refuses it too)");
     if (size > INT64_MAX)
         return q2_err(img, -EFBIG, "size %" PRIu64 " is too large", size);
+    if (img->format == QCOW2_FORMAT_RAW && q2_fixed_size(img)) {
+        /* a device is as large as it is: its virtual size already */
+        if (size > (uint64_t)img->file_size)
+            return q2_err(img, -ENOSPC, "the device is %" PRId64 " bytes; "
+                          "%" PRIu64 " bytes are needed (a device cannot "
+                          "grow: extend the volume)", img->file_size, size);
+        return 0;
+    }
     if (img->format == QCOW2_FORMAT_RAW) {
         rc = img->io.truncate(img->io.ctx, size);
         if (rc < 0)

@@ -159,7 +159,9 @@ struct qcow2_info {
     enum qcow2_format format;
     const char *filename;        /* as opened */
     uint64_t virtual_size;       /* guest-visible size in bytes */
-    int64_t file_size;           /* size of the image file */
+    int64_t file_size;           /* size of the image file (a device:
+                                    its capacity) */
+    bool fixed_size;             /* on a block device: it cannot grow */
     int64_t actual_size;         /* allocated bytes of the file, -1 unknown */
     uint32_t cluster_size;       /* qcow2 only */
     unsigned version;            /* qcow2 only: 2 or 3 */
@@ -565,6 +567,13 @@ struct qcow2_commit_estimate {
                                   before refcount structures */
     uint64_t skipped_bytes;    /* QCOW2_ESTIMATE_TOLERANT: guest bytes whose
                                   metadata could not be read */
+    uint64_t base_required_bytes; /* the size the base's file or device must
+                                     have once the commit is done: qcow2,
+                                     where the image ends after the growth;
+                                     raw, the top's virtual size when it
+                                     grows, else the base's size */
+    uint64_t base_capacity_bytes; /* a base on a device (which cannot grow):
+                                     its size; 0 for a file */
 };
 
 #define QCOW2_ESTIMATE_TOLERANT 0x1 /* skip unreadable L2 ranges (images
@@ -609,12 +618,28 @@ QCOW2_API int qcow2_create_check(const struct qcow2_create_opts *opts,
 
 /**
  * Create a new image file.  Fails with -EEXIST when path exists; on any
- * failure the file is removed.
- * @return 0, -EEXIST, -EINVAL (options), or a backend errno; err explains.
+ * failure the file is removed.  A path that names a block device (an LVM
+ * volume) is written over instead, as qemu-img create does: the device
+ * keeps its size; a raw image is the device itself (nothing is written); a
+ * qcow2 image's metadata (qcow2_create_size bytes) is written over the
+ * device's start.  The device is opened exclusively and with writer locks;
+ * when it is smaller than the image needs nothing is written (-ENOSPC).
+ * @return 0, -EEXIST, -EINVAL (options), -ENOSPC, -EBUSY, or a backend
+ *         errno; err explains.
  */
 QCOW2_API int qcow2_create(const char *path,
                            const struct qcow2_create_opts *opts, char *err,
                            size_t errlen);
+
+/**
+ * Bytes qcow2_create writes for these options: for qcow2, the header,
+ * refcount structures and L1 table (where the new image ends); for raw,
+ * the virtual size.  The smallest device such an image fits on.
+ * @param[out] out  the byte count
+ * @return 0, -EINVAL (options), -ENOMEM; err explains.
+ */
+QCOW2_API int qcow2_create_size(const struct qcow2_create_opts *opts,
+                                uint64_t *out, char *err, size_t errlen);
 
 /** Create an image in an empty caller-owned backend (name: for messages).
  *  @return as qcow2_create. */

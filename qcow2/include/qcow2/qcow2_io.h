@@ -11,7 +11,8 @@
  *    Errors are negative errno values.  No alignment is assumed.
  *  - pwrite returns len or a negative errno; a short write is an error.
  *  - flush makes every completed pwrite durable; returns 0 or -errno.
- *  - size returns the current size in bytes or -errno.
+ *  - size returns the current size in bytes or -errno (for a block device:
+ *    its capacity, never 0 as st_size says).
  *  - Optional members may be NULL; the library then assumes the answer
  *    stated next to each one.
  *  - close releases ctx; called exactly once by whoever owns the io.
@@ -69,8 +70,16 @@ struct qcow2_io {
      * writer goes on and the next flush has less to wait for.  A hint:
      * no durability is implied.  NULL: nothing is started early. */
     void (*writeback)(void *ctx);
+    /* What the storage is (QCOW2_IO_CAP_*); 0 for a file that can grow. */
+    unsigned caps;
     void *reserved[1]; /* zero */
 };
+
+/* The storage has a fixed size (a block device, an LVM volume): size()
+ * is its capacity, it never grows or shrinks, and truncate is never
+ * called.  The library checks every write and allocation against the
+ * capacity before writing and fails with -ENOSPC instead. */
+#define QCOW2_IO_CAP_FIXED_SIZE 0x1
 
 /* Flags for qcow2_io_open_file(). */
 #define QCOW2_IO_RDWR 0x01        /* open read-write (default read-only) */
@@ -78,9 +87,15 @@ struct qcow2_io {
 #define QCOW2_IO_NOLOCK 0x04      /* take no QEMU-compatible locks (-U) */
 
 /**
- * Open a POSIX file as a storage backend, taking the byte-range OFD locks
- * QEMU takes (reader: bytes 100, 201, 203; writer: 100, 101, 103, 201, 203)
- * unless QCOW2_IO_NOLOCK is given.
+ * Open a POSIX file or block device as a storage backend, taking the
+ * byte-range OFD locks QEMU takes (reader: bytes 100, 201, 203; writer:
+ * 100, 101, 103, 201, 203) unless QCOW2_IO_NOLOCK is given.  A block device
+ * gets QCOW2_IO_CAP_FIXED_SIZE, its size from the device (BLKGETSIZE64),
+ * zeroing through the device (fallocate, which discards only where the
+ * device guarantees zeros, or writes zeros in the kernel), and, opened for
+ * writing, an exclusive open (O_EXCL: refused while it is mounted or held
+ * by another exclusive user).  QCOW2_IO_CREATE on an existing block
+ * device fails with -EEXIST like on a file; FIFOs and sockets are refused.
  *
  * @param[in]  path   file name
  * @param[in]  flags  QCOW2_IO_* flags
