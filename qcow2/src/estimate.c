@@ -72,6 +72,9 @@ struct est {
     uint32_t l1_entries; /* the base's L1 size after growing */
     uint64_t *bm_next;   /* per bitmap: bitmap clusters below this are
                             counted; UINT64_MAX: not marked by writes */
+    uint64_t bm_guest;   /* no bitmap reaches an uncounted cluster below
+                            this guest offset (up to 65535 bitmaps need
+                            not be visited for every write) */
     uint64_t end_clusters; /* qcow2: where the image ends before */
 };
 
@@ -227,7 +230,10 @@ static int q_bitmaps(struct est *s, uint64_t off, uint64_t len)
     uint64_t cs = b->cluster_size, bpc = cs * 8;
     unsigned i;
 
-    for (i = 0; i < b->n_bitmaps && len; i++) {
+    if (len == 0 || off + len <= s->bm_guest)
+        return 0;
+    s->bm_guest = UINT64_MAX;
+    for (i = 0; i < b->n_bitmaps; i++) {
         const struct qcow2_bitmap *p = &b->bitmaps[i].pub;
         unsigned gb = p->granularity_bits;
         uint64_t first = (off >> gb) / bpc, last = ((off + len - 1) >> gb) /
@@ -253,6 +259,10 @@ static int q_bitmaps(struct est *s, uint64_t off, uint64_t len)
         }
         if (last + 1 > s->bm_next[i])
             s->bm_next[i] = last + 1;
+        if (s->bm_next[i] < p->table_size &&
+            s->bm_next[i] < (UINT64_MAX >> gb) / bpc &&
+            (s->bm_next[i] * bpc << gb) < s->bm_guest)
+            s->bm_guest = s->bm_next[i] * bpc << gb;
     }
     return 0;
 }

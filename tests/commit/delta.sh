@@ -145,6 +145,28 @@ for c in r.sample(range(4096), 2048):
 qemu-io top.qcow2 < cmds >/dev/null
 check_delta "2048 scattered 4 KiB writes into a raw base" top.qcow2 top.qcow2 base.raw raw
 
+# --- enabled persistent bitmaps: the commit marks them, and a bitmap
+# cluster written for the first time is a new cluster of the base; with
+# nothing freed (no snapshots, no compressed clusters in the base) the
+# estimate is exact: base-required-bytes is the base's size after the
+# commit (4 KiB clusters, 512-byte granularity: a bitmap cluster covers
+# 16 MiB of guest, the writes reach 10 of them in each of two bitmaps)
+rm -f bm-*
+qemu-img create -q -f qcow2 -o cluster_size=4k bm-base.qcow2 256M
+qemu-io -c 'write -P 1 0 1M' bm-base.qcow2 >/dev/null
+qemu-img bitmap --add -g 512 bm-base.qcow2 b0
+qemu-img bitmap --add -g 1k bm-base.qcow2 b1
+qemu-img bitmap --add -g 512 --disable bm-base.qcow2 off
+qemu-img create -q -f qcow2 -b bm-base.qcow2 -F qcow2 bm-top.qcow2
+for i in 0 1 2 3 4 5 6 7 8 9; do echo "write -P $((i + 2)) $((i * 24 + 3))M 64k"; done \
+    | qemu-io bm-top.qcow2 >/dev/null
+"$D" --json bm-top.qcow2 > bm-d.json 2>err
+"$C" bm-top.qcow2 > /dev/null 2>>err
+[ "$(jget bm-d.json base-required-bytes)" = "$(stat -c %s bm-base.qcow2)" ] \
+    && qemu-img check -q bm-base.qcow2 \
+    && ok "delta: bitmap clusters counted, base-required-bytes = the base's size after the commit ($(stat -c %s bm-base.qcow2))" \
+    || bad "delta bitmaps" "base-required-bytes $(jget bm-d.json base-required-bytes), the base is $(stat -c %s bm-base.qcow2): $(cat err)"
+
 # --- the rate and the plan follow the model exactly
 rm -rf ./*.qcow2 ./*.raw cc
 qemu-img create -q -f raw base.raw 64M
