@@ -13,7 +13,9 @@
  *   1. resolve the chain and check everything (chain membership, siblings
  *      that share BASE, locks: BASE and the image to re-point are held
  *      for writing, every other layer read is held for reading)
- *   2. write a journal beside BASE naming the job (uuid, identities)
+ *   2. write a journal beside BASE naming the job (uuid, identities);
+ *      for a BASE on a device, beside the chain's first regular file or
+ *      in the state directory (nothing is written under /dev)
  *   3. copy (library qcow2_commit): never changes the guest view
  *   4. re-point the image above TOP (one atomic sector write)
  *   5. remove the journal
@@ -39,6 +41,7 @@
 
 #include "chain.h"
 #include "cli.h"
+#include "fit.h"
 #include "json.h"
 #include "paths.h"
 
@@ -56,8 +59,11 @@ struct job {
     bool resuming;
 };
 
+#define DEFAULT_STATE_DIR "/var/lib/qchain"
+
 static struct cli_common common;
 static bool show_progress;
+static const char *state_dir; /* --state-dir, NULL: the default rule */
 
 static void usage(void)
 {
@@ -70,6 +76,10 @@ static void usage(void)
            "  --search=DIR         also look in DIR for other images backed "
            "by BASE\n"
            "  --force              commit even when other images use BASE\n"
+           "  --state-dir=DIR      where the journal of a BASE on a device "
+           "lives (default:\n"
+           "                       beside the chain's first regular file, "
+           "else " DEFAULT_STATE_DIR ")\n"
            "  -p, --progress       show a progress bar on stderr\n"
            "  -f, --format=FMT     format of ACTIVE (qcow2 or raw)\n"
            "  --output=human|json  report format; --json\n"
@@ -95,6 +105,87 @@ static int find_layer(const struct job *j, const char *path)
     return cli_chain_find(&j->c, path);
 }
 
+/* ---- where the job's state lives ----
+ * Beside BASE: BASE.qchain-commit (the journal) and BASE.qchain-committed
+ * (the layers committed into it).  Nothing is written under /dev: for a
+ * BASE on a device both go, under a name made from the device's path,
+ * into --state-dir, or beside the chain's first image that is a regular
+ * file, or into DEFAULT_STATE_DIR when every image is a device.  The path
+ * (its directory resolved, the last name kept: /dev/vg/base) names a volume
+ * across reboots, when device numbers and /dev inodes change. */
+
+/* The stable name of a device path: its directory's real path and its
+ * own name (not followed: /dev/vg/base stays, /dev/dm-3 would not). */
+static int device_name(const char *path, char *out, size_t len)
+{
+    char *copy = strdup(path), *copy2 = strdup(path), *dir;
+    int rc = 0;
+
+    if (!copy || !copy2) {
+        rc = -ENOMEM;
+    } else if (!(dir = realpath(dirname(copy), NULL))) {
+        rc = -errno;
+    } else {
+        const char *base = basename(copy2);
+        snprintf(out, len, "%s%s%s", dir, strcmp(dir, "/") ? "/" : "",
+                 base);
+        free(dir);
+    }
+    free(copy);
+    free(copy2);
+    return rc;
+}
+
+/* "/dev/vg-a/base" -> "dev-vg%2da-base": a file name, one per path. */
+static void escape_name(const char *path, char *out, size_t len)
+{
+    size_t o = 0;
+
+    for (path += *path == '/'; *path && o + 4 < len; path++) {
+        unsigned char ch = (unsigned char)*path;
+        if (ch == '/')
+            out[o++] = '-';
+        else if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                 (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' ||
+                 ch == '+')
+            out[o++] = (char)ch;
+        else
+            o += (size_t)snprintf(out + o, len - o, "%%%02x", ch);
+    }
+    out[o] = '\0';
+}
+
+/* The state file `suffix` of the commits into layer `b` of the chain. */
+static int state_path(const struct job *j, unsigned b, const char *suffix,
+                      char *out, size_t len)
+{
+    const char *dir = state_dir;
+    char name[PATH_MAX], esc[PATH_MAX], *copy = NULL;
+    unsigned i;
+    int rc;
+
+    if (!j->layers[b].device) {
+        snprintf(out, len, "%s%s", j->layers[b].name, suffix);
+        return 0;
+    }
+    rc = device_name(j->layers[b].name, name, sizeof(name));
+    if (rc < 0)
+        return rc;
+    escape_name(name, esc, sizeof(esc));
+    for (i = 0; !dir && i < j->n; i++) {
+        if (!j->layers[i].device) {
+            copy = strdup(j->layers[i].name);
+            if (!copy)
+                return -ENOMEM;
+            dir = dirname(copy);
+        }
+    }
+    rc = snprintf(out, len, "%s/%s%s", dir ? dir : DEFAULT_STATE_DIR, esc,
+                  suffix);
+    free(copy);
+    return rc < 0 || (size_t)rc >= len ? -ENAMETOOLONG : 0;
+}
+
 /* ---- journal ---- */
 
 static int fsync_dir_of(const char *path)
@@ -114,11 +205,18 @@ static int fsync_dir_of(const char *path)
     return rc;
 }
 
+/* A layer by identity: a file by device and inode, a device by its
+ * stable name (a reboot renumbers devices). */
 static void journal_line(FILE *f, const char *key,
                          const struct cli_layer *l)
 {
-    fprintf(f, "%s %" PRIu64 ":%" PRIu64 " %s\n", key, l->dev, l->ino,
-            l->name);
+    char name[PATH_MAX];
+
+    if (l->device && device_name(l->name, name, sizeof(name)) == 0)
+        fprintf(f, "%s device %s\n", key, name);
+    else
+        fprintf(f, "%s %" PRIu64 ":%" PRIu64 " %s\n", key, l->dev, l->ino,
+                l->name);
 }
 
 static int journal_write(struct job *j)
@@ -130,6 +228,18 @@ static int journal_write(struct job *j)
 
     uuid_generate(u);
     uuid_unparse_lower(u, j->uuid);
+    if (j->layers[j->base].device) {
+        /* the state directory may be new (its parent must exist) */
+        char *copy = strdup(j->journal);
+        if (!copy)
+            return -ENOMEM;
+        if (mkdir(dirname(copy), 0700) < 0 && errno != EEXIST) {
+            int rc = -errno;
+            free(copy);
+            return rc;
+        }
+        free(copy);
+    }
     snprintf(tmp, sizeof(tmp), "%s.tmp", j->journal);
     /* a run killed before its rename may have left tmp: never read as a
      * journal, so it is replaced */
@@ -162,8 +272,21 @@ static int journal_write(struct job *j)
 struct journal {
     char uuid[37];
     uint64_t dev[3], ino[3]; /* active, top, base */
-    char top_name[PATH_MAX];
+    bool device[3];          /* named by name[] instead */
+    char name[3][PATH_MAX];
 };
+
+/* Is chain layer l the one the journal names as key k? */
+static bool journal_names(const struct journal *jr, unsigned k,
+                          const struct cli_layer *l)
+{
+    char name[PATH_MAX];
+
+    if (jr->device[k])
+        return l->device && device_name(l->name, name, sizeof(name)) == 0 &&
+               strcmp(name, jr->name[k]) == 0;
+    return !l->device && jr->dev[k] == l->dev && jr->ino[k] == l->ino;
+}
 
 static int journal_read(const char *path, struct journal *out)
 {
@@ -188,14 +311,17 @@ static int journal_read(const char *path, struct journal *out)
         }
         for (k = 0; k < 3; k++) {
             size_t kl = strlen(keys[k]);
-            if (strncmp(line, keys[k], kl) == 0 && line[kl] == ' ' &&
-                sscanf(line + kl, " %" SCNu64 ":%" SCNu64 " %4095[^\n]",
-                       &out->dev[k], &out->ino[k], name) == 3) {
-                seen |= 1u << k;
-                if (k == 1)
-                    snprintf(out->top_name, sizeof(out->top_name), "%s",
-                             name);
+            if (strncmp(line, keys[k], kl) != 0 || line[kl] != ' ')
+                continue;
+            if (sscanf(line + kl, " device %4095[^\n]", name) == 1) {
+                out->device[k] = true;
+            } else if (sscanf(line + kl, " %" SCNu64 ":%" SCNu64
+                              " %4095[^\n]", &out->dev[k], &out->ino[k],
+                              name) != 3) {
+                continue;
             }
+            seen |= 1u << k;
+            snprintf(out->name[k], sizeof(out->name[k]), "%s", name);
         }
     }
     fclose(f);
@@ -209,19 +335,17 @@ static int journal_read(const char *path, struct journal *out)
  * size and modification time); a recorded file that has not changed since
  * is a redundant leftover, not a sibling. */
 
-static void record_path(const struct job *j, char *out, size_t len)
-{
-    snprintf(out, len, "%s.qchain-committed", j->layers[j->base].name);
-}
-
-/* Is the file st listed, unchanged, in the record beside base_name? */
-static bool recorded_in(const char *base_name, const struct stat *st)
+/* Is the file st listed, unchanged, in the record of commits into layer
+ * b of the chain? */
+static bool recorded_in(const struct job *j, unsigned b,
+                        const struct stat *st)
 {
     char path[PATH_MAX], line[256];
     FILE *f;
     bool found = false;
 
-    snprintf(path, sizeof(path), "%s.qchain-committed", base_name);
+    if (state_path(j, b, ".qchain-committed", path, sizeof(path)) < 0)
+        return false;
     f = fopen(path, "r");
     if (!f)
         return false;
@@ -241,7 +365,7 @@ static bool recorded_in(const char *base_name, const struct stat *st)
 
 static bool recorded(const struct job *j, const struct stat *st)
 {
-    return recorded_in(j->layers[j->base].name, st);
+    return recorded_in(j, j->base, st);
 }
 
 /* Every layer from TOP to just above BASE committed into BASE and left
@@ -282,7 +406,8 @@ static void record_committed(const struct job *j)
     unsigned i;
     FILE *f;
 
-    record_path(j, path, sizeof(path));
+    if (state_path(j, j->base, ".qchain-committed", path, sizeof(path)) < 0)
+        return;
     f = fopen(path, "a");
     if (!f)
         return;
@@ -330,15 +455,16 @@ static int find_siblings(const struct job *j, const char *dir, FILE *report,
             (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
             continue;
         snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        if (stat(path, &st) < 0 || !S_ISREG(st.st_mode))
-            continue;
+        if (stat(path, &st) < 0 ||
+            !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)))
+            continue; /* images live in files and on devices (LVs) */
         for (i = 0; i < j->n; i++)
             if (j->layers[i].dev == (uint64_t)st.st_dev &&
                 j->layers[i].ino == (uint64_t)st.st_ino)
                 in_chain = true;
         if (in_chain || recorded(j, &st))
             continue;
-        fd = open(path, O_RDONLY | O_CLOEXEC);
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd < 0)
             continue;
         if (read(fd, magic, 4) != 4 || memcmp(magic, "QFI\xfb", 4) != 0) {
@@ -360,6 +486,33 @@ static int find_siblings(const struct job *j, const char *dir, FILE *report,
     }
     closedir(d);
     return 0;
+}
+
+/* ---- room for the commit ---- */
+
+static int check_fit(const struct job *j)
+{
+    const struct cli_layer *t = &j->layers[j->top], *b = &j->layers[j->base];
+    struct qcow2_commit_estimate est;
+    struct cli_fit fit;
+    char msg[PATH_MAX + 256];
+    int rc;
+
+    if (qcow2_commit_estimate(t->img, j->base - j->top, 0, &est) < 0) {
+        cli_error_file(t->name, "%s", qcow2_errmsg(t->img));
+        return -1;
+    }
+    rc = cli_base_fit(b->name, &est, &fit);
+    if (rc < 0) {
+        cli_error_file(b->name, "cannot read the free space of its file "
+                       "system: %s", strerror(-rc));
+        return -1;
+    }
+    if (fit.fits)
+        return 0;
+    cli_fit_refusal(b->name, &fit, msg, sizeof(msg));
+    cli_error("%s", msg);
+    return -1;
 }
 
 /* ---- progress ---- */
@@ -400,6 +553,7 @@ int main(int argc, char **argv)
         {"search", required_argument, NULL, 's'},
         {"force", no_argument, NULL, 'F'},
         {"progress", no_argument, NULL, 'p'},
+        {"state-dir", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0}};
     const char *top_arg = NULL, *base_arg = NULL, *search[MAX_SEARCH];
     unsigned nsearch = 0, i, siblings = 0, nlocks = 0;
@@ -430,6 +584,11 @@ int main(int argc, char **argv)
             break;
         case 'F': force = true; break;
         case 'p': show_progress = true; break;
+        case 'D':
+            if (!*optarg)
+                cli_usage_error("--state-dir needs a directory");
+            state_dir = optarg;
+            break;
         default: cli_usage_error("incorrect parameter");
         }
     }
@@ -463,13 +622,19 @@ int main(int argc, char **argv)
              * a layer of the chain says so */
             struct stat tst;
             const char *done_base = NULL;
-            if (base_arg && find_layer(&j, base_arg) >= 0) {
-                snprintf(j.journal, sizeof(j.journal), "%s.qchain-commit",
-                         j.layers[find_layer(&j, base_arg)].name);
-                uint64_t dev = 0, ino = 0;
+            if (base_arg && find_layer(&j, base_arg) >= 0 &&
+                state_path(&j, (unsigned)find_layer(&j, base_arg),
+                           ".qchain-commit", j.journal,
+                           sizeof(j.journal)) == 0) {
+                struct cli_layer tl = {.name = top_arg};
+                struct stat ts;
+                if (stat(top_arg, &ts) == 0) {
+                    tl.dev = (uint64_t)ts.st_dev;
+                    tl.ino = (uint64_t)ts.st_ino;
+                    tl.device = S_ISBLK(ts.st_mode);
+                }
                 if (journal_read(j.journal, &jr) == 0 &&
-                    identity_of(top_arg, &dev, &ino) == 0 &&
-                    jr.dev[1] == dev && jr.ino[1] == ino) {
+                    journal_names(&jr, 1, &tl)) {
                     unlink(j.journal);
                     fsync_dir_of(j.journal);
                     done_base = base_arg;
@@ -477,7 +642,7 @@ int main(int argc, char **argv)
             }
             if (!done_base && stat(top_arg, &tst) == 0)
                 for (i = 0; i < j.n && !done_base; i++)
-                    if (recorded_in(j.layers[i].name, &tst))
+                    if (recorded_in(&j, i, &tst))
                         done_base = j.layers[i].name;
             if (done_base) {
                 report_done(j.active, top_arg, done_base);
@@ -493,8 +658,11 @@ int main(int argc, char **argv)
         goto out;
     j.top = j.c.top;
     j.base = j.c.base;
-    snprintf(j.journal, sizeof(j.journal), "%s.qchain-commit",
-             j.layers[j.base].name);
+    if (state_path(&j, j.base, ".qchain-commit", j.journal,
+                   sizeof(j.journal)) < 0) {
+        cli_error_file(j.layers[j.base].name, "cannot name its journal");
+        goto out;
+    }
     if (access(j.journal, F_OK) != 0 && job_done(&j)) {
         report_done(j.active, j.layers[j.top].name, j.layers[j.base].name);
         status = QCHAIN_EXIT_OK;
@@ -503,15 +671,13 @@ int main(int argc, char **argv)
 
     /* an unfinished job? only this very job may be resumed */
     if (journal_read(j.journal, &jr) == 0) {
-        if (jr.dev[0] != j.layers[0].dev || jr.ino[0] != j.layers[0].ino ||
-            jr.dev[1] != j.layers[j.top].dev ||
-            jr.ino[1] != j.layers[j.top].ino ||
-            jr.dev[2] != j.layers[j.base].dev ||
-            jr.ino[2] != j.layers[j.base].ino) {
+        if (!journal_names(&jr, 0, &j.layers[0]) ||
+            !journal_names(&jr, 1, &j.layers[j.top]) ||
+            !journal_names(&jr, 2, &j.layers[j.base])) {
             cli_error_file(j.journal, "an unfinished commit job (%s, top "
                            "'%s') left this journal; run that job again to "
                            "finish it, or remove the journal if you know it "
-                           "is stale", jr.uuid, jr.top_name);
+                           "is stale", jr.uuid, jr.name[1]);
             goto out;
         }
         memcpy(j.uuid, jr.uuid, sizeof(j.uuid));
@@ -547,6 +713,13 @@ int main(int argc, char **argv)
         }
         fclose(rep);
     }
+
+    /* room: a base on a device must hold what the commit leaves, a base
+     * file's file system its growth; refused before anything is written
+     * (a resumed job first reclaims what the interrupted run leaked: the
+     * library checks a device then, before it writes) */
+    if (!j.resuming && check_fit(&j) < 0)
+        goto out;
 
     /* locks: BASE and the image to re-point for writing, the rest for
      * reading (nobody may write what we copy) */

@@ -7,13 +7,17 @@
  * compat (0.10|1.1|v2|v3), compression_type (zlib|zstd), extended_l2
  * (on|off), lazy_refcounts (on|off).  SIZE takes K/M/G/T suffixes and
  * defaults to the backing file's size.  Unlike qemu-img, FILE must not
- * exist: qchain never overwrites an image.  Invalid options leave no file.
+ * exist: qchain never overwrites an image file.  A block device (an LVM
+ * volume) is the exception: the image is written over its start, as
+ * qemu-img create does, when the device is large enough.  Invalid options
+ * leave no file.
  */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -109,6 +113,7 @@ int main(int argc, char **argv)
                                   .format = QCOW2_FORMAT_QCOW2};
     const char *file, *fmt = "qcow2";
     char err[512], *opts = NULL;
+    struct stat st;
     bool have_opts = false, have_size;
     int opt, rc;
 
@@ -171,7 +176,9 @@ int main(int argc, char **argv)
         cli_error_file(file, "%s", err);
         return QCHAIN_EXIT_FAILURE;
     }
-    if (access(file, F_OK) == 0) {
+    /* a block device (an LVM volume) is written over, as qemu-img create
+     * does: the library refuses it when it is too small, writing nothing */
+    if (stat(file, &st) == 0 && !S_ISBLK(st.st_mode)) {
         cli_error_file(file, "already exists; qchain-create never overwrites "
                        "a file");
         return QCHAIN_EXIT_FAILURE;

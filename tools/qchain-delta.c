@@ -27,6 +27,7 @@
 
 #include "chain.h"
 #include "cli.h"
+#include "fit.h"
 #include "json.h"
 
 #define MAX_ROUNDS 10
@@ -192,6 +193,7 @@ int main(int argc, char **argv)
     struct qcow2_image *chain = NULL;
     struct qcow2_open_opts o;
     struct qcow2_commit_estimate est;
+    struct cli_fit fit;
     struct layer_stats *ls = NULL;
     struct cli_chain c = {0};
     struct plan plan = {0};
@@ -285,6 +287,12 @@ int main(int argc, char **argv)
         goto out;
     }
     skipped += est.skipped_bytes;
+    rc = cli_base_fit(c.layers[c.base].name, &est, &fit);
+    if (rc < 0) {
+        cli_error_file(c.layers[c.base].name, "cannot read the free space "
+                       "of its file system: %s", strerror(-rc));
+        goto out;
+    }
     if (skipped)
         cli_warning("%" PRIu64 " guest bytes were skipped: their metadata "
                     "changed while it was read (the image is in use)",
@@ -336,6 +344,8 @@ int main(int argc, char **argv)
         json_u64(&js, "compressed-bytes", est.compressed_bytes);
         json_i64(&js, "base-growth-bytes", est.base_growth_bytes);
         json_bool(&js, "base-grows", est.grows);
+        json_u64(&js, "base-required-bytes", fit.required);
+        json_bool(&js, "base-fits", fit.fits);
         if (have_rate) {
             json_u64(&js, "rate-bytes-per-second", rate);
             json_double(&js, "estimated-seconds",
@@ -379,7 +389,9 @@ int main(int argc, char **argv)
                "(%" PRIu64 " bytes).\n",
                cli_size_str(est.data_bytes, a, sizeof(a)), est.data_bytes,
                cli_size_str(est.zero_bytes, b, sizeof(b)), est.zero_bytes);
-        if (est.base_growth_bytes >= 0)
+        if (fit.device && !strcmp(c.layers[c.base].format, "raw"))
+            ; /* a device's storage is all there: the sentence below */
+        else if (est.base_growth_bytes >= 0)
             printf("The base grows by %s (%" PRId64 " bytes)%s.\n",
                    cli_size_str((uint64_t)est.base_growth_bytes, g,
                                 sizeof(g)),
@@ -390,6 +402,18 @@ int main(int argc, char **argv)
                    cli_size_str((uint64_t)-est.base_growth_bytes, g,
                                 sizeof(g)),
                    est.base_growth_bytes);
+        if (fit.device)
+            printf("The base is a device of %s; the commit needs %s "
+                   "(%" PRIu64 " bytes): %s.\n",
+                   cli_size_str(fit.capacity, a, sizeof(a)),
+                   cli_size_str(fit.required, b, sizeof(b)), fit.required,
+                   fit.fits ? "it fits"
+                            : "it does not fit, extend the volume first");
+        else if (fit.growth > 0)
+            printf("The base's file system has %s free: %s.\n",
+                   cli_size_str(fit.free, a, sizeof(a)),
+                   fit.fits ? "the growth fits"
+                            : "the growth does not fit, make room first");
         if (have_rate)
             printf("At %s/s the commit takes about %.1f s.\n",
                    cli_size_str(rate, a, sizeof(a)),

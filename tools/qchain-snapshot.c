@@ -13,6 +13,11 @@
  * removes the overlays already made.  Refuses when an OVERLAY exists, when
  * an ACTIVE cannot be opened with its whole chain, and when an ACTIVE is in
  * use by another process (a VM still writing it).
+ *
+ * An OVERLAY that is a block device (an LVM volume) is written over, as
+ * qemu-img create does: refused when the device is smaller than the new
+ * image's metadata; its first bytes are kept in memory first, and written
+ * back if a later pair fails ("none" for a device: its old start again).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -22,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -36,6 +42,9 @@ struct pair {
     const char *format;      /* ACTIVE's format */
     uint64_t size;
     bool created;
+    bool device;             /* OVERLAY is a block device */
+    uint8_t *saved;          /* its first saved_len bytes before */
+    size_t saved_len;
 };
 
 static void usage(void)
@@ -55,16 +64,91 @@ static void usage(void)
            cli_progname(), cli_progname());
 }
 
+static struct qcow2_create_opts create_opts(const struct pair *p)
+{
+    struct qcow2_create_opts o = {.size = sizeof(o),
+                                  .format = QCOW2_FORMAT_QCOW2,
+                                  .virtual_size = p->size,
+                                  .version = 3,
+                                  .backing_name = p->backing_name,
+                                  .backing_format = p->format};
+    return o;
+}
+
+/* A device overlay: large enough for the new image's metadata, and its
+ * bytes there kept for a rollback. */
+static int prepare_device(struct pair *p)
+{
+    struct qcow2_create_opts o = create_opts(p);
+    struct qcow2_io io;
+    uint64_t need;
+    int64_t cap, n;
+    char err[512], a[32], b[32];
+    int rc;
+
+    rc = qcow2_create_size(&o, &need, err, sizeof(err));
+    if (rc < 0) {
+        cli_error_file(p->overlay, "%s", err);
+        return -1;
+    }
+    rc = qcow2_io_open_file(p->overlay, 0, &io, err, sizeof(err));
+    if (rc < 0) {
+        cli_error_file(p->overlay, "%s", err);
+        return -1;
+    }
+    cap = io.size(io.ctx);
+    if (cap >= 0 && need > (uint64_t)cap) {
+        cli_error_file(p->overlay, "is a device of %s; the overlay's "
+                       "metadata needs %s (%" PRIu64 " bytes)",
+                       cli_size_str((uint64_t)cap, a, sizeof(a)),
+                       cli_size_str(need, b, sizeof(b)), need);
+        io.close(io.ctx);
+        return -1;
+    }
+    p->saved = malloc(need ? (size_t)need : 1);
+    n = p->saved && cap >= 0 ? io.pread(io.ctx, p->saved, (size_t)need, 0)
+                             : -ENOMEM;
+    io.close(io.ctx);
+    if (n < 0 || (uint64_t)n != need) {
+        cli_error_file(p->overlay, "cannot read the device: %s",
+                       n < 0 ? strerror((int)-n) : "short read");
+        return -1;
+    }
+    p->saved_len = (size_t)need;
+    return 0;
+}
+
+/* Undo a device overlay: its first bytes as they were. */
+static void restore_device(const struct pair *p)
+{
+    struct qcow2_io io;
+    char err[512];
+
+    if (qcow2_io_open_file(p->overlay, QCOW2_IO_RDWR, &io, err,
+                           sizeof(err)) < 0 ||
+        (io.pwrite(io.ctx, p->saved, p->saved_len, 0) < 0 ||
+         io.flush(io.ctx) < 0)) {
+        cli_error_file(p->overlay, "cannot restore the device's first %zu "
+                       "bytes", p->saved_len);
+        return;
+    }
+    io.close(io.ctx);
+}
+
 static int prepare(struct pair *p, enum backing_path_mode mode,
                    const struct cli_common *common)
 {
     struct qcow2_open_opts o;
     struct qcow2_info info;
+    struct stat st;
     int rc, locks;
 
-    if (access(p->overlay, F_OK) == 0) {
-        cli_error_file(p->overlay, "already exists");
-        return -1;
+    if (stat(p->overlay, &st) == 0) {
+        if (!S_ISBLK(st.st_mode)) {
+            cli_error_file(p->overlay, "already exists");
+            return -1;
+        }
+        p->device = true; /* written over, as qemu-img create does */
     }
     locks = qcow2_io_lock_probe(p->active);
     if (locks > 0) {
@@ -90,10 +174,12 @@ static int prepare(struct pair *p, enum backing_path_mode mode,
     }
 
     p->backing_name = cli_backing_name(p->overlay, p->active, mode);
-    if (!p->backing_name)
+    if (!p->backing_name) {
         cli_error_file(p->overlay, "cannot resolve the directories of '%s' "
                        "and '%s'", p->active, p->overlay);
-    return p->backing_name ? 0 : -1;
+        return -1;
+    }
+    return p->device ? prepare_device(p) : 0;
 }
 
 int main(int argc, char **argv)
@@ -165,12 +251,7 @@ int main(int argc, char **argv)
 
     for (i = 0; i < n; i++) {
         struct pair *p = &pairs[i];
-        struct qcow2_create_opts o = {.size = sizeof(o),
-                                      .format = QCOW2_FORMAT_QCOW2,
-                                      .virtual_size = p->size,
-                                      .version = 3,
-                                      .backing_name = p->backing_name,
-                                      .backing_format = p->format};
+        struct qcow2_create_opts o = create_opts(p);
         if (qcow2_create(p->overlay, &o, err, sizeof(err)) < 0) {
             cli_error_file(p->overlay, "%s", err);
             goto out;
@@ -229,10 +310,15 @@ int main(int argc, char **argv)
     }
 out:
     for (i = 0; i < n; i++) {
-        if (status != QCHAIN_EXIT_OK && pairs[i].created)
-            unlink(pairs[i].overlay);
+        if (status != QCHAIN_EXIT_OK && pairs[i].created) {
+            if (pairs[i].device)
+                restore_device(&pairs[i]);
+            else
+                unlink(pairs[i].overlay);
+        }
         qcow2_close(pairs[i].img);
         free(pairs[i].backing_name);
+        free(pairs[i].saved);
     }
     free(pairs);
     return status;

@@ -32,6 +32,7 @@ int cli_chain_load(struct qcow2_image *active, struct cli_chain *c)
             cli_error_file(y->name, "cannot identify the file");
             return -1;
         }
+        y->device = info.fixed_size;
     }
     return 0;
 }

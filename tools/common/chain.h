@@ -5,6 +5,7 @@
 #ifndef QCHAIN_CHAIN_H
 #define QCHAIN_CHAIN_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <qcow2/qcow2.h>
@@ -14,6 +15,7 @@ struct cli_layer {
     const char *name;        /* as resolved */
     uint64_t dev, ino;
     const char *format;      /* "qcow2" or "raw" */
+    bool device;             /* a block device (an LVM volume) */
 };
 
 struct cli_chain {
