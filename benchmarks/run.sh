@@ -83,6 +83,15 @@
 #       into this base is faster than that on this disk, so a ratio to
 #       qemu-img above (qemu-img time / this time) cannot be reached here.
 #
+# commit-raw-device   (issue 13, no target)
+#       The images of commit-raw with the base behind a loop device (the
+#       stand-in for an LVM volume: `losetup -f --show`, root only; skipped
+#       with the reason otherwise): the overlay re-pointed at the device
+#       (`qemu-img rebase -u`), the device restored before every run by
+#       writing the pristine base through it.  Compared: `qchain-commit TOP`
+#       vs. `qemu-img commit -d TOP` into the same device, both followed
+#       by `sync DEVICE`.
+#
 # Measurement
 # -----------
 # Each command runs once untimed (warm-up, page cache; also the output
@@ -106,7 +115,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-ALL_CASES=(map delta check commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor)
+ALL_CASES=(map delta check commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # --- parameters of case map (change the stamp if you change these) ---------
@@ -182,15 +191,18 @@ need_tool() {
 }
 
 # --- work dir ---------------------------------------------------------------
+LOOPDEV= # a loop device attached by a case, detached at exit
+detach_loop() { [[ -z $LOOPDEV ]] || losetup -d "$LOOPDEV" || true; LOOPDEV=; }
 if [[ -z $WORK ]]; then
     WORK=$(mktemp -d /var/tmp/qchain-bench.XXXXXX)
     if ((KEEP)); then
-        trap 'note "work dir kept: $WORK"' EXIT
+        trap 'detach_loop; note "work dir kept: $WORK"' EXIT
     else
-        trap 'rm -rf -- "$WORK"' EXIT
+        trap 'detach_loop; rm -rf -- "$WORK"' EXIT
     fi
 else
     mkdir -p -- "$WORK"
+    trap 'detach_loop' EXIT
 fi
 WORK=$(cd "$WORK" && pwd)
 
@@ -557,6 +569,37 @@ print(e[0]["offset"], e[0]["length"])')
     LABEL_OURS=qchain-commit
     LABEL_REF="plain copy (dd)"
     run_pair commit-seq-copy --min-speedup 0.8
+}
+
+device_prep() {
+    local dir=$WORK/commit-raw
+    rm -f -- "$dir/dtop.qcow2" "$dir/"*.qchain-co*
+    dd if="$dir/pristine/base.img" of="$LOOPDEV" bs=8M conv=fsync status=none
+    cp --sparse=always -- "$dir/pristine/top.qcow2" "$dir/dtop.qcow2"
+    qemu-img rebase -u -f qcow2 -b "$LOOPDEV" -F raw "$dir/dtop.qcow2"
+    sleep 0.3
+}
+
+case_commit-raw-device() {
+    local qc dir=$WORK/commit-raw
+    if ((EUID != 0)) || ! command -v losetup >/dev/null; then
+        note "[commit-raw-device] skipped: attaching a loop device needs root and losetup"
+        return
+    fi
+    qc=$(need_tool qchain-commit)
+    COMMIT_CASE=commit-raw
+    commit_setup commit-raw raw scattered
+    truncate -s 1G "$dir/dev-base.img"
+    LOOPDEV=$(losetup -f --show "$dir/dev-base.img") ||
+        { note "[commit-raw-device] skipped: cannot attach a loop device"; LOOPDEV=; return; }
+    OURS=(bash -c '"$0" "$1" >/dev/null && sync "$2"' "$qc" "$dir/dtop.qcow2" "$LOOPDEV")
+    REF=(bash -c 'qemu-img commit -q -d "$0" && sync "$1"' "$dir/dtop.qcow2" "$LOOPDEV")
+    PREP=device_prep
+    LABEL_OURS=qchain-commit
+    LABEL_REF="qemu-img commit"
+    run_pair commit-raw-device
+    detach_loop
+    rm -f -- "$dir/dev-base.img"
 }
 
 # --- main -------------------------------------------------------------------

@@ -126,15 +126,13 @@ static int64_t posix_pread(void *ctx, void *buf, size_t len, uint64_t off)
     return (int64_t)done;
 }
 
-static int64_t posix_pwrite(void *ctx, const void *buf, size_t len,
-                            uint64_t off)
+/* All of buf at off: 0 or -errno (a write of nothing is -EIO). */
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 {
-    struct posix_file *f = ctx;
     size_t done = 0;
 
-    hole_cache_write(f, off, len);
     while (done < len) {
-        ssize_t n = pwrite(f->fd, (const char *)buf + done, len - done,
+        ssize_t n = pwrite(fd, (const char *)buf + done, len - done,
                            (off_t)(off + done));
         if (n < 0) {
             if (errno == EINTR)
@@ -145,7 +143,18 @@ static int64_t posix_pwrite(void *ctx, const void *buf, size_t len,
             return -EIO;
         done += (size_t)n;
     }
-    return (int64_t)done;
+    return 0;
+}
+
+static int64_t posix_pwrite(void *ctx, const void *buf, size_t len,
+                            uint64_t off)
+{
+    struct posix_file *f = ctx;
+    int rc;
+
+    hole_cache_write(f, off, len);
+    rc = pwrite_all(f->fd, buf, len, off);
+    return rc < 0 ? rc : (int64_t)len;
 }
 
 static int posix_flush(void *ctx)
@@ -408,13 +417,11 @@ static int write_zeros(int fd, uint64_t off, uint64_t len)
 
     while (len) {
         size_t k = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
-        ssize_t n = pwrite(fd, zeros, k, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        off += (uint64_t)n;
-        len -= (uint64_t)n;
+        int rc = pwrite_all(fd, zeros, k, off);
+        if (rc < 0)
+            return rc;
+        off += k;
+        len -= k;
     }
     return 0;
 }

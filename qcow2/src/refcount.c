@@ -148,6 +148,22 @@ int q2_refcount_get(struct qcow2_image *img, uint64_t cluster, uint64_t *out)
     return 0;
 }
 
+/* The refcount block of table index rt (*page NULL: none). */
+static int rb_page(struct qcow2_image *img, uint64_t rt, const uint8_t **page)
+{
+    uint64_t rb_off;
+    int rc = rt_get(img, rt, &rb_off);
+
+    *page = NULL;
+    if (rc < 0 || rb_off == 0)
+        return rc;
+    rc = q2_cache_get(&img->cache, &img->io, rb_off, page);
+    if (rc < 0)
+        return q2_err(img, rc, "cannot read a refcount block: %s (at offset "
+                      "0x%" PRIx64 ")", qcow2_strerror(rc), rb_off);
+    return 0;
+}
+
 int q2_rc_count_used(struct qcow2_image *img, uint64_t end, uint64_t limit,
                      uint64_t *out)
 {
@@ -157,16 +173,12 @@ int q2_rc_count_used(struct qcow2_image *img, uint64_t end, uint64_t limit,
 
     /* one table entry and one block page per range of rbe clusters */
     for (rt = 0; rt * rbe < end && count < limit; rt++) {
-        uint64_t rb_off, last = (rt + 1) * rbe < end ? (rt + 1) * rbe : end;
+        uint64_t last = (rt + 1) * rbe < end ? (rt + 1) * rbe : end;
         const uint8_t *page;
-        rc = rt_get(img, rt, &rb_off);
-        if (rc < 0)
+        if ((rc = rb_page(img, rt, &page)) < 0)
             return rc;
-        if (rb_off == 0)
+        if (!page)
             continue;
-        rc = q2_cache_get(&img->cache, &img->io, rb_off, &page);
-        if (rc < 0)
-            return rc;
         for (i = rt * rbe; i < last && count < limit; i++)
             count += q2_rc_entry_get(page, order, i - rt * rbe) != 0;
     }
@@ -183,18 +195,11 @@ int q2_rc_used_end(struct qcow2_image *img, uint64_t *out)
     /* from the last table entry down: the first non-zero refcount found
      * ends the image */
     while (rt-- > 0) {
-        uint64_t rb_off;
         const uint8_t *page;
-        rc = rt_get(img, rt, &rb_off);
-        if (rc < 0)
+        if ((rc = rb_page(img, rt, &page)) < 0)
             return rc;
-        if (rb_off == 0)
+        if (!page)
             continue;
-        rc = q2_cache_get(&img->cache, &img->io, rb_off, &page);
-        if (rc < 0)
-            return q2_err(img, rc, "cannot read a refcount block: %s (at "
-                          "offset 0x%" PRIx64 ")", qcow2_strerror(rc),
-                          rb_off);
         for (i = rbe; i-- > 0;) {
             if (q2_rc_entry_get(page, order, i) != 0) {
                 *out = rt * rbe + i + 1;

@@ -468,20 +468,7 @@ locks_case() { # base-format
     view l-act.qcow2 l-act-before.raw
     "$C" --top l-low.qcow2 --base l-base.img l-act.qcow2 > l-out 2> l-err &
     pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
-    python3 - $pid l-base.img.qchain-commit <<'PY'
-import os, signal, sys, time
-pid, journal = int(sys.argv[1]), sys.argv[2]
-end = time.time() + 60
-while not os.path.exists(journal):
-    try:
-        st = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        sys.exit(1)
-    if st == "Z" or time.time() > end:
-        sys.exit(1)
-    time.sleep(0.002)
-os.kill(pid, signal.SIGSTOP)
-PY
+    signal_when_exists $pid l-base.img.qchain-commit STOP
     for _ in $(seq 100); do stopped $pid && break; sleep 0.01; done
     if ! stopped $pid || [ ! -e l-base.img.qchain-commit ]; then
         bad "$n" "could not stop the commit while it ran (state '$(ps -o stat= -p $pid)')"

@@ -278,20 +278,7 @@ view "$AT" want.raw
 mkdir state
 "$B/qchain-commit" --state-dir "$work/state" "$AT" > out 2> err &
 pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
-python3 - $pid "$work/state/$(echo "${AB#/}" | tr / -).qchain-commit" <<'PY'
-import os, signal, sys, time
-pid, journal = int(sys.argv[1]), sys.argv[2]
-end = time.time() + 60
-while not os.path.exists(journal):
-    try:
-        st = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        sys.exit(1)
-    if st == "Z" or time.time() > end:
-        sys.exit(1)
-    time.sleep(0.001)
-os.kill(pid, signal.SIGKILL)
-PY
+signal_when_exists $pid "$work/state/$(echo "${AB#/}" | tr / -).qchain-commit" KILL
 caught=$?
 wait $pid 2>/dev/null
 jname="state/$(echo "${AB#/}" | tr / -).qchain-commit"

@@ -32,3 +32,22 @@ for k in sys.argv[2:]:
 print(json.dumps(d))
 PY
 }
+# signal_when_exists PID FILE SIGNAL: send SIGNAL (STOP, KILL, ...) to PID
+# as soon as FILE exists (polled every millisecond); fails when PID ends
+# first or after 60 s
+signal_when_exists() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import os, signal, sys, time
+pid, path, sig = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+end = time.time() + 60
+while not os.path.exists(path):
+    try:
+        st = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        sys.exit(1)
+    if st == "Z" or time.time() > end:
+        sys.exit(1)
+    time.sleep(0.001)
+os.kill(pid, getattr(signal, "SIG" + sig))
+PY
+}
