@@ -32,13 +32,15 @@ for k in sys.argv[2:]:
 print(json.dumps(d))
 PY
 }
-# signal_when_exists PID FILE SIGNAL: send SIGNAL (STOP, KILL, ...) to PID
-# as soon as FILE exists (polled every millisecond); fails when PID ends
-# first or after 60 s
+# signal_when_exists PID FILE SIGNAL [MAX_MS]: send SIGNAL (STOP, KILL,
+# ...) to PID as soon as FILE exists (polled every millisecond), or a
+# random 0..MAX_MS milliseconds later; fails when PID ends first or after
+# 60 s
 signal_when_exists() {
-    python3 - "$1" "$2" "$3" <<'PY'
-import os, signal, sys, time
+    python3 - "$1" "$2" "$3" "${4:-0}" <<'PY'
+import os, random, signal, sys, time
 pid, path, sig = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+delay = random.uniform(0, int(sys.argv[4]) / 1000.0)
 end = time.time() + 60
 while not os.path.exists(path):
     try:
@@ -48,6 +50,7 @@ while not os.path.exists(path):
     if st == "Z" or time.time() > end:
         sys.exit(1)
     time.sleep(0.001)
+time.sleep(delay)
 os.kill(pid, getattr(signal, "SIG" + sig))
 PY
 }
