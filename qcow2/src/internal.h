@@ -278,6 +278,16 @@ struct qcow2_image {
     unsigned depth;            /* position in the chain, 0 = top */
 };
 
+/* A handle that is open (magic and state checked). */
+static inline bool q2_usable(const struct qcow2_image *img)
+{
+    return img && img->magic == Q2_HANDLE_MAGIC && img->state == Q2_STATE_OPEN;
+}
+
+/* ---- read.c ---- */
+/* The L1 table of snapshot idx is aligned and inside the file. */
+Q2_HIDDEN int q2_snapshot_l1_check(struct qcow2_image *img, unsigned idx);
+
 /* Storage of a fixed size (a block device): file_size is its capacity;
  * it never grows, so allocations are checked against it. */
 static inline bool q2_fixed_size(const struct qcow2_image *img)
@@ -299,7 +309,25 @@ Q2_HIDDEN int q2_map_layer(struct qcow2_image *img, uint64_t start,
  * unbounded amount of mapping work). */
 Q2_HIDDEN int q2_l1_check(struct qcow2_image *img);
 
-/* ---- refcount.c ---- */
+/* ---- tables.c: refcount entries through the cache ---- */
+/* log2 of the entries of a refcount block */
+static inline unsigned q2_rb_bits(const struct qcow2_image *img)
+{
+    return img->cluster_bits + 3 - img->hp.h.refcount_order;
+}
+/* entries of the refcount table */
+static inline uint64_t q2_rt_entries(const struct qcow2_image *img)
+{
+    return ((uint64_t)img->hp.h.refcount_table_clusters << img->cluster_bits)
+           / 8;
+}
+/* Offset of the refcount block of table index rt (0: none; checked). */
+Q2_HIDDEN int q2_rt_get(struct qcow2_image *img, uint64_t rt, uint64_t *out);
+/* Name block rb_off in table entry rt (a dirty REFTABLE page). */
+Q2_HIDDEN int q2_rt_set(struct qcow2_image *img, uint64_t rt, uint64_t rb_off);
+/* The refcount block of table index rt (*page NULL: none). */
+Q2_HIDDEN int q2_rb_page(struct qcow2_image *img, uint64_t rt,
+                         const uint8_t **page);
 /* Entry i of a refcount block of 1 << order bits per entry (widths below
  * 8 bits pack LSB first within a byte). */
 Q2_HIDDEN uint64_t q2_rc_entry_get(const uint8_t *blk, unsigned order,
@@ -313,6 +341,10 @@ Q2_HIDDEN int q2_rc_count_used(struct qcow2_image *img, uint64_t end,
 /* End of the image in clusters: one past the last cluster with a
  * non-zero refcount (on a device, where the file size says nothing). */
 Q2_HIDDEN int q2_rc_used_end(struct qcow2_image *img, uint64_t *out);
+/* ---- alloc.c: allocation and the flush barrier ---- */
+/* Record a failed write or flush: the handle refuses later writes with rc
+ * (sticky); the message is "what: strerror". */
+Q2_HIDDEN int q2_fail(struct qcow2_image *img, int rc, const char *what);
 /* Add delta (+1 or -1) to a cluster's refcount in its (cached) block. */
 Q2_HIDDEN int q2_rc_update(struct qcow2_image *img, uint64_t cluster,
                            int delta);
@@ -325,20 +357,25 @@ Q2_HIDDEN int q2_rc_free_later(struct qcow2_image *img, uint64_t off,
                                uint64_t len);
 Q2_HIDDEN int q2_rc_apply_pending(struct qcow2_image *img);
 
-/* ---- write.c ---- */
 /* Write every dirty page in crash-safe order (refcount blocks, table,
  * fsync, L2 tables, fsync, L1, fsync) and apply deferred frees. */
 Q2_HIDDEN int q2_flush(struct qcow2_image *img);
 /* A synced write of len header bytes at off. */
 Q2_HIDDEN int q2_header_write(struct qcow2_image *img, uint64_t off,
                               const void *buf, size_t len);
+
+/* ---- write.c ---- */
 /* Replace the snapshot table (old_len bytes at snapshots_offset) with
  * buf[0..len) holding count entries, crash-safely (write.c). */
 Q2_HIDDEN int q2_snap_table_switch(struct qcow2_image *img,
                                    const uint8_t *buf, uint64_t len,
                                    uint32_t count, uint64_t old_len);
-/* Make a freshly opened image writable (checks, autoclear bits). */
+/* Make a freshly opened image writable, in two steps around the refcount
+ * rebuild a dirty image needs: prepare checks that it may be written;
+ * begin hooks the flush barrier to the cache, clears unknown autoclear
+ * bits and flags enabled bitmaps in use. */
 Q2_HIDDEN int q2_write_prepare(struct qcow2_image *img);
+Q2_HIDDEN int q2_write_begin(struct qcow2_image *img);
 /* Grow to size bytes (any size: the header keeps it exactly, the guest
  * sees whole sectors, as QEMU does). */
 Q2_HIDDEN int q2_resize(struct qcow2_image *img, uint64_t size);

@@ -332,7 +332,12 @@ int qcow2_rebuild_refcounts(struct qcow2_image *img)
         return q2_err(img, -EROFS, "image is open read-only");
     if (img->format != QCOW2_FORMAT_QCOW2)
         return 0;
-    rc = q2_write_close(img); /* everything written, frees applied */
+    /* everything written, frees applied (twice: the second flush writes
+     * the decrements the first released); the writer's state, enabled
+     * bitmaps in use among it, stays as it is: the handle goes on */
+    rc = q2_flush(img);
+    if (rc == 0)
+        rc = q2_flush(img);
     if (rc < 0)
         return rc;
     return q2_rebuild_refcounts(img);

@@ -11,23 +11,17 @@
  *     set the L2 entry (host | COPIED)            -> dirty L2 page
  *     old cluster replaced (shared/compressed)    -> deferred decrement
  *
- *   q2_flush, the only writer of metadata:
- *     1. write dirty refcount blocks
- *     2. if the refcount table changed: fsync, then write its pages
- *     3. fsync              refcounts and data are durable
- *     4. write dirty L2 tables, fsync
- *     5. write dirty L1 pages, fsync
- *     6. apply deferred decrements (they reach the disk at the next
- *        flush's step 1, after the references they drop are gone)
- *
- * So at every moment the file holds, for every L2/L1 entry on disk, a
- * durable cluster with a durable refcount >= its references: a writer
- * killed anywhere leaves leaked clusters at worst.  Flushes are batched:
- * they happen when the cache is full of dirty pages, on qcow2_flush and at
- * close, not per cluster.
+ *   then q2_flush (alloc.c), the only writer of metadata, writes refcounts
+ *   and data durable before the L2 and L1 entries that name them, and
+ *   applies the deferred decrements after the references they drop are
+ *   gone.  So at every moment the file holds, for every L2/L1 entry on
+ *   disk, a durable cluster with a durable refcount >= its references: a
+ *   writer killed anywhere leaves leaked clusters at worst.  Flushes are
+ *   batched: they happen when the cache is full of dirty pages, on
+ *   qcow2_flush and at close, not per cluster.
  *
  * A failed write or flush makes the handle refuse every later write with
- * the same error (sticky, like SQLite's pager ERROR state).
+ * the same error (q2_fail, sticky).
  *
  * Clusters whose L2 entry lacks COPIED (shared with an internal snapshot)
  * and compressed clusters are never written in place: the new data goes to
@@ -47,55 +41,6 @@
 /* ------------------------------------------------------------------------ */
 /* Flush                                                                    */
 /* ------------------------------------------------------------------------ */
-
-static int fail(struct qcow2_image *img, int rc, const char *what)
-{
-    if (!img->write_err)
-        img->write_err = rc;
-    return q2_err(img, rc, "%s: %s", what, qcow2_strerror(rc));
-}
-
-int q2_flush(struct qcow2_image *img)
-{
-    unsigned n = 0;
-    int rc;
-
-    if (img->write_err)
-        return img->write_err;
-    if (img->format != QCOW2_FORMAT_QCOW2)
-        return (rc = img->io.flush(img->io.ctx)) < 0
-                   ? fail(img, rc, "cannot flush the image") : 0;
-
-    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_BITMAP,
-                                  &n)) < 0)
-        return fail(img, rc, "cannot write bitmap data");
-    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_REFBLOCK,
-                                  &n)) < 0)
-        return fail(img, rc, "cannot write refcount blocks");
-    if (q2_cache_dirty_kind(&img->cache, Q2_PAGE_REFTABLE)) {
-        /* a new block must be durable before the table entry naming it */
-        if ((rc = img->io.flush(img->io.ctx)) < 0)
-            return fail(img, rc, "cannot flush the image");
-        if ((rc = q2_cache_write_kind(&img->cache, &img->io,
-                                      Q2_PAGE_REFTABLE, &n)) < 0)
-            return fail(img, rc, "cannot write the refcount table");
-    }
-    if ((rc = img->io.flush(img->io.ctx)) < 0)
-        return fail(img, rc, "cannot flush the image");
-    n = 0;
-    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_L2, &n)) < 0)
-        return fail(img, rc, "cannot write L2 tables");
-    if (n && (rc = img->io.flush(img->io.ctx)) < 0)
-        return fail(img, rc, "cannot flush the image");
-    n = 0;
-    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_L1, &n)) < 0)
-        return fail(img, rc, "cannot write the L1 table");
-    if (n && (rc = img->io.flush(img->io.ctx)) < 0)
-        return fail(img, rc, "cannot flush the image");
-    if (img->n_pending && (rc = q2_rc_apply_pending(img)) < 0)
-        return fail(img, rc, "cannot free clusters");
-    return 0;
-}
 
 static int flush_cb(void *ctx)
 {
@@ -118,20 +63,6 @@ int q2_write_close(struct qcow2_image *img)
     if (rc == 0 && img->format == QCOW2_FORMAT_QCOW2)
         rc = set_bitmap_flags(img, false);
     return rc;
-}
-
-/* A synced write of header bytes (single fields, as QEMU updates them). */
-static int write_header(struct qcow2_image *img, uint64_t off,
-                        const void *buf, size_t len)
-{
-    int64_t n = img->io.pwrite(img->io.ctx, buf, len, off);
-    int rc;
-
-    if (n < 0)
-        return fail(img, (int)n, "cannot write the header");
-    if ((rc = img->io.flush(img->io.ctx)) < 0)
-        return fail(img, rc, "cannot flush the header");
-    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -170,12 +101,12 @@ static int set_bitmap_flags(struct qcow2_image *img, bool in_use)
         q2_store_be32(b, flags);
         w = img->io.pwrite(img->io.ctx, b, 4, bm->pub.entry_offset + 12);
         if (w < 0)
-            return fail(img, (int)w, "cannot update a bitmap directory entry");
+            return q2_fail(img, (int)w, "cannot update a bitmap directory entry");
         bm->pub.flags = flags;
         n++;
     }
     if (n && (rc = img->io.flush(img->io.ctx)) < 0)
-        return fail(img, rc, "cannot flush the bitmap directory");
+        return q2_fail(img, rc, "cannot flush the bitmap directory");
     return 0;
 }
 
@@ -291,9 +222,7 @@ static int bitmaps_mark(struct qcow2_image *img, uint64_t off, uint64_t len)
 
 int q2_write_prepare(struct qcow2_image *img)
 {
-    struct qcow2_header *h = &img->hp.h;
-    uint8_t b[8];
-    int rc;
+    const struct qcow2_header *h = &img->hp.h;
 
     img->writable = true;
     if (img->format != QCOW2_FORMAT_QCOW2)
@@ -311,21 +240,24 @@ int q2_write_prepare(struct qcow2_image *img)
     img->wbuf = q2_buf_alloc(img->cluster_size);
     if (!img->wbuf)
         return -ENOMEM;
-    if ((h->incompatible_features & Q2_INCOMPAT_DIRTY) &&
-        !(img->opts.flags & QCOW2_OPEN_CHECK)) {
-        /* lazy refcounts left behind by a QEMU that did not close the
-         * image: the refcounts may be too low; rebuild them first */
-        rc = q2_rebuild_refcounts(img);
-        if (rc < 0)
-            return rc;
-    }
+    return 0;
+}
+
+int q2_write_begin(struct qcow2_image *img)
+{
+    struct qcow2_header *h = &img->hp.h;
+    uint8_t b[8];
+    int rc;
+
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return 0;
     img->cache.flush = flush_cb;
     img->cache.flush_ctx = img;
     if (h->autoclear_features & ~Q2_AUTOCLEAR_KNOWN) {
         /* the spec: clear unknown autoclear bits before the first write */
         h->autoclear_features &= Q2_AUTOCLEAR_KNOWN;
         q2_store_be64(b, h->autoclear_features);
-        rc = write_header(img, 88, b, 8);
+        rc = q2_header_write(img, 88, b, 8);
         if (rc < 0)
             return rc;
     }
@@ -462,7 +394,7 @@ static int64_t data_pwrite(struct qcow2_image *img, const void *buf,
 {
     int64_t n = img->io.pwrite(img->io.ctx, buf, len, off);
     if (n < 0)
-        return fail(img, (int)n, "cannot write data");
+        return q2_fail(img, (int)n, "cannot write data");
     return n;
 }
 
@@ -637,7 +569,7 @@ static int write_ext(struct qcow2_image *img, uint64_t gc, uint64_t in,
         } else if (host) {
             int64_t n = q2_pread_full(&img->io, img->wbuf, cs, host);
             if (n < 0)
-                return fail(img, (int)n, "cannot read a shared cluster");
+                return q2_fail(img, (int)n, "cannot read a shared cluster");
         } else {
             memset(img->wbuf, 0, cs);
         }
@@ -731,7 +663,7 @@ static int do_write(struct qcow2_image *img, const uint8_t *src,
             return 0;
         if (src) {
             n = img->io.pwrite(img->io.ctx, src, len, off);
-            return n < 0 ? fail(img, (int)n, "cannot write data") : 0;
+            return n < 0 ? q2_fail(img, (int)n, "cannot write data") : 0;
         }
         /* zeros: a hole where the file system makes one (none needed
          * where there is one already: a punch costs a journal update) */
@@ -739,7 +671,7 @@ static int do_write(struct qcow2_image *img, const uint8_t *src,
             int64_t fsz = img->io.size(img->io.ctx);
             uint64_t in, pnum = 0; /* bytes of the range inside the file */
             if (fsz < 0)
-                return fail(img, (int)fsz, "cannot get the file size");
+                return q2_fail(img, (int)fsz, "cannot get the file size");
             in = off >= (uint64_t)fsz ? 0
                  : len < (uint64_t)fsz - off ? len : (uint64_t)fsz - off;
             if (in && img->io.block_status &&
@@ -752,7 +684,7 @@ static int do_write(struct qcow2_image *img, const uint8_t *src,
             if (rc == 0)
                 return 0;
             if (rc != -ENOTSUP)
-                return fail(img, rc, "cannot punch a hole");
+                return q2_fail(img, rc, "cannot punch a hole");
         }
         /* else written in bounded chunks */
         while (len) {
@@ -760,7 +692,7 @@ static int do_write(struct qcow2_image *img, const uint8_t *src,
             size_t k = len < sizeof(zeros) ? (size_t)len : sizeof(zeros);
             n = img->io.pwrite(img->io.ctx, zeros, k, off);
             if (n < 0)
-                return fail(img, (int)n, "cannot write zeros");
+                return q2_fail(img, (int)n, "cannot write zeros");
             off += k;
             len -= k;
         }
@@ -861,17 +793,17 @@ static int grow_l1(struct qcow2_image *img, uint64_t entries)
     if (old_bytes && (n = q2_pread_full(&img->io, buf, old_bytes,
                                         old_off)) < 0) {
         free(buf);
-        return fail(img, (int)n, "cannot read the L1 table");
+        return q2_fail(img, (int)n, "cannot read the L1 table");
     }
     n = img->io.pwrite(img->io.ctx, buf, clusters * cs, neu);
     free(buf);
     if (n < 0)
-        return fail(img, (int)n, "cannot write the L1 table");
+        return q2_fail(img, (int)n, "cannot write the L1 table");
     if ((rc = img->io.flush(img->io.ctx)) < 0)
-        return fail(img, rc, "cannot flush the image");
+        return q2_fail(img, rc, "cannot flush the image");
     q2_store_be32(hdr, (uint32_t)entries);
     q2_store_be64(hdr + 4, neu);
-    rc = write_header(img, 36, hdr, sizeof(hdr));
+    rc = q2_header_write(img, 36, hdr, sizeof(hdr));
     if (rc < 0)
         return rc;
     for (k = 0; k * cs < old_bytes; k++)
@@ -881,12 +813,6 @@ static int grow_l1(struct qcow2_image *img, uint64_t entries)
     if (old_bytes)
         rc = q2_rc_free_later(img, old_off, old_bytes);
     return rc;
-}
-
-int q2_header_write(struct qcow2_image *img, uint64_t off, const void *buf,
-                    size_t len)
-{
-    return write_header(img, off, buf, len);
 }
 
 /* The crash-safe switch of the snapshot table, in QEMU's order
@@ -919,13 +845,13 @@ int q2_snap_table_switch(struct qcow2_image *img, const uint8_t *buf,
         n = img->io.pwrite(img->io.ctx, page, clusters * cs, neu);
         free(page);
         if (n < 0)
-            return fail(img, (int)n, "cannot write the snapshot table");
+            return q2_fail(img, (int)n, "cannot write the snapshot table");
         if ((rc = img->io.flush(img->io.ctx)) < 0)
-            return fail(img, rc, "cannot flush the image");
+            return q2_fail(img, rc, "cannot flush the image");
     }
     q2_store_be32(hdr, count);
     q2_store_be64(hdr + 4, neu);
-    if ((rc = write_header(img, 60, hdr, sizeof(hdr))) < 0)
+    if ((rc = q2_header_write(img, 60, hdr, sizeof(hdr))) < 0)
         return rc;
     for (k = 0; k * cs < old_len; k++)
         q2_cache_drop(&img->cache, (old & ~(cs - 1)) + k * cs);
@@ -966,7 +892,7 @@ int q2_resize(struct qcow2_image *img, uint64_t size)
     if (img->format == QCOW2_FORMAT_RAW) {
         rc = img->io.truncate(img->io.ctx, size);
         if (rc < 0)
-            return fail(img, rc, "cannot grow the file");
+            return q2_fail(img, rc, "cannot grow the file");
         img->virtual_size = (size + 511) & ~511ull;
         return 0;
     }
@@ -977,7 +903,7 @@ int q2_resize(struct qcow2_image *img, uint64_t size)
     if (need > img->l1_size && (rc = grow_l1(img, need)) < 0)
         return rc;
     q2_store_be64(b, size);
-    rc = write_header(img, 24, b, 8);
+    rc = q2_header_write(img, 24, b, 8);
     if (rc < 0)
         return rc;
     img->hp.h.size = size;

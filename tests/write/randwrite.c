@@ -3,7 +3,7 @@
  * "model" file, for the write-path tests (tests/write/ scripts).
  *
  *   randwrite IMAGE MODEL SEED COUNT [--flush-every N] [--max-clusters N]
- *             [--verify] [--log FILE]
+ *             [--verify] [--log FILE] [--rebuild-first]
  *
  * Each operation is a data write (random bytes), a zero write or a discard
  * of a random range (1 sector to several clusters).  The model gets what a
@@ -11,8 +11,9 @@
  * read as zeros, unless the image is version 2 over a backing file;
  * partial clusters are untouched).  With --verify the whole guest view is
  * compared with the model at the end; --log writes "offset length" of
- * every operation (for the bitmap test).  A kill test runs it with a huge
- * COUNT and SIGKILLs it.
+ * every operation (for the bitmap test); --rebuild-first rebuilds the
+ * refcounts (qcow2_rebuild_refcounts, as a resumed commit does) before the
+ * first write.  A kill test runs it with a huge COUNT and SIGKILLs it.
  */
 #include <fcntl.h>
 #include <inttypes.h>
@@ -47,7 +48,7 @@ int main(int argc, char **argv)
     struct qcow2_image *img;
     struct qcow2_info info;
     uint64_t seed, count, i, size, cs, flush_every = 0, max_clusters = 4;
-    bool verify = false, discard_zeroes;
+    bool verify = false, rebuild = false, discard_zeroes;
     FILE *log = NULL;
     uint8_t *buf, *buf2;
     int model, a;
@@ -68,6 +69,8 @@ int main(int argc, char **argv)
             verify = true;
         else if (!strcmp(argv[a], "--log") && a + 1 < argc)
             log = fopen(argv[++a], "w");
+        else if (!strcmp(argv[a], "--rebuild-first"))
+            rebuild = true;
         else
             return 2;
     }
@@ -75,6 +78,8 @@ int main(int argc, char **argv)
     img = qcow2_new();
     if (!img || qcow2_open(img, argv[1], &opts) < 0)
         die("open", img);
+    if (rebuild && qcow2_rebuild_refcounts(img) < 0)
+        die("rebuild", img);
     qcow2_get_info(img, &info);
     size = info.virtual_size;
     cs = info.format == QCOW2_FORMAT_QCOW2 ? info.cluster_size : 4096;

@@ -1,15 +1,7 @@
 /*
- * refcount.c - refcounts of host clusters: read, update, allocate, free.
- *
- * On disk (refcount_bits = 1 << refcount_order, rb_entries = cluster_size *
- * 8 / refcount_bits):
- *
- *   refcount table: refcount_table_clusters clusters of 64-bit entries,
- *     bits 9-63 the offset of a refcount block, 0 = none (all refcounts 0)
- *   refcount block: one cluster of rb_entries packed big-endian entries;
- *     widths below 8 bits pack LSB first within a byte
- *
- *   cluster i -> table index i / rb_entries, block index i % rb_entries
+ * alloc.c - allocation of host clusters and the ordered flush barrier: the
+ * only module that decides where new clusters go and the only writer of
+ * dirty metadata pages (refcounts, tables) to the file.
  *
  * Allocation is first fit from a hint (the lowest cluster that may be
  * free), as QEMU's is, so freed holes are reused.  A cluster whose range has
@@ -17,15 +9,24 @@
  * it lies inside the range it covers and counts itself).  When the table is
  * full, a new larger table and the blocks that cover it are written past
  * everything in use and the header is switched to it with one synced write
- * (qcow2_refcount_area's scheme).
+ * (qcow2_refcount_area's scheme).  On a device (fixed size) nothing is ever
+ * placed past its end: such an allocation fails with -ENOSPC first.
  *
- * Write order (see write.c for the whole picture):
- *   - increments go to cached blocks, written before any L2 or L1 entry
- *     that uses the clusters (q2_flush step 1);
- *   - decrements are deferred (q2_rc_free_later) and applied only after
- *     the L2/L1 changes that dropped the references are durable, so a
- *     crash can leak clusters but never leave a reference with a refcount
- *     too small.
+ * Write order (q2_flush, the barrier):
+ *     1. write dirty bitmap data and refcount blocks
+ *     2. if the refcount table changed: fsync, then write its pages
+ *     3. fsync              refcounts and data are durable
+ *     4. write dirty L2 tables, fsync
+ *     5. write dirty L1 pages, fsync
+ *     6. apply deferred decrements (they reach the disk at the next
+ *        flush's step 1, after the references they drop are gone)
+ *   so increments are durable before any L2 or L1 entry that uses the
+ *   clusters, and decrements (q2_rc_free_later) only after the L2/L1
+ *   changes that dropped the references: a crash can leak clusters but
+ *   never leave a reference with a refcount too small.
+ *
+ * A failed write or flush makes the handle refuse every later write with
+ * the same error (q2_fail: sticky, like SQLite's pager ERROR state).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -36,48 +37,25 @@
 #include "format.h"
 #include "internal.h"
 
-static unsigned rb_bits(const struct qcow2_image *img)
+int q2_fail(struct qcow2_image *img, int rc, const char *what)
 {
-    return img->cluster_bits + 3 - img->hp.h.refcount_order;
+    if (!img->write_err)
+        img->write_err = rc;
+    return q2_err(img, rc, "%s: %s", what, qcow2_strerror(rc));
 }
 
-static uint64_t rt_entries(const struct qcow2_image *img)
+/* A synced write of header bytes (single fields, as QEMU updates them). */
+int q2_header_write(struct qcow2_image *img, uint64_t off,
+                        const void *buf, size_t len)
 {
-    return ((uint64_t)img->hp.h.refcount_table_clusters << img->cluster_bits)
-           / 8;
-}
+    int64_t n = img->io.pwrite(img->io.ctx, buf, len, off);
+    int rc;
 
-uint64_t q2_rc_entry_get(const uint8_t *blk, unsigned order, uint64_t i)
-{
-    switch (order) {
-    case 0: case 1: case 2: {
-        unsigned w = 1u << order;
-        uint64_t bit = i * w;
-        return (blk[bit / 8] >> (bit % 8)) & ((1u << w) - 1);
-    }
-    case 3: return blk[i];
-    case 4: return q2_load_be16(blk + i * 2);
-    case 5: return q2_load_be32(blk + i * 4);
-    default: return q2_load_be64(blk + i * 8);
-    }
-}
-
-void q2_rc_entry_set(uint8_t *blk, unsigned order, uint64_t i, uint64_t v)
-{
-    switch (order) {
-    case 0: case 1: case 2: {
-        unsigned w = 1u << order;
-        uint64_t bit = i * w;
-        uint8_t mask = (uint8_t)(((1u << w) - 1) << (bit % 8));
-        blk[bit / 8] = (uint8_t)((blk[bit / 8] & ~mask) |
-                                 ((v << (bit % 8)) & mask));
-        break;
-    }
-    case 3: blk[i] = (uint8_t)v; break;
-    case 4: q2_store_be16(blk + i * 2, (uint16_t)v); break;
-    case 5: q2_store_be32(blk + i * 4, (uint32_t)v); break;
-    default: q2_store_be64(blk + i * 8, v); break;
-    }
+    if (n < 0)
+        return q2_fail(img, (int)n, "cannot write the header");
+    if ((rc = img->io.flush(img->io.ctx)) < 0)
+        return q2_fail(img, rc, "cannot flush the header");
+    return 0;
 }
 
 static uint64_t rc_max(const struct qcow2_image *img)
@@ -86,139 +64,14 @@ static uint64_t rc_max(const struct qcow2_image *img)
     return bits == 64 ? UINT64_MAX : (1ull << bits) - 1;
 }
 
-/* Offset of the refcount block for table index rt (0: none). */
-static int rt_get(struct qcow2_image *img, uint64_t rt, uint64_t *out)
-{
-    uint64_t pos = img->hp.h.refcount_table_offset + rt * 8;
-    uint64_t key = pos & ~(img->cluster_size - 1), e;
-    const uint8_t *page;
-    int rc;
-
-    *out = 0;
-    if (rt >= rt_entries(img))
-        return 0;
-    rc = q2_cache_get(&img->cache, &img->io, key, &page);
-    if (rc < 0)
-        return q2_err(img, rc, "cannot read the refcount table: %s (at "
-                      "offset 0x%" PRIx64 ")", qcow2_strerror(rc), pos);
-    e = q2_load_be64(page + (pos - key));
-    if (e & Q2_REFT_RESERVED_MASK)
-        return q2_err(img, -QCOW2_ECORRUPT, "refcount table entry %" PRIu64
-                      " has reserved bits set (at offset 0x%" PRIx64 ")", rt,
-                      pos);
-    e &= Q2_REFT_OFFSET_MASK;
-    if (e & (img->cluster_size - 1))
-        return q2_err(img, -QCOW2_ECORRUPT, "refcount block offset 0x%" PRIx64
-                      " is not cluster aligned (at offset 0x%" PRIx64 ")", e,
-                      pos);
-    *out = e;
-    return 0;
-}
-
-static int rt_set(struct qcow2_image *img, uint64_t rt, uint64_t rb_off)
-{
-    uint64_t pos = img->hp.h.refcount_table_offset + rt * 8;
-    uint64_t key = pos & ~(img->cluster_size - 1);
-    uint8_t *page;
-    int rc = q2_cache_get_mut(&img->cache, &img->io, key, Q2_PAGE_REFTABLE,
-                              &page);
-
-    if (rc < 0)
-        return rc;
-    q2_store_be64(page + (pos - key), rb_off);
-    return 0;
-}
-
-int q2_refcount_get(struct qcow2_image *img, uint64_t cluster, uint64_t *out)
-{
-    uint64_t rb_off;
-    const uint8_t *page;
-    int rc;
-
-    *out = 0;
-    rc = rt_get(img, cluster >> rb_bits(img), &rb_off);
-    if (rc < 0 || rb_off == 0)
-        return rc;
-    rc = q2_cache_get(&img->cache, &img->io, rb_off, &page);
-    if (rc < 0)
-        return q2_err(img, rc, "cannot read a refcount block: %s (at offset "
-                      "0x%" PRIx64 ")", qcow2_strerror(rc), rb_off);
-    *out = q2_rc_entry_get(page, img->hp.h.refcount_order,
-                     cluster & ((1ull << rb_bits(img)) - 1));
-    return 0;
-}
-
-/* The refcount block of table index rt (*page NULL: none). */
-static int rb_page(struct qcow2_image *img, uint64_t rt, const uint8_t **page)
-{
-    uint64_t rb_off;
-    int rc = rt_get(img, rt, &rb_off);
-
-    *page = NULL;
-    if (rc < 0 || rb_off == 0)
-        return rc;
-    rc = q2_cache_get(&img->cache, &img->io, rb_off, page);
-    if (rc < 0)
-        return q2_err(img, rc, "cannot read a refcount block: %s (at offset "
-                      "0x%" PRIx64 ")", qcow2_strerror(rc), rb_off);
-    return 0;
-}
-
-int q2_rc_count_used(struct qcow2_image *img, uint64_t end, uint64_t limit,
-                     uint64_t *out)
-{
-    unsigned order = img->hp.h.refcount_order;
-    uint64_t rbe = 1ull << rb_bits(img), count = 0, rt, i;
-    int rc;
-
-    /* one table entry and one block page per range of rbe clusters */
-    for (rt = 0; rt * rbe < end && count < limit; rt++) {
-        uint64_t last = (rt + 1) * rbe < end ? (rt + 1) * rbe : end;
-        const uint8_t *page;
-        if ((rc = rb_page(img, rt, &page)) < 0)
-            return rc;
-        if (!page)
-            continue;
-        for (i = rt * rbe; i < last && count < limit; i++)
-            count += q2_rc_entry_get(page, order, i - rt * rbe) != 0;
-    }
-    *out = count;
-    return 0;
-}
-
-int q2_rc_used_end(struct qcow2_image *img, uint64_t *out)
-{
-    unsigned order = img->hp.h.refcount_order;
-    uint64_t rbe = 1ull << rb_bits(img), rt = rt_entries(img), i;
-    int rc;
-
-    /* from the last table entry down: the first non-zero refcount found
-     * ends the image */
-    while (rt-- > 0) {
-        const uint8_t *page;
-        if ((rc = rb_page(img, rt, &page)) < 0)
-            return rc;
-        if (!page)
-            continue;
-        for (i = rbe; i-- > 0;) {
-            if (q2_rc_entry_get(page, order, i) != 0) {
-                *out = rt * rbe + i + 1;
-                return 0;
-            }
-        }
-    }
-    *out = 0;
-    return 0;
-}
-
 int q2_rc_update(struct qcow2_image *img, uint64_t cluster, int delta)
 {
     unsigned order = img->hp.h.refcount_order;
-    uint64_t rb_off, i = cluster & ((1ull << rb_bits(img)) - 1), v;
+    uint64_t rb_off, i = cluster & ((1ull << q2_rb_bits(img)) - 1), v;
     uint8_t *page;
     int rc;
 
-    rc = rt_get(img, cluster >> rb_bits(img), &rb_off);
+    rc = q2_rt_get(img, cluster >> q2_rb_bits(img), &rb_off);
     if (rc < 0)
         return rc;
     if (rb_off == 0)
@@ -261,8 +114,8 @@ static int no_space(struct qcow2_image *img, uint64_t need)
  */
 static int grow_reftable(struct qcow2_image *img, uint64_t need)
 {
-    uint64_t cs = img->cluster_size, rbe = 1ull << rb_bits(img);
-    uint64_t old_entries = rt_entries(img);
+    uint64_t cs = img->cluster_size, rbe = 1ull << q2_rb_bits(img);
+    uint64_t old_entries = q2_rt_entries(img);
     uint64_t old_off = img->hp.h.refcount_table_offset;
     uint64_t old_clusters = img->hp.h.refcount_table_clusters;
     uint64_t start, nb = 0, m = 0, end, entries, k, r0, i;
@@ -371,7 +224,7 @@ fail:
 static int find_run(struct qcow2_image *img, uint64_t n, uint64_t *out)
 {
     unsigned order = img->hp.h.refcount_order;
-    uint64_t rbe = 1ull << rb_bits(img), i = img->free_hint ? img->free_hint
+    uint64_t rbe = 1ull << q2_rb_bits(img), i = img->free_hint ? img->free_hint
                                                              : 1;
     uint64_t run_start = i, run = 0;
     int rc;
@@ -380,13 +233,13 @@ static int find_run(struct qcow2_image *img, uint64_t n, uint64_t *out)
         uint64_t rt = i / rbe, rb_off, end = (rt + 1) * rbe;
         const uint8_t *page;
 
-        if (rt >= rt_entries(img)) {
+        if (rt >= q2_rt_entries(img)) {
             rc = grow_reftable(img, i + (n - run));
             if (rc < 0)
                 return rc;
             continue; /* its structures sit at i or later */
         }
-        rc = rt_get(img, rt, &rb_off);
+        rc = q2_rt_get(img, rt, &rb_off);
         if (rc < 0)
             return rc;
         if (rb_off == 0) {
@@ -423,7 +276,7 @@ static int find_run(struct qcow2_image *img, uint64_t n, uint64_t *out)
 int q2_rc_alloc(struct qcow2_image *img, uint64_t n, uint64_t *out)
 {
     unsigned order = img->hp.h.refcount_order;
-    uint64_t rbe = 1ull << rb_bits(img), start = 0, rt, last, rb_off, k;
+    uint64_t rbe = 1ull << q2_rb_bits(img), start = 0, rt, last, rb_off, k;
     int rc;
 
     for (;;) {
@@ -436,7 +289,7 @@ int q2_rc_alloc(struct qcow2_image *img, uint64_t n, uint64_t *out)
          * alloc_refcount_block / -EAGAIN loop does */
         last = (start + n - 1) / rbe;
         for (rt = start / rbe; rt <= last; rt++) {
-            rc = rt_get(img, rt, &rb_off);
+            rc = q2_rt_get(img, rt, &rb_off);
             if (rc < 0)
                 return rc;
             if (rb_off == 0)
@@ -452,7 +305,7 @@ int q2_rc_alloc(struct qcow2_image *img, uint64_t n, uint64_t *out)
                 return rc;
             if (start / rbe == rt)
                 q2_rc_entry_set(blk, order, start % rbe, 1);
-            rc = rt_set(img, rt, start << img->cluster_bits);
+            rc = q2_rt_set(img, rt, start << img->cluster_bits);
             if (rc == 0 && start / rbe != rt)
                 rc = q2_rc_update(img, start, +1);
             if (rc < 0)
@@ -513,4 +366,46 @@ int q2_rc_apply_pending(struct qcow2_image *img)
         rc = q2_rc_update(img, list[i], -1);
     free(list);
     return rc;
+}
+
+int q2_flush(struct qcow2_image *img)
+{
+    unsigned n = 0;
+    int rc;
+
+    if (img->write_err)
+        return img->write_err;
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return (rc = img->io.flush(img->io.ctx)) < 0
+                   ? q2_fail(img, rc, "cannot flush the image") : 0;
+
+    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_BITMAP,
+                                  &n)) < 0)
+        return q2_fail(img, rc, "cannot write bitmap data");
+    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_REFBLOCK,
+                                  &n)) < 0)
+        return q2_fail(img, rc, "cannot write refcount blocks");
+    if (q2_cache_dirty_kind(&img->cache, Q2_PAGE_REFTABLE)) {
+        /* a new block must be durable before the table entry naming it */
+        if ((rc = img->io.flush(img->io.ctx)) < 0)
+            return q2_fail(img, rc, "cannot flush the image");
+        if ((rc = q2_cache_write_kind(&img->cache, &img->io,
+                                      Q2_PAGE_REFTABLE, &n)) < 0)
+            return q2_fail(img, rc, "cannot write the refcount table");
+    }
+    if ((rc = img->io.flush(img->io.ctx)) < 0)
+        return q2_fail(img, rc, "cannot flush the image");
+    n = 0;
+    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_L2, &n)) < 0)
+        return q2_fail(img, rc, "cannot write L2 tables");
+    if (n && (rc = img->io.flush(img->io.ctx)) < 0)
+        return q2_fail(img, rc, "cannot flush the image");
+    n = 0;
+    if ((rc = q2_cache_write_kind(&img->cache, &img->io, Q2_PAGE_L1, &n)) < 0)
+        return q2_fail(img, rc, "cannot write the L1 table");
+    if (n && (rc = img->io.flush(img->io.ctx)) < 0)
+        return q2_fail(img, rc, "cannot flush the image");
+    if (img->n_pending && (rc = q2_rc_apply_pending(img)) < 0)
+        return q2_fail(img, rc, "cannot free clusters");
+    return 0;
 }
