@@ -9,20 +9,23 @@
  * backing file; both are matched by file identity, not spelling.  When TOP
  * is not ACTIVE, the image above TOP is re-pointed at BASE afterwards.
  *
- * The job, step by step:
- *   1. resolve the chain and check everything (chain membership, siblings
- *      that share BASE, locks: BASE and the image to re-point are held
- *      for writing, every other layer read is held for reading)
- *   2. write a journal beside BASE naming the job (uuid, identities);
+ * The job, step by step (main reads as this list):
+ *   1. open the chain, without locks: who is who; TOP and BASE in it
+ *   2. its state: done already, or an unfinished run of this very job
+ *   3. siblings: other images that BASE backs refuse the job
+ *   4. room: the base's growth fits its file system or device
+ *   5. locks: BASE and the image to re-point held for writing, every
+ *      other layer read held for reading
+ *   6. write a journal beside BASE naming the job (uuid, identities);
  *      for a BASE on a device, beside the chain's first regular file or
  *      in the state directory (nothing is written under /dev)
- *   3. copy (library qcow2_commit): never changes the guest view
- *   4. re-point the image above TOP (one atomic sector write)
- *   5. remove the journal
- * Killed anywhere, every image still reads as before (until step 4 the
- * layers above shadow what was written; step 4 is atomic).  Run again, the
+ *   7. copy (library qcow2_commit): never changes the guest view
+ *   8. re-point the image above TOP (one atomic sector write)
+ *   9. record the committed layers, remove the journal
+ * Killed anywhere, every image still reads as before (until step 8 the
+ * layers above shadow what was written; step 8 is atomic).  Run again, the
  * journal identifies the job: the base's leaked clusters are reclaimed and
- * the copy (idempotent) is redone, or, past step 4, the job is finished.
+ * the copy (idempotent) is redone, or, past step 8, the job is finished.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -47,8 +50,16 @@
 
 #define MAX_SEARCH 64
 
+struct args {
+    const char *active, *top, *base; /* as given (top, base: NULL) */
+    const char *search[MAX_SEARCH];
+    unsigned nsearch;
+    bool force;
+};
+
 struct job {
     const char *active;
+    struct qcow2_image *chain; /* ACTIVE's chain, read without locks */
     struct cli_chain c;
     struct cli_layer *layers; /* c.layers */
     unsigned n;       /* layers in ACTIVE's chain */
@@ -57,7 +68,19 @@ struct job {
     char journal[PATH_MAX];
     char uuid[37];
     bool resuming;
+    struct qcow2_image *base_img; /* BASE, read-write */
+    struct qcow2_image *above;    /* the image to re-point, read-write */
+    struct qcow2_io *locks;       /* read locks on the other layers */
+    unsigned nlocks;
+    char *rebase_name;            /* what `above` names BASE by */
+    struct qcow2_commit_stats st;
+    double secs;
 };
+
+/* What a step of the job says: go on, stop (done, reported), fail. */
+#define STEP_ON 0
+#define STEP_DONE 1
+#define STEP_FAIL (-1)
 
 #define DEFAULT_STATE_DIR "/var/lib/qchain"
 
@@ -544,7 +567,7 @@ static int progress_cb(void *ctx, uint64_t done, uint64_t total)
     return 0;
 }
 
-int main(int argc, char **argv)
+static void parse_args(int argc, char **argv, struct args *a)
 {
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
@@ -555,34 +578,21 @@ int main(int argc, char **argv)
         {"progress", no_argument, NULL, 'p'},
         {"state-dir", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0}};
-    const char *top_arg = NULL, *base_arg = NULL, *search[MAX_SEARCH];
-    unsigned nsearch = 0, i, siblings = 0, nlocks = 0;
-    struct qcow2_image *chain = NULL, *base = NULL, *above = NULL;
-    struct qcow2_io *locks = NULL;
-    struct qcow2_open_opts o;
-    struct qcow2_commit_stats st = {0};
-    struct timespec t0, t1;
-    struct journal jr;
-    struct job j = {0};
-    bool force = false;
-    char *rebase_name = NULL, err[512];
-    double secs;
-    int opt, rc, status = QCHAIN_EXIT_FAILURE;
+    int opt;
 
-    cli_init("qchain-commit", argv);
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS "p", longopts,
                               NULL)) != -1) {
         if (cli_common_option(opt, optarg, &common, usage))
             continue;
         switch (opt) {
-        case 't': top_arg = optarg; break;
-        case 'b': base_arg = optarg; break;
+        case 't': a->top = optarg; break;
+        case 'b': a->base = optarg; break;
         case 's':
-            if (nsearch == MAX_SEARCH)
+            if (a->nsearch == MAX_SEARCH)
                 cli_usage_error("too many --search directories");
-            search[nsearch++] = optarg;
+            a->search[a->nsearch++] = optarg;
             break;
-        case 'F': force = true; break;
+        case 'F': a->force = true; break;
         case 'p': show_progress = true; break;
         case 'D':
             if (!*optarg)
@@ -597,286 +607,339 @@ int main(int argc, char **argv)
     if (optind != argc - 1)
         cli_usage_error(optind >= argc ? "missing ACTIVE"
                                        : "too many arguments");
-    j.active = argv[optind];
+    a->active = argv[optind];
     if (!show_progress && common.output == CLI_OUTPUT_HUMAN && isatty(2))
         show_progress = true;
+}
 
-    /* 1. the chain, without locks: who is who */
-    chain = qcow2_new();
-    if (!chain)
-        return QCHAIN_EXIT_FAILURE;
-    cli_open_opts(&common, &o, QCOW2_OPEN_FORCE_SHARE);
-    if (qcow2_open(chain, j.active, &o) < 0) {
-        cli_error_file(j.active, "%s", qcow2_errmsg(chain));
-        goto out;
-    }
-    if (cli_chain_load(chain, &j.c) < 0)
-        goto out;
-    j.layers = j.c.layers;
-    j.n = j.c.n;
-    if (top_arg && j.n >= 2) {
-        rc = find_layer(&j, top_arg);
-        if (rc < 0) {
-            /* maybe this very job already finished: its journal (killed
-             * after the re-point) or the record of committed layers beside
-             * a layer of the chain says so */
-            struct stat tst;
-            const char *done_base = NULL;
-            if (base_arg && find_layer(&j, base_arg) >= 0 &&
-                state_path(&j, (unsigned)find_layer(&j, base_arg),
-                           ".qchain-commit", j.journal,
-                           sizeof(j.journal)) == 0) {
-                struct cli_layer tl = {.name = top_arg};
-                struct stat ts;
-                if (stat(top_arg, &ts) == 0) {
-                    tl.dev = (uint64_t)ts.st_dev;
-                    tl.ino = (uint64_t)ts.st_ino;
-                    tl.device = S_ISBLK(ts.st_mode);
-                }
-                if (journal_read(j.journal, &jr) == 0 &&
-                    journal_names(&jr, 1, &tl)) {
-                    unlink(j.journal);
-                    fsync_dir_of(j.journal);
-                    done_base = base_arg;
-                }
-            }
-            if (!done_base && stat(top_arg, &tst) == 0)
-                for (i = 0; i < j.n && !done_base; i++)
-                    if (recorded_in(&j, i, &tst))
-                        done_base = j.layers[i].name;
-            if (done_base) {
-                report_done(j.active, top_arg, done_base);
-                status = QCHAIN_EXIT_OK;
-                goto out;
-            }
-            cli_error_file(top_arg, "is not in the backing chain of '%s'",
-                           j.active);
-            goto out;
+/* TOP is not in the chain: maybe this very job finished already, which
+ * its journal (killed after the re-point) or the record of committed
+ * layers beside a layer of the chain says.  STEP_DONE (reported) or
+ * STEP_FAIL. */
+static int top_left_the_chain(struct job *j, const struct args *a)
+{
+    struct journal jr;
+    struct stat ts;
+    const char *done_base = NULL;
+    int b = a->base ? find_layer(j, a->base) : -1;
+    unsigned i;
+
+    if (b >= 0 && state_path(j, (unsigned)b, ".qchain-commit", j->journal,
+                             sizeof(j->journal)) == 0) {
+        struct cli_layer tl = {.name = a->top};
+        if (stat(a->top, &ts) == 0) {
+            tl.dev = (uint64_t)ts.st_dev;
+            tl.ino = (uint64_t)ts.st_ino;
+            tl.device = S_ISBLK(ts.st_mode);
+        }
+        if (journal_read(j->journal, &jr) == 0 &&
+            journal_names(&jr, 1, &tl)) {
+            unlink(j->journal);
+            fsync_dir_of(j->journal);
+            done_base = a->base;
         }
     }
-    if (cli_chain_resolve(&j.c, j.active, top_arg, base_arg) < 0)
-        goto out;
-    j.top = j.c.top;
-    j.base = j.c.base;
-    if (state_path(&j, j.base, ".qchain-commit", j.journal,
-                   sizeof(j.journal)) < 0) {
-        cli_error_file(j.layers[j.base].name, "cannot name its journal");
-        goto out;
+    if (!done_base && stat(a->top, &ts) == 0)
+        for (i = 0; i < j->n && !done_base; i++)
+            if (recorded_in(j, i, &ts))
+                done_base = j->layers[i].name;
+    if (done_base) {
+        report_done(j->active, a->top, done_base);
+        return STEP_DONE;
     }
-    if (access(j.journal, F_OK) != 0 && job_done(&j)) {
-        report_done(j.active, j.layers[j.top].name, j.layers[j.base].name);
-        status = QCHAIN_EXIT_OK;
-        goto out;
-    }
+    cli_error_file(a->top, "is not in the backing chain of '%s'", j->active);
+    return STEP_FAIL;
+}
 
-    /* an unfinished job? only this very job may be resumed */
-    if (journal_read(j.journal, &jr) == 0) {
-        if (!journal_names(&jr, 0, &j.layers[0]) ||
-            !journal_names(&jr, 1, &j.layers[j.top]) ||
-            !journal_names(&jr, 2, &j.layers[j.base])) {
-            cli_error_file(j.journal, "an unfinished commit job (%s, top "
+/* 1. the chain, without locks: who is who; TOP and BASE in it */
+static int open_chain(struct job *j, const struct args *a)
+{
+    j->active = a->active;
+    if (cli_chain_open(&common, j->active, QCOW2_OPEN_FORCE_SHARE, &j->chain,
+                       &j->c) < 0)
+        return STEP_FAIL;
+    j->layers = j->c.layers;
+    j->n = j->c.n;
+    if (a->top && j->n >= 2 && find_layer(j, a->top) < 0)
+        return top_left_the_chain(j, a);
+    if (cli_chain_resolve(&j->c, j->active, a->top, a->base) < 0)
+        return STEP_FAIL;
+    j->top = j->c.top;
+    j->base = j->c.base;
+    return STEP_ON;
+}
+
+/* 2. the job's state: done already, or an unfinished run to resume (only
+ * this very job may be resumed) */
+static int job_state(struct job *j)
+{
+    struct journal jr;
+
+    if (state_path(j, j->base, ".qchain-commit", j->journal,
+                   sizeof(j->journal)) < 0) {
+        cli_error_file(j->layers[j->base].name, "cannot name its journal");
+        return STEP_FAIL;
+    }
+    if (access(j->journal, F_OK) != 0 && job_done(j)) {
+        report_done(j->active, j->layers[j->top].name,
+                    j->layers[j->base].name);
+        return STEP_DONE;
+    }
+    if (journal_read(j->journal, &jr) == 0) {
+        if (!journal_names(&jr, 0, &j->layers[0]) ||
+            !journal_names(&jr, 1, &j->layers[j->top]) ||
+            !journal_names(&jr, 2, &j->layers[j->base])) {
+            cli_error_file(j->journal, "an unfinished commit job (%s, top "
                            "'%s') left this journal; run that job again to "
                            "finish it, or remove the journal if you know it "
                            "is stale", jr.uuid, jr.name[1]);
-            goto out;
+            return STEP_FAIL;
         }
-        memcpy(j.uuid, jr.uuid, sizeof(j.uuid));
-        j.resuming = true;
-    } else if (access(j.journal, F_OK) == 0) {
-        cli_error_file(j.journal, "is not a qchain-commit journal; remove "
+        memcpy(j->uuid, jr.uuid, sizeof(j->uuid));
+        j->resuming = true;
+    } else if (access(j->journal, F_OK) == 0) {
+        cli_error_file(j->journal, "is not a qchain-commit journal; remove "
                        "it or move it away");
-        goto out;
+        return STEP_FAIL;
     }
+    return STEP_ON;
+}
 
-    /* siblings: other images backed by BASE would see changed data */
-    {
-        char *bcopy = strdup(j.layers[j.base].name);
-        FILE *rep = tmpfile();
-        if (!bcopy || !rep)
-            goto out;
-        find_siblings(&j, dirname(bcopy), rep, &siblings);
-        for (i = 0; i < nsearch; i++)
-            find_siblings(&j, search[i], rep, &siblings);
+/* 3. siblings: other images backed by BASE would see changed data */
+static int check_siblings(const struct job *j, const struct args *a)
+{
+    char *bcopy = strdup(j->layers[j->base].name), line[PATH_MAX + 8];
+    FILE *rep = tmpfile();
+    unsigned i, siblings = 0;
+
+    if (!bcopy || !rep) {
         free(bcopy);
-        if (siblings && !force) {
-            char line[PATH_MAX + 8];
-            cli_error_file(j.layers[j.base].name, "%u other image%s outside "
-                           "this chain use%s it as backing file and would "
-                           "read changed data (--force to commit anyway):",
-                           siblings, siblings > 1 ? "s" : "",
-                           siblings > 1 ? "" : "s");
-            rewind(rep);
-            while (fgets(line, sizeof(line), rep))
-                fputs(line, stderr);
+        if (rep)
             fclose(rep);
-            goto out;
-        }
-        fclose(rep);
+        return STEP_FAIL;
     }
+    find_siblings(j, dirname(bcopy), rep, &siblings);
+    for (i = 0; i < a->nsearch; i++)
+        find_siblings(j, a->search[i], rep, &siblings);
+    free(bcopy);
+    if (siblings && !a->force) {
+        cli_error_file(j->layers[j->base].name, "%u other image%s outside "
+                       "this chain use%s it as backing file and would read "
+                       "changed data (--force to commit anyway):", siblings,
+                       siblings > 1 ? "s" : "", siblings > 1 ? "" : "s");
+        rewind(rep);
+        while (fgets(line, sizeof(line), rep))
+            fputs(line, stderr);
+    }
+    fclose(rep);
+    return siblings && !a->force ? STEP_FAIL : STEP_ON;
+}
 
-    /* room: a base on a device must hold what the commit leaves, a base
-     * file's file system its growth; refused before anything is written
-     * (a resumed job first reclaims what the interrupted run leaked: the
-     * library checks a device then, before it writes) */
-    if (!j.resuming && check_fit(&j) < 0)
-        goto out;
+/* 5. locks: BASE and the image to re-point for writing, the rest for
+ * reading (nobody may write what we copy) */
+static int take_locks(struct job *j)
+{
+    struct qcow2_open_opts o;
+    char err[512];
+    unsigned i;
 
-    /* locks: BASE and the image to re-point for writing, the rest for
-     * reading (nobody may write what we copy) */
-    base = qcow2_new();
-    if (!base)
-        goto out;
+    j->base_img = qcow2_new();
+    if (!j->base_img)
+        return STEP_FAIL;
     cli_open_opts(&common, &o, QCOW2_OPEN_RDWR);
-    o.format = j.layers[j.base].format;
-    if (qcow2_open(base, j.layers[j.base].name, &o) < 0) {
-        cli_error_file(j.layers[j.base].name, "%s", qcow2_errmsg(base));
-        goto out;
+    o.format = j->layers[j->base].format;
+    if (qcow2_open(j->base_img, j->layers[j->base].name, &o) < 0) {
+        cli_error_file(j->layers[j->base].name, "%s",
+                       qcow2_errmsg(j->base_img));
+        return STEP_FAIL;
     }
-    if (j.top > 0) {
-        above = qcow2_new();
-        if (!above)
-            goto out;
+    if (j->top > 0) {
+        j->above = qcow2_new();
+        if (!j->above)
+            return STEP_FAIL;
         cli_open_opts(&common, &o, QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING);
         o.format = "qcow2";
-        if (qcow2_open(above, j.layers[j.top - 1].name, &o) < 0) {
-            cli_error_file(j.layers[j.top - 1].name, "%s",
-                           qcow2_errmsg(above));
-            goto out;
+        if (qcow2_open(j->above, j->layers[j->top - 1].name, &o) < 0) {
+            cli_error_file(j->layers[j->top - 1].name, "%s",
+                           qcow2_errmsg(j->above));
+            return STEP_FAIL;
         }
     }
-    locks = calloc(j.n, sizeof(*locks));
-    if (!locks)
-        goto out;
-    for (i = 0; i < j.base; i++) {
-        if (j.top > 0 && i == j.top - 1)
+    j->locks = calloc(j->n, sizeof(*j->locks));
+    if (!j->locks)
+        return STEP_FAIL;
+    for (i = 0; i < j->base; i++) {
+        if (j->top > 0 && i == j->top - 1)
             continue;
-        rc = qcow2_io_open_file(j.layers[i].name, 0, &locks[nlocks], err,
-                                sizeof(err));
-        if (rc < 0) {
-            cli_error_file(j.layers[i].name, "%s", err);
-            goto out;
+        if (qcow2_io_open_file(j->layers[i].name, 0, &j->locks[j->nlocks],
+                               err, sizeof(err)) < 0) {
+            cli_error_file(j->layers[i].name, "%s", err);
+            return STEP_FAIL;
         }
-        nlocks++;
+        j->nlocks++;
     }
+    return STEP_ON;
+}
 
-    /* 2. the journal */
-    if (!j.resuming) {
-        rc = journal_write(&j);
+/* 6. the journal (or, resuming, the clusters the interrupted run leaked
+ * reclaimed), 7. the copy, 8. the re-point */
+static int run(struct job *j)
+{
+    struct timespec t0, t1;
+    int rc;
+
+    if (!j->resuming) {
+        rc = journal_write(j);
         if (rc < 0) {
-            cli_error_file(j.journal, "cannot write the journal: %s",
+            cli_error_file(j->journal, "cannot write the journal: %s",
                            strerror(-rc));
-            goto out;
+            return STEP_FAIL;
         }
     } else {
         if (common.output == CLI_OUTPUT_HUMAN)
-            printf("Resuming the interrupted commit %s.\n", j.uuid);
-        if (qcow2_rebuild_refcounts(base) < 0) {
-            cli_error_file(j.layers[j.base].name, "cannot reclaim the "
+            printf("Resuming the interrupted commit %s.\n", j->uuid);
+        if (qcow2_rebuild_refcounts(j->base_img) < 0) {
+            cli_error_file(j->layers[j->base].name, "cannot reclaim the "
                            "clusters the interrupted run leaked: %s",
-                           qcow2_errmsg(base));
-            goto out;
+                           qcow2_errmsg(j->base_img));
+            return STEP_FAIL;
         }
     }
-
-    /* 3. copy */
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    rc = qcow2_commit(j.layers[j.top].img, j.base - j.top, base,
-                      show_progress ? progress_cb : NULL, &t0, &st);
+    rc = qcow2_commit(j->layers[j->top].img, j->base - j->top, j->base_img,
+                      show_progress ? progress_cb : NULL, &t0, &j->st);
     if (rc < 0) {
-        cli_error_file(j.layers[j.top].name, "%s",
-                       qcow2_errmsg(j.layers[j.top].img));
-        goto out;
+        cli_error_file(j->layers[j->top].name, "%s",
+                       qcow2_errmsg(j->layers[j->top].img));
+        return STEP_FAIL;
     }
-    if (qcow2_close(base) < 0) {
-        base = NULL;
-        cli_error_file(j.layers[j.base].name, "cannot flush the base");
-        goto out;
+    rc = qcow2_close(j->base_img);
+    j->base_img = NULL;
+    if (rc < 0) {
+        cli_error_file(j->layers[j->base].name, "cannot flush the base");
+        return STEP_FAIL;
     }
-    base = NULL;
-
-    /* 4. re-point the image above TOP */
-    if (above) {
-        rebase_name = cli_backing_name(j.layers[j.top - 1].name,
-                                       j.layers[j.base].name,
-                                       BACKING_PATH_AUTO);
-        if (!rebase_name ||
-            qcow2_set_backing(above, rebase_name, j.layers[j.base].format) <
-                0) {
-            cli_error_file(j.layers[j.top - 1].name, "cannot re-point it at "
-                           "the base: %s", qcow2_errmsg(above));
-            goto out;
+    if (j->above) {
+        j->rebase_name = cli_backing_name(j->layers[j->top - 1].name,
+                                          j->layers[j->base].name,
+                                          BACKING_PATH_AUTO);
+        if (!j->rebase_name ||
+            qcow2_set_backing(j->above, j->rebase_name,
+                              j->layers[j->base].format) < 0) {
+            cli_error_file(j->layers[j->top - 1].name, "cannot re-point it "
+                           "at the base: %s", qcow2_errmsg(j->above));
+            return STEP_FAIL;
         }
-        if (qcow2_close(above) < 0) {
-            above = NULL;
-            cli_error_file(j.layers[j.top - 1].name, "cannot flush it");
-            goto out;
+        rc = qcow2_close(j->above);
+        j->above = NULL;
+        if (rc < 0) {
+            cli_error_file(j->layers[j->top - 1].name, "cannot flush it");
+            return STEP_FAIL;
         }
-        above = NULL;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    secs = (double)(t1.tv_sec - t0.tv_sec) +
-           (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    j->secs = (double)(t1.tv_sec - t0.tv_sec) +
+              (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    /* 9. done: the layers recorded, then the journal removed */
+    record_committed(j);
+    unlink(j->journal);
+    fsync_dir_of(j->journal);
+    return STEP_ON;
+}
 
-    /* 5. done */
-    record_committed(&j);
-    unlink(j.journal);
-    fsync_dir_of(j.journal);
-    status = QCHAIN_EXIT_OK;
+static void report(const struct job *j)
+{
+    const struct qcow2_commit_stats *st = &j->st;
+    unsigned i;
 
     if (common.output == CLI_OUTPUT_JSON) {
         struct json js;
         json_init(&js, stdout, true);
         json_object_begin(&js, NULL);
-        json_string(&js, "active", j.active);
-        json_string(&js, "top", j.layers[j.top].name);
-        json_string(&js, "base", j.layers[j.base].name);
-        json_u64(&js, "data-bytes", st.data_bytes);
-        json_u64(&js, "zero-bytes", st.zero_bytes);
-        json_double(&js, "seconds", secs);
+        json_string(&js, "active", j->active);
+        json_string(&js, "top", j->layers[j->top].name);
+        json_string(&js, "base", j->layers[j->base].name);
+        json_u64(&js, "data-bytes", st->data_bytes);
+        json_u64(&js, "zero-bytes", st->zero_bytes);
+        json_double(&js, "seconds", j->secs);
         json_u64(&js, "bytes-per-second",
-                 secs > 0 ? (uint64_t)((double)st.data_bytes / secs) : 0);
-        if (j.top > 0)
-            json_string(&js, "rebased", j.layers[j.top - 1].name);
+                 j->secs > 0 ? (uint64_t)((double)st->data_bytes / j->secs)
+                             : 0);
+        if (j->top > 0)
+            json_string(&js, "rebased", j->layers[j->top - 1].name);
         else
             json_null(&js, "rebased");
         json_array_begin(&js, "unreferenced");
-        for (i = j.top; i < j.base; i++)
-            json_string(&js, NULL, j.layers[i].name);
+        for (i = j->top; i < j->base; i++)
+            json_string(&js, NULL, j->layers[i].name);
         json_array_end(&js);
-        json_bool(&js, "base-grown", st.grown);
-        json_u64(&js, "offloaded-bytes", st.offloaded_bytes);
-        json_string(&js, "job", j.uuid);
+        json_bool(&js, "base-grown", st->grown);
+        json_u64(&js, "offloaded-bytes", st->offloaded_bytes);
+        json_string(&js, "job", j->uuid);
         json_object_end(&js);
         json_end(&js);
-    } else {
+        return;
+    }
+    {
         char a[32], b[32], r[32];
         printf("Committed %s of data and %s of zeros into '%s' in %.2f s "
-               "(%s/s).\n", cli_size_str(st.data_bytes, a, sizeof(a)),
-               cli_size_str(st.zero_bytes, b, sizeof(b)),
-               j.layers[j.base].name, secs,
-               cli_size_str(secs > 0 ? (uint64_t)((double)st.data_bytes / secs)
-                                     : 0, r, sizeof(r)));
-        if (st.grown)
-            printf("'%s' was grown to %" PRIu64 " bytes.\n",
-                   j.layers[j.base].name, st.total_bytes);
-        if (j.top > 0)
-            printf("'%s' now has '%s' as its backing file.\n",
-                   j.layers[j.top - 1].name, rebase_name);
-        else
-            printf("'%s' holds the guest's whole view: the guest can start "
-                   "on it.\n", j.layers[j.base].name);
-        printf("No longer referenced by the chain (not deleted):\n");
-        for (i = j.top; i < j.base; i++)
-            printf("  %s\n", j.layers[i].name);
+               "(%s/s).\n", cli_size_str(st->data_bytes, a, sizeof(a)),
+               cli_size_str(st->zero_bytes, b, sizeof(b)),
+               j->layers[j->base].name, j->secs,
+               cli_size_str(j->secs > 0 ? (uint64_t)((double)st->data_bytes /
+                                                     j->secs)
+                                        : 0, r, sizeof(r)));
     }
-out:
-    for (i = 0; i < nlocks; i++)
-        locks[i].close(locks[i].ctx);
-    free(locks);
-    qcow2_close(above);
-    qcow2_close(base);
-    qcow2_close(chain);
-    cli_chain_free(&j.c);
-    free(rebase_name);
-    return status;
+    if (st->grown)
+        printf("'%s' was grown to %" PRIu64 " bytes.\n",
+               j->layers[j->base].name, st->total_bytes);
+    if (j->top > 0)
+        printf("'%s' now has '%s' as its backing file.\n",
+               j->layers[j->top - 1].name, j->rebase_name);
+    else
+        printf("'%s' holds the guest's whole view: the guest can start on "
+               "it.\n", j->layers[j->base].name);
+    printf("No longer referenced by the chain (not deleted):\n");
+    for (i = j->top; i < j->base; i++)
+        printf("  %s\n", j->layers[i].name);
+}
+
+static void job_free(struct job *j)
+{
+    unsigned i;
+
+    for (i = 0; i < j->nlocks; i++)
+        j->locks[i].close(j->locks[i].ctx);
+    free(j->locks);
+    qcow2_close(j->above);
+    qcow2_close(j->base_img);
+    qcow2_close(j->chain);
+    cli_chain_free(&j->c);
+    free(j->rebase_name);
+}
+
+int main(int argc, char **argv)
+{
+    struct args a = {0};
+    struct job j = {0};
+    int rc;
+
+    cli_init("qchain-commit", argv);
+    parse_args(argc, argv, &a);
+    rc = open_chain(&j, &a);
+    if (rc == STEP_ON)
+        rc = job_state(&j);
+    if (rc == STEP_ON)
+        rc = check_siblings(&j, &a);
+    /* 4. room, before anything is written (a resumed job first reclaims
+     * what the interrupted run leaked: the library checks a device then,
+     * before it writes) */
+    if (rc == STEP_ON && !j.resuming)
+        rc = check_fit(&j);
+    if (rc == STEP_ON)
+        rc = take_locks(&j);
+    if (rc == STEP_ON && (rc = run(&j)) == STEP_ON)
+        report(&j);
+    job_free(&j);
+    return rc == STEP_FAIL ? QCHAIN_EXIT_FAILURE : QCHAIN_EXIT_OK;
 }

@@ -96,7 +96,15 @@ static void parse_options(char *s, struct qcow2_create_opts *o)
     }
 }
 
-int main(int argc, char **argv)
+struct args {
+    struct qcow2_create_opts o;
+    const char *file, *fmt;
+    bool have_size;
+};
+
+static struct cli_common common;
+
+static void parse_args(int argc, char **argv, struct args *a)
 {
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
@@ -108,161 +116,180 @@ int main(int argc, char **argv)
         {"output", required_argument, NULL, CLI_OPT_OUTPUT},
         {"json", no_argument, NULL, CLI_OPT_JSON},
         {NULL, 0, NULL, 0}};
-    struct cli_common common = {0};
-    struct qcow2_create_opts o = {.size = sizeof(o),
-                                  .format = QCOW2_FORMAT_QCOW2};
-    const char *file, *fmt = "qcow2";
-    char err[512], *opts = NULL;
-    struct stat st;
-    bool have_opts = false, have_size;
-    int opt, rc;
+    struct qcow2_create_opts *o = &a->o;
+    bool have_opts = false;
+    int opt;
 
-    cli_init("qchain-create", argv);
+    o->size = sizeof(*o);
+    o->format = QCOW2_FORMAT_QCOW2;
+    a->fmt = "qcow2";
     while ((opt = getopt_long(argc, argv, ":hVf:o:b:F:", longopts, NULL)) !=
            -1) {
         switch (opt) {
         case 'f':
-            fmt = optarg;
+            a->fmt = optarg;
             break;
         case 'o':
-            opts = optarg;
             have_opts = true;
-            parse_options(opts, &o);
+            parse_options(optarg, o);
             break;
         case 'b':
-            o.backing_name = optarg;
+            o->backing_name = optarg;
             break;
         case 'F':
             if (strcmp(optarg, "qcow2") && strcmp(optarg, "raw"))
                 cli_usage_error("backing format must be qcow2 or raw");
-            o.backing_format = optarg;
+            o->backing_format = optarg;
             break;
         default:
             if (!cli_common_option(opt, optarg, &common, usage))
                 cli_usage_error("incorrect parameter");
         }
     }
-    if (strcmp(fmt, "qcow2") == 0)
-        o.format = QCOW2_FORMAT_QCOW2;
-    else if (strcmp(fmt, "raw") == 0)
-        o.format = QCOW2_FORMAT_RAW;
+    if (strcmp(a->fmt, "qcow2") == 0)
+        o->format = QCOW2_FORMAT_QCOW2;
+    else if (strcmp(a->fmt, "raw") == 0)
+        o->format = QCOW2_FORMAT_RAW;
     else
-        cli_usage_error("format must be qcow2 or raw, not '%s'", fmt);
-    if (o.format == QCOW2_FORMAT_RAW && have_opts)
+        cli_usage_error("format must be qcow2 or raw, not '%s'", a->fmt);
+    if (o->format == QCOW2_FORMAT_RAW && have_opts)
         cli_usage_error("-o options apply to qcow2 images only");
-    if (o.backing_format && !o.backing_name)
+    if (o->backing_format && !o->backing_name)
         cli_usage_error("-F needs -b");
     if (argc - optind < 1 || argc - optind > 2)
         cli_usage_error(argc - optind < 1 ? "missing FILE"
                                           : "too many arguments");
-    file = argv[optind];
-    have_size = argc - optind == 2;
-    if (have_size && cli_parse_size(argv[optind + 1], &o.virtual_size) < 0)
+    a->file = argv[optind];
+    a->have_size = argc - optind == 2;
+    if (a->have_size &&
+        cli_parse_size(argv[optind + 1], &o->virtual_size) < 0)
         cli_usage_error("invalid size '%s'", argv[optind + 1]);
-    if (!have_size && !o.backing_name)
+    if (!a->have_size && !o->backing_name)
         cli_usage_error("missing SIZE (needed without a backing file)");
-    if (have_size) {
-        if (o.virtual_size > INT64_MAX - 511)
+    if (a->have_size) {
+        if (o->virtual_size > INT64_MAX - 511)
             cli_usage_error("size '%s' is too large", argv[optind + 1]);
         /* qemu-img create rounds up to whole sectors */
-        o.virtual_size = (o.virtual_size + 511) & ~511ull;
+        o->virtual_size = (o->virtual_size + 511) & ~511ull;
     }
-    if (o.backing_name && !o.backing_format) {
-        cli_error_file(file, "a backing file needs its format (-F qcow2 or "
-                       "-F raw), as qemu-img requires");
+}
+
+/* The backing file, resolved as QEMU will resolve it, must open; its size
+ * is the default.  Prints and returns -1 when it does not open. */
+static int check_backing(const char *file, bool have_size,
+                         struct qcow2_create_opts *o)
+{
+    struct qcow2_open_opts bo = {.size = sizeof(bo),
+                                 .flags = QCOW2_OPEN_NO_BACKING |
+                                          QCOW2_OPEN_FORCE_SHARE,
+                                 .format = o->backing_format,
+                                 .warn = cli_warn_cb};
+    struct qcow2_image *b = qcow2_new();
+    const char *slash = strrchr(file, '/');
+    char *path;
+    int rc;
+
+    if (!b)
+        return -1;
+    if (o->backing_name[0] == '/' || !slash) {
+        path = strdup(o->backing_name);
+    } else {
+        size_t d = (size_t)(slash - file) + 1;
+        path = malloc(d + strlen(o->backing_name) + 1);
+        if (path) {
+            memcpy(path, file, d);
+            strcpy(path + d, o->backing_name);
+        }
+    }
+    if (!path)
+        return -1;
+    rc = qcow2_open(b, path, &bo);
+    if (rc < 0) {
+        cli_error_file(file, "cannot open backing file '%s': %s", path,
+                       qcow2_errmsg(b));
+        qcow2_close(b);
+        free(path);
+        return -1;
+    }
+    if (!have_size) {
+        const struct qcow2_header *h = qcow2_get_header(b);
+        o->virtual_size = h ? h->size : qcow2_virtual_size(b);
+    }
+    qcow2_close(b);
+    free(path);
+    return 0;
+}
+
+static void report(const struct args *a)
+{
+    const struct qcow2_create_opts *o = &a->o;
+    const char *file = a->file, *fmt = a->fmt;
+
+if (common.output == CLI_OUTPUT_JSON) {
+    struct json j;
+    json_init(&j, stdout, true);
+    json_object_begin(&j, NULL);
+    json_string(&j, "filename", file);
+    json_string(&j, "format", fmt);
+    json_u64(&j, "virtual-size", o->virtual_size);
+    if (o->format == QCOW2_FORMAT_QCOW2) {
+        json_u64(&j, "cluster-size",
+                 o->cluster_size ? o->cluster_size : 65536);
+        json_string(&j, "compat", o->version == 2 ? "0.10" : "1.1");
+        json_u64(&j, "refcount-bits",
+                 o->refcount_bits ? o->refcount_bits : 16);
+        json_string(&j, "compression-type",
+                    o->compression_type ? "zstd" : "zlib");
+        json_bool(&j, "extended-l2", o->extended_l2);
+        json_bool(&j, "lazy-refcounts", o->lazy_refcounts);
+    }
+    if (o->backing_name) {
+        json_string(&j, "backing-filename", o->backing_name);
+        json_string(&j, "backing-filename-format", o->backing_format);
+    }
+    json_object_end(&j);
+    json_end(&j);
+} else {
+    char sz[32];
+    printf("Created '%s': %s, %s (%" PRIu64 " bytes)%s%s%s%s\n", file,
+           fmt, cli_size_str(o->virtual_size, sz, sizeof(sz)),
+           o->virtual_size, o->backing_name ? ", backed by '" : "",
+           o->backing_name ? o->backing_name : "",
+           o->backing_name ? "' as " : "",
+           o->backing_name ? o->backing_format : "");
+}
+}
+
+int main(int argc, char **argv)
+{
+    struct args a = {0};
+    char err[512];
+    struct stat st;
+
+    cli_init("qchain-create", argv);
+    parse_args(argc, argv, &a);
+    if (a.o.backing_name && !a.o.backing_format) {
+        cli_error_file(a.file, "a backing file needs its format (-F qcow2 "
+                       "or -F raw), as qemu-img requires");
         return QCHAIN_EXIT_FAILURE;
     }
-    if (qcow2_create_check(&o, err, sizeof(err)) < 0) {
-        cli_error_file(file, "%s", err);
+    if (qcow2_create_check(&a.o, err, sizeof(err)) < 0) {
+        cli_error_file(a.file, "%s", err);
         return QCHAIN_EXIT_FAILURE;
     }
     /* a block device (an LVM volume) is written over, as qemu-img create
      * does: the library refuses it when it is too small, writing nothing */
-    if (stat(file, &st) == 0 && !S_ISBLK(st.st_mode)) {
-        cli_error_file(file, "already exists; qchain-create never overwrites "
-                       "a file");
+    if (stat(a.file, &st) == 0 && !S_ISBLK(st.st_mode)) {
+        cli_error_file(a.file, "already exists; qchain-create never "
+                       "overwrites a file");
         return QCHAIN_EXIT_FAILURE;
     }
-
-    if (o.backing_name) {
-        /* the backing file, resolved as QEMU will resolve it, must open;
-         * its size is the default */
-        struct qcow2_open_opts bo = {.size = sizeof(bo),
-                                     .flags = QCOW2_OPEN_NO_BACKING |
-                                              QCOW2_OPEN_FORCE_SHARE,
-                                     .format = o.backing_format,
-                                     .warn = cli_warn_cb};
-        struct qcow2_image *b = qcow2_new();
-        const char *slash = strrchr(file, '/');
-        char *path;
-
-        if (!b)
-            return QCHAIN_EXIT_FAILURE;
-        if (o.backing_name[0] == '/' || !slash) {
-            path = strdup(o.backing_name);
-        } else {
-            size_t d = (size_t)(slash - file) + 1;
-            path = malloc(d + strlen(o.backing_name) + 1);
-            if (path) {
-                memcpy(path, file, d);
-                strcpy(path + d, o.backing_name);
-            }
-        }
-        if (!path)
-            return QCHAIN_EXIT_FAILURE;
-        rc = qcow2_open(b, path, &bo);
-        if (rc < 0) {
-            cli_error_file(file, "cannot open backing file '%s': %s", path,
-                           qcow2_errmsg(b));
-            qcow2_close(b);
-            free(path);
-            return QCHAIN_EXIT_FAILURE;
-        }
-        if (!have_size) {
-            const struct qcow2_header *h = qcow2_get_header(b);
-            o.virtual_size = h ? h->size : qcow2_virtual_size(b);
-        }
-        qcow2_close(b);
-        free(path);
-    }
-
-    rc = qcow2_create(file, &o, err, sizeof(err));
-    if (rc < 0) {
-        cli_error_file(file, "%s", err);
+    if (a.o.backing_name && check_backing(a.file, a.have_size, &a.o) < 0)
+        return QCHAIN_EXIT_FAILURE;
+    if (qcow2_create(a.file, &a.o, err, sizeof(err)) < 0) {
+        cli_error_file(a.file, "%s", err);
         return QCHAIN_EXIT_FAILURE;
     }
-    if (common.output == CLI_OUTPUT_JSON) {
-        struct json j;
-        json_init(&j, stdout, true);
-        json_object_begin(&j, NULL);
-        json_string(&j, "filename", file);
-        json_string(&j, "format", fmt);
-        json_u64(&j, "virtual-size", o.virtual_size);
-        if (o.format == QCOW2_FORMAT_QCOW2) {
-            json_u64(&j, "cluster-size",
-                     o.cluster_size ? o.cluster_size : 65536);
-            json_string(&j, "compat", o.version == 2 ? "0.10" : "1.1");
-            json_u64(&j, "refcount-bits",
-                     o.refcount_bits ? o.refcount_bits : 16);
-            json_string(&j, "compression-type",
-                        o.compression_type ? "zstd" : "zlib");
-            json_bool(&j, "extended-l2", o.extended_l2);
-            json_bool(&j, "lazy-refcounts", o.lazy_refcounts);
-        }
-        if (o.backing_name) {
-            json_string(&j, "backing-filename", o.backing_name);
-            json_string(&j, "backing-filename-format", o.backing_format);
-        }
-        json_object_end(&j);
-        json_end(&j);
-    } else {
-        char sz[32];
-        printf("Created '%s': %s, %s (%" PRIu64 " bytes)%s%s%s%s\n", file,
-               fmt, cli_size_str(o.virtual_size, sz, sizeof(sz)),
-               o.virtual_size, o.backing_name ? ", backed by '" : "",
-               o.backing_name ? o.backing_name : "",
-               o.backing_name ? "' as " : "",
-               o.backing_name ? o.backing_format : "");
-    }
+    report(&a);
     return QCHAIN_EXIT_OK;
 }

@@ -174,7 +174,26 @@ static struct plan make_plan(double d0, double rate, double growth,
     return p;
 }
 
-int main(int argc, char **argv)
+struct args {
+    const char *active, *top, *base;
+    bool have_rate, have_growth, have_sample, have_downtime;
+    uint64_t rate, growth;
+    double sample_secs, downtime;
+};
+
+/* What the delta found, for the report. */
+struct delta {
+    struct qcow2_image *chain;
+    struct cli_chain c;
+    unsigned nl;               /* committed layers */
+    struct layer_stats *ls;    /* per committed layer, TOP first */
+    struct qcow2_commit_estimate est;
+    struct cli_fit fit;
+    double growth_bps;
+    struct plan plan;
+};
+
+static void parse_args(int argc, char **argv, struct args *a)
 {
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
@@ -185,56 +204,41 @@ int main(int argc, char **argv)
         {"sample", required_argument, NULL, 's'},
         {"downtime", required_argument, NULL, 'd'},
         {NULL, 0, NULL, 0}};
-    const char *top_arg = NULL, *base_arg = NULL, *active;
-    bool have_rate = false, have_growth = false, have_sample = false;
-    bool have_downtime = false;
-    uint64_t rate = 0, growth = 0;
-    double sample_secs = 0, downtime = 0, growth_bps = 0;
-    struct qcow2_image *chain = NULL;
-    struct qcow2_open_opts o;
-    struct qcow2_commit_estimate est;
-    struct cli_fit fit;
-    struct layer_stats *ls = NULL;
-    struct cli_chain c = {0};
-    struct plan plan = {0};
-    uint64_t skipped = 0;
-    unsigned i, nl;
-    int opt, rc, status = QCHAIN_EXIT_FAILURE;
+    int opt;
 
-    cli_init("qchain-delta", argv);
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS, longopts,
                               NULL)) != -1) {
         if (cli_common_option(opt, optarg, &common, usage))
             continue;
         switch (opt) {
-        case 't': top_arg = optarg; break;
-        case 'b': base_arg = optarg; break;
+        case 't': a->top = optarg; break;
+        case 'b': a->base = optarg; break;
         case 'r':
-            if (cli_parse_size(optarg, &rate) < 0 || rate == 0)
+            if (cli_parse_size(optarg, &a->rate) < 0 || a->rate == 0)
                 cli_usage_error("invalid --rate '%s': bytes per second "
                                 "above 0, with an optional K/M/G/T suffix",
                                 optarg);
-            have_rate = true;
+            a->have_rate = true;
             break;
         case 'g':
-            if (cli_parse_size(optarg, &growth) < 0)
+            if (cli_parse_size(optarg, &a->growth) < 0)
                 cli_usage_error("invalid --growth-rate '%s': bytes per "
                                 "second, with an optional K/M/G/T suffix",
                                 optarg);
-            have_growth = true;
+            a->have_growth = true;
             break;
         case 's':
-            if (parse_seconds(optarg, &sample_secs) < 0 || sample_secs <= 0 ||
-                sample_secs > 86400)
+            if (parse_seconds(optarg, &a->sample_secs) < 0 ||
+                a->sample_secs <= 0 || a->sample_secs > 86400)
                 cli_usage_error("invalid --sample '%s': seconds, above 0 "
                                 "and at most 86400", optarg);
-            have_sample = true;
+            a->have_sample = true;
             break;
         case 'd':
-            if (parse_seconds(optarg, &downtime) < 0)
+            if (parse_seconds(optarg, &a->downtime) < 0)
                 cli_usage_error("invalid --downtime '%s': seconds, 0 or "
                                 "more", optarg);
-            have_downtime = true;
+            a->have_downtime = true;
             break;
         default: cli_usage_error("incorrect parameter");
         }
@@ -242,204 +246,234 @@ int main(int argc, char **argv)
     if (optind != argc - 1)
         cli_usage_error(optind >= argc ? "missing ACTIVE"
                                        : "too many arguments");
-    active = argv[optind];
-    if (have_growth && have_sample)
+    a->active = argv[optind];
+    if (a->have_growth && a->have_sample)
         cli_usage_error("--growth-rate and --sample exclude each other");
-    if (have_downtime && (!have_rate || !(have_growth || have_sample)))
+    if (a->have_downtime &&
+        (!a->have_rate || !(a->have_growth || a->have_sample)))
         cli_usage_error("--downtime plans live rounds: it needs --rate and "
                         "--growth-rate or --sample");
-    if ((have_growth || have_sample) && !have_downtime)
+    if ((a->have_growth || a->have_sample) && !a->have_downtime)
         cli_usage_error("--growth-rate and --sample need --downtime (and "
                         "--rate)");
+}
 
-    chain = qcow2_new();
-    if (!chain)
-        return QCHAIN_EXIT_FAILURE;
-    cli_open_opts(&common, &o, 0);
-    if (common.force_share)
-        o.flags |= QCOW2_OPEN_FORCE_SHARE;
-    if (qcow2_open(chain, active, &o) < 0) {
-        cli_error_file(active, "%s", qcow2_errmsg(chain));
-        goto out;
-    }
-    if (cli_chain_load(chain, &c) < 0 ||
-        cli_chain_resolve(&c, active, top_arg, base_arg) < 0)
-        goto out;
+/* The layers alone, the commit's walk, and whether it fits. */
+static int measure(struct delta *d, const struct args *a)
+{
+    struct cli_layer *t;
+    uint64_t skipped = 0;
+    unsigned i;
+    int rc;
 
-    nl = c.base - c.top;
-    ls = calloc(nl, sizeof(*ls));
-    if (!ls)
-        goto out;
-    for (i = 0; i < nl; i++) {
-        struct cli_layer *y = &c.layers[c.top + i];
-        if (layer_stats(y->img, common.force_share, &ls[i]) < 0) {
+    if (cli_chain_open(&common, a->active,
+                       common.force_share ? QCOW2_OPEN_FORCE_SHARE : 0,
+                       &d->chain, &d->c) < 0 ||
+        cli_chain_resolve(&d->c, a->active, a->top, a->base) < 0)
+        return -1;
+    d->nl = d->c.base - d->c.top;
+    d->ls = calloc(d->nl, sizeof(*d->ls));
+    if (!d->ls)
+        return -1;
+    for (i = 0; i < d->nl; i++) {
+        struct cli_layer *y = &d->c.layers[d->c.top + i];
+        if (layer_stats(y->img, common.force_share, &d->ls[i]) < 0) {
             cli_error_file(y->name, "%s", qcow2_errmsg(y->img));
-            goto out;
+            return -1;
         }
-        skipped += ls[i].skipped;
+        skipped += d->ls[i].skipped;
     }
-    rc = qcow2_commit_estimate(c.layers[c.top].img, nl,
+    t = &d->c.layers[d->c.top];
+    rc = qcow2_commit_estimate(t->img, d->nl,
                                common.force_share ? QCOW2_ESTIMATE_TOLERANT
-                                                  : 0, &est);
+                                                  : 0, &d->est);
     if (rc < 0) {
-        cli_error_file(c.layers[c.top].name, "%s",
-                       qcow2_errmsg(c.layers[c.top].img));
-        goto out;
+        cli_error_file(t->name, "%s", qcow2_errmsg(t->img));
+        return -1;
     }
-    skipped += est.skipped_bytes;
-    rc = cli_base_fit(c.layers[c.base].name, &est, &fit);
+    skipped += d->est.skipped_bytes;
+    rc = cli_base_fit(d->c.layers[d->c.base].name, &d->est, &d->fit);
     if (rc < 0) {
-        cli_error_file(c.layers[c.base].name, "cannot read the free space "
-                       "of its file system: %s", strerror(-rc));
-        goto out;
+        cli_error_file(d->c.layers[d->c.base].name, "cannot read the free "
+                       "space of its file system: %s", strerror(-rc));
+        return -1;
     }
     if (skipped)
         cli_warning("%" PRIu64 " guest bytes were skipped: their metadata "
                     "changed while it was read (the image is in use)",
                     skipped);
+    return 0;
+}
 
-    if (have_sample) {
+/* The guest's growth rate (measured with --sample) and the live rounds. */
+static int plan_rounds(struct delta *d, const struct args *a)
+{
+    if (a->have_sample) {
         uint64_t d1, d2;
-        if (sample_data(active, &d1) < 0)
-            goto out;
-        {
-            struct timespec w;
-            w.tv_sec = (time_t)sample_secs;
-            w.tv_nsec = (long)((sample_secs - (double)w.tv_sec) * 1e9);
-            while (nanosleep(&w, &w) < 0)
-                ;
-        }
-        if (sample_data(active, &d2) < 0)
-            goto out;
-        growth_bps = d2 > d1 ? (double)(d2 - d1) / sample_secs : 0;
+        struct timespec w;
+        if (sample_data(a->active, &d1) < 0)
+            return -1;
+        w.tv_sec = (time_t)a->sample_secs;
+        w.tv_nsec = (long)((a->sample_secs - (double)w.tv_sec) * 1e9);
+        while (nanosleep(&w, &w) < 0)
+            ;
+        if (sample_data(a->active, &d2) < 0)
+            return -1;
+        d->growth_bps = d2 > d1 ? (double)(d2 - d1) / a->sample_secs : 0;
     } else {
-        growth_bps = (double)growth;
+        d->growth_bps = (double)a->growth;
     }
-    if (have_downtime)
-        plan = make_plan((double)est.data_bytes, (double)rate, growth_bps,
-                         downtime);
+    if (a->have_downtime)
+        d->plan = make_plan((double)d->est.data_bytes, (double)a->rate,
+                            d->growth_bps, a->downtime);
+    return 0;
+}
 
-    if (common.output == CLI_OUTPUT_JSON) {
-        struct json js;
-        json_init(&js, stdout, true);
+static void report_json(const struct delta *d, const struct args *a)
+{
+    const struct cli_chain *c = &d->c;
+    struct json js;
+    unsigned i;
+
+    json_init(&js, stdout, true);
+    json_object_begin(&js, NULL);
+    json_string(&js, "active", a->active);
+    json_string(&js, "top", c->layers[c->top].name);
+    json_string(&js, "base", c->layers[c->base].name);
+    json_string(&js, "base-format", c->layers[c->base].format);
+    json_array_begin(&js, "layers");
+    for (i = 0; i < d->nl; i++) {
         json_object_begin(&js, NULL);
-        json_string(&js, "active", active);
-        json_string(&js, "top", c.layers[c.top].name);
-        json_string(&js, "base", c.layers[c.base].name);
-        json_string(&js, "base-format", c.layers[c.base].format);
-        json_array_begin(&js, "layers");
-        for (i = 0; i < nl; i++) {
-            json_object_begin(&js, NULL);
-            json_string(&js, "filename", c.layers[c.top + i].name);
-            json_string(&js, "format", c.layers[c.top + i].format);
-            json_i64(&js, "file-size", ls[i].file_size);
-            json_u64(&js, "data-bytes", ls[i].data);
-            json_u64(&js, "zero-bytes", ls[i].zero);
-            json_u64(&js, "compressed-bytes", ls[i].compressed);
-            json_object_end(&js);
-        }
-        json_array_end(&js);
-        json_u64(&js, "data-bytes", est.data_bytes);
-        json_u64(&js, "zero-bytes", est.zero_bytes);
-        json_u64(&js, "compressed-bytes", est.compressed_bytes);
-        json_i64(&js, "base-growth-bytes", est.base_growth_bytes);
-        json_bool(&js, "base-grows", est.grows);
-        json_u64(&js, "base-required-bytes", fit.required);
-        json_bool(&js, "base-fits", fit.fits);
-        if (have_rate) {
-            json_u64(&js, "rate-bytes-per-second", rate);
-            json_double(&js, "estimated-seconds",
-                        (double)est.data_bytes / (double)rate);
-        }
-        if (have_downtime) {
-            json_object_begin(&js, "plan");
-            json_u64(&js, "iterations", plan.iterations);
-            json_bool(&js, "converges", plan.converges);
-            json_u64(&js, "final-data-bytes",
-                     (uint64_t)llround(plan.final_bytes));
-            json_double(&js, "final-seconds", plan.final_seconds);
-            json_u64(&js, "growth-bytes-per-second",
-                     (uint64_t)llround(growth_bps));
-            json_double(&js, "downtime-seconds", downtime);
-            json_object_end(&js);
-        }
-        json_bool(&js, "approximate", common.force_share);
+        json_string(&js, "filename", c->layers[c->top + i].name);
+        json_string(&js, "format", c->layers[c->top + i].format);
+        json_i64(&js, "file-size", d->ls[i].file_size);
+        json_u64(&js, "data-bytes", d->ls[i].data);
+        json_u64(&js, "zero-bytes", d->ls[i].zero);
+        json_u64(&js, "compressed-bytes", d->ls[i].compressed);
         json_object_end(&js);
-        json_end(&js);
-    } else {
-        char a[32], b[32], g[32], f[32];
-        printf("Commit of '%s' into '%s' (%s)%s:\n", c.layers[c.top].name,
-               c.layers[c.base].name, c.layers[c.base].format,
-               common.force_share ? " (approximate: images may be in use)"
-                                  : "");
-        for (i = 0; i < nl; i++) {
-            printf("  layer %s (%s, file %s): %s data, %s zero",
-                   c.layers[c.top + i].name, c.layers[c.top + i].format,
-                   cli_size_str((uint64_t)(ls[i].file_size > 0
-                                               ? ls[i].file_size : 0),
-                                f, sizeof(f)),
-                   cli_size_str(ls[i].data, a, sizeof(a)),
-                   cli_size_str(ls[i].zero, b, sizeof(b)));
-            if (ls[i].compressed)
-                printf(", %s compressed",
-                       cli_size_str(ls[i].compressed, g, sizeof(g)));
-            printf("\n");
-        }
-        printf("Copies %s of data (%" PRIu64 " bytes), zeroes %s "
-               "(%" PRIu64 " bytes).\n",
-               cli_size_str(est.data_bytes, a, sizeof(a)), est.data_bytes,
-               cli_size_str(est.zero_bytes, b, sizeof(b)), est.zero_bytes);
-        if (fit.device && !strcmp(c.layers[c.base].format, "raw"))
-            ; /* a device's storage is all there: the sentence below */
-        else if (est.base_growth_bytes >= 0)
-            printf("The base grows by %s (%" PRId64 " bytes)%s.\n",
-                   cli_size_str((uint64_t)est.base_growth_bytes, g,
-                                sizeof(g)),
-                   est.base_growth_bytes,
-                   est.grows ? ", and its virtual size to the top's" : "");
-        else
-            printf("The base shrinks by %s (%" PRId64 " bytes).\n",
-                   cli_size_str((uint64_t)-est.base_growth_bytes, g,
-                                sizeof(g)),
-                   est.base_growth_bytes);
-        if (fit.device)
-            printf("The base is a device of %s; the commit needs %s "
-                   "(%" PRIu64 " bytes): %s.\n",
-                   cli_size_str(fit.capacity, a, sizeof(a)),
-                   cli_size_str(fit.required, b, sizeof(b)), fit.required,
-                   fit.fits ? "it fits"
-                            : "it does not fit, extend the volume first");
-        else if (fit.growth > 0)
-            printf("The base's file system has %s free: %s.\n",
-                   cli_size_str(fit.free, a, sizeof(a)),
-                   fit.fits ? "the growth fits"
-                            : "the growth does not fit, make room first");
-        if (have_rate)
-            printf("At %s/s the commit takes about %.1f s.\n",
-                   cli_size_str(rate, a, sizeof(a)),
-                   (double)est.data_bytes / (double)rate);
-        if (have_downtime) {
-            printf("Guest growth %s/s, downtime %.1f s: ",
-                   cli_size_str((uint64_t)growth_bps, a, sizeof(a)),
-                   downtime);
-            if (plan.converges && plan.iterations == 0)
-                printf("commit offline now: %.1f s.\n", plan.final_seconds);
-            else if (plan.converges)
-                printf("%u live round%s, then an offline commit of %s in "
-                       "%.1f s.\n", plan.iterations,
-                       plan.iterations > 1 ? "s" : "",
-                       cli_size_str((uint64_t)llround(plan.final_bytes), b,
-                                    sizeof(b)), plan.final_seconds);
-            else
-                printf("live rounds do not converge (after %u rounds the "
-                       "offline commit still takes %.1f s).\n",
-                       plan.iterations, plan.final_seconds);
-        }
     }
-    status = QCHAIN_EXIT_OK;
-out:
-    free(ls);
-    cli_chain_free(&c);
-    qcow2_close(chain);
+    json_array_end(&js);
+    json_u64(&js, "data-bytes", d->est.data_bytes);
+    json_u64(&js, "zero-bytes", d->est.zero_bytes);
+    json_u64(&js, "compressed-bytes", d->est.compressed_bytes);
+    json_i64(&js, "base-growth-bytes", d->est.base_growth_bytes);
+    json_bool(&js, "base-grows", d->est.grows);
+    json_u64(&js, "base-required-bytes", d->fit.required);
+    json_bool(&js, "base-fits", d->fit.fits);
+    if (a->have_rate) {
+        json_u64(&js, "rate-bytes-per-second", a->rate);
+        json_double(&js, "estimated-seconds",
+                    (double)d->est.data_bytes / (double)a->rate);
+    }
+    if (a->have_downtime) {
+        json_object_begin(&js, "plan");
+        json_u64(&js, "iterations", d->plan.iterations);
+        json_bool(&js, "converges", d->plan.converges);
+        json_u64(&js, "final-data-bytes",
+                 (uint64_t)llround(d->plan.final_bytes));
+        json_double(&js, "final-seconds", d->plan.final_seconds);
+        json_u64(&js, "growth-bytes-per-second",
+                 (uint64_t)llround(d->growth_bps));
+        json_double(&js, "downtime-seconds", a->downtime);
+        json_object_end(&js);
+    }
+    json_bool(&js, "approximate", common.force_share);
+    json_object_end(&js);
+    json_end(&js);
+}
+
+static void report_human(const struct delta *d, const struct args *a)
+{
+    const struct cli_chain *c = &d->c;
+    char sa[32], sb[32], g[32], f[32];
+    unsigned i;
+
+    printf("Commit of '%s' into '%s' (%s)%s:\n", c->layers[c->top].name,
+           c->layers[c->base].name, c->layers[c->base].format,
+           common.force_share ? " (approximate: images may be in use)"
+                              : "");
+    for (i = 0; i < d->nl; i++) {
+        printf("  layer %s (%s, file %s): %s data, %s zero",
+               c->layers[c->top + i].name, c->layers[c->top + i].format,
+               cli_size_str((uint64_t)(d->ls[i].file_size > 0
+                                           ? d->ls[i].file_size : 0),
+                            f, sizeof(f)),
+               cli_size_str(d->ls[i].data, sa, sizeof(sa)),
+               cli_size_str(d->ls[i].zero, sb, sizeof(sb)));
+        if (d->ls[i].compressed)
+            printf(", %s compressed",
+                   cli_size_str(d->ls[i].compressed, g, sizeof(g)));
+        printf("\n");
+    }
+    printf("Copies %s of data (%" PRIu64 " bytes), zeroes %s "
+           "(%" PRIu64 " bytes).\n",
+           cli_size_str(d->est.data_bytes, sa, sizeof(sa)), d->est.data_bytes,
+           cli_size_str(d->est.zero_bytes, sb, sizeof(sb)), d->est.zero_bytes);
+    if (d->fit.device && !strcmp(c->layers[c->base].format, "raw"))
+        ; /* a device's storage is all there: the sentence below */
+    else if (d->est.base_growth_bytes >= 0)
+        printf("The base grows by %s (%" PRId64 " bytes)%s.\n",
+               cli_size_str((uint64_t)d->est.base_growth_bytes, g,
+                            sizeof(g)),
+               d->est.base_growth_bytes,
+               d->est.grows ? ", and its virtual size to the top's" : "");
+    else
+        printf("The base shrinks by %s (%" PRId64 " bytes).\n",
+               cli_size_str((uint64_t)-d->est.base_growth_bytes, g,
+                            sizeof(g)),
+               d->est.base_growth_bytes);
+    if (d->fit.device)
+        printf("The base is a device of %s; the commit needs %s "
+               "(%" PRIu64 " bytes): %s.\n",
+               cli_size_str(d->fit.capacity, sa, sizeof(sa)),
+               cli_size_str(d->fit.required, sb, sizeof(sb)), d->fit.required,
+               d->fit.fits ? "it fits"
+                        : "it does not fit, extend the volume first");
+    else if (d->fit.growth > 0)
+        printf("The base's file system has %s free: %s.\n",
+               cli_size_str(d->fit.free, sa, sizeof(sa)),
+               d->fit.fits ? "the growth fits"
+                        : "the growth does not fit, make room first");
+    if (a->have_rate)
+        printf("At %s/s the commit takes about %.1f s.\n",
+               cli_size_str(a->rate, sa, sizeof(sa)),
+               (double)d->est.data_bytes / (double)a->rate);
+    if (a->have_downtime) {
+        printf("Guest growth %s/s, downtime %.1f s: ",
+               cli_size_str((uint64_t)d->growth_bps, sa, sizeof(sa)),
+               a->downtime);
+        if (d->plan.converges && d->plan.iterations == 0)
+            printf("commit offline now: %.1f s.\n", d->plan.final_seconds);
+        else if (d->plan.converges)
+            printf("%u live round%s, then an offline commit of %s in "
+                   "%.1f s.\n", d->plan.iterations,
+                   d->plan.iterations > 1 ? "s" : "",
+                   cli_size_str((uint64_t)llround(d->plan.final_bytes), sb,
+                                sizeof(sb)), d->plan.final_seconds);
+        else
+            printf("live rounds do not converge (after %u rounds the "
+                   "offline commit still takes %.1f s).\n",
+                   d->plan.iterations, d->plan.final_seconds);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct args a = {0};
+    struct delta d = {0};
+    int status = QCHAIN_EXIT_FAILURE;
+
+    cli_init("qchain-delta", argv);
+    parse_args(argc, argv, &a);
+    if (measure(&d, &a) == 0 && plan_rounds(&d, &a) == 0) {
+        if (common.output == CLI_OUTPUT_JSON)
+            report_json(&d, &a);
+        else
+            report_human(&d, &a);
+        status = QCHAIN_EXIT_OK;
+    }
+    free(d.ls);
+    cli_chain_free(&d.c);
+    qcow2_close(d.chain);
     return status;
 }

@@ -145,7 +145,16 @@ static void source_error(const struct source *src, const char *file)
         cli_error_file(file, "%s", qcow2_errmsg(src->img));
 }
 
-int main(int argc, char **argv)
+struct args {
+    const char *file, *outfile;
+    const char *snapshot, *vmstate;
+    uint64_t layer;
+    enum what what;
+};
+
+static struct cli_common common;
+
+static void parse_args(int argc, char **argv, struct args *a)
 {
     enum { OPT_LAYER = 0x2000, OPT_VMSTATE };
     static const struct option longopts[] = {
@@ -154,117 +163,113 @@ int main(int argc, char **argv)
         {"layer", required_argument, NULL, OPT_LAYER},
         {"vmstate", required_argument, NULL, OPT_VMSTATE},
         {NULL, 0, NULL, 0}};
-    struct cli_common common = {0};
-    struct qcow2_open_opts opts;
-    struct qcow2_image *img = NULL;
-    struct qcow2_io out;
-    struct source src = {.what = WHAT_CHAIN};
-    const char *snapshot = NULL, *vmstate = NULL, *file, *outfile;
-    uint64_t pos = 0, written = 0, layer = 0;
-    uint8_t *buf = NULL;
-    void *mem = NULL;
-    char err[512];
-    int opt, rc, status = QCHAIN_EXIT_FAILURE;
-    bool created = false;
+    int opt;
 
-    cli_init("qchain-export", argv);
+    a->what = WHAT_CHAIN;
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS "s:",
                               longopts, NULL)) != -1) {
         if (cli_common_option(opt, optarg, &common, usage))
             continue;
         switch (opt) {
         case 's':
-            snapshot = optarg;
+            a->snapshot = optarg;
             break;
         case OPT_LAYER:
-            if (cli_parse_u64(optarg, &layer) < 0 || layer > UINT32_MAX)
+            if (cli_parse_u64(optarg, &a->layer) < 0 ||
+                a->layer > UINT32_MAX)
                 cli_usage_error("invalid --layer '%s'", optarg);
-            src.what = WHAT_LAYER;
+            a->what = WHAT_LAYER;
             break;
         case OPT_VMSTATE:
-            vmstate = optarg;
+            a->vmstate = optarg;
             break;
         default:
             cli_usage_error("incorrect parameter");
         }
     }
-    if ((snapshot != NULL) + (src.what == WHAT_LAYER) + (vmstate != NULL) > 1)
+    if ((a->snapshot != NULL) + (a->what == WHAT_LAYER) +
+            (a->vmstate != NULL) > 1)
         cli_usage_error("--snapshot, --layer and --vmstate exclude each "
                         "other");
-    if (vmstate)
-        src.what = WHAT_VMSTATE;
+    if (a->vmstate)
+        a->what = WHAT_VMSTATE;
     if (argc - optind != 2)
         cli_usage_error(argc - optind < 2 ? "missing IMAGE or OUTPUT"
                                           : "too many arguments");
-    file = argv[optind];
-    outfile = argv[optind + 1];
-    if (access(outfile, F_OK) == 0) {
-        cli_error_file(outfile, "already exists; qchain-export never "
-                       "overwrites a file");
-        return QCHAIN_EXIT_FAILURE;
-    }
+    a->file = argv[optind];
+    a->outfile = argv[optind + 1];
+}
 
-    img = qcow2_new();
-    /* page-aligned: the kernel copies faster into aligned buffers */
-    if (posix_memalign(&mem, 4096, CHUNK) == 0)
-        buf = mem;
-    if (!img || !buf) {
+/* Open what is exported, read-only whatever it is: read locks only (none
+ * with -U).  *img is the caller's to close. */
+static int open_source(const struct args *a, struct qcow2_image **img,
+                       struct source *src)
+{
+    struct qcow2_open_opts opts;
+    int rc;
+
+    *img = qcow2_new();
+    if (!*img) {
         cli_error("out of memory");
-        goto out;
+        return -1;
     }
-    /* read-only, whatever is exported: read locks only (none with -U) */
     cli_open_opts(&common, &opts, 0);
-    rc = qcow2_open(img, file, &opts);
-    if (rc == 0 && snapshot)
-        rc = qcow2_snapshot_select(img, snapshot);
+    rc = qcow2_open(*img, a->file, &opts);
+    if (rc == 0 && a->snapshot)
+        rc = qcow2_snapshot_select(*img, a->snapshot);
     if (rc < 0) {
-        cli_error_file(file, "%s", qcow2_errmsg(img));
-        goto out;
+        cli_error_file(a->file, "%s", qcow2_errmsg(*img));
+        return -1;
     }
-    src.img = img;
-    if (src.what == WHAT_LAYER) {
+    src->what = a->what;
+    src->img = *img;
+    if (a->what == WHAT_LAYER) {
         unsigned d;
-        for (d = 0; d < layer && src.img; d++)
-            src.img = qcow2_backing(src.img);
-        if (!src.img) {
-            cli_error_file(file, "no layer at depth %" PRIu64 ": the chain "
-                           "has %u (depths 0 to %u)", layer, d, d - 1);
-            goto out;
+        for (d = 0; d < a->layer && src->img; d++)
+            src->img = qcow2_backing(src->img);
+        if (!src->img) {
+            cli_error_file(a->file, "no layer at depth %" PRIu64 ": the "
+                           "chain has %u (depths 0 to %u)", a->layer, d,
+                           d - 1);
+            return -1;
         }
     }
-    if (src.what == WHAT_VMSTATE) {
+    if (a->what == WHAT_VMSTATE) {
         struct qcow2_vmstate vm;
-        rc = qcow2_snapshot_find(img, vmstate);
+        rc = qcow2_snapshot_find(*img, a->vmstate);
         if (rc < 0) {
-            cli_error_file(file, "snapshot '%s' not found", vmstate);
-            goto out;
+            cli_error_file(a->file, "snapshot '%s' not found", a->vmstate);
+            return -1;
         }
-        src.snap = (unsigned)rc;
-        rc = qcow2_vmstate_get(img, src.snap, &vm);
+        src->snap = (unsigned)rc;
+        rc = qcow2_vmstate_get(*img, src->snap, &vm);
         if (rc < 0) {
-            cli_error_file(file, "%s", qcow2_errmsg(img));
-            goto out;
+            cli_error_file(a->file, "%s", qcow2_errmsg(*img));
+            return -1;
         }
-        src.size = vm.size;
+        src->size = vm.size;
     } else {
-        src.size = qcow2_virtual_size(src.img);
+        src->size = qcow2_virtual_size(src->img);
     }
+    return 0;
+}
 
-    rc = qcow2_io_open_file(outfile, QCOW2_IO_CREATE, &out, err, sizeof(err));
-    if (rc < 0) {
-        cli_error_file(outfile, "cannot create: %s", err);
-        goto out;
-    }
-    created = true;
+/* Every data extent of the source into out (holes stay holes), then the
+ * output's size set and flushed. */
+static int copy(const struct args *a, struct source *src, uint8_t *buf,
+                struct qcow2_io *out, uint64_t *written)
+{
+    uint64_t pos = 0;
+    int rc;
 
-    while (pos < src.size) {
+    while (pos < src->size) {
         struct qcow2_extent ext;
         uint64_t end;
 
-        rc = source_map(&src, pos, &ext);
+        rc = source_map(src, pos, &ext);
         if (rc < 0) {
-            source_error(&src, file);
-            goto close_out;
+            source_error(src, a->file);
+            return -1;
         }
         end = pos + ext.length;
         if ((ext.flags & QCOW2_EXTENT_ZERO) ||
@@ -274,59 +279,100 @@ int main(int argc, char **argv)
         }
         while (pos < end) {
             size_t n = end - pos < CHUNK ? (size_t)(end - pos) : CHUNK;
-            int64_t got = source_read(&src, buf, n, pos);
+            int64_t got = source_read(src, buf, n, pos);
             if (got < 0) {
-                source_error(&src, file);
-                goto close_out;
+                source_error(src, a->file);
+                return -1;
             }
             if ((size_t)got != n) {
-                cli_error_file(file, "short read at offset 0x%" PRIx64, pos);
-                goto close_out;
+                cli_error_file(a->file, "short read at offset 0x%" PRIx64,
+                               pos);
+                return -1;
             }
-            rc = write_sparse(&out, buf, n, pos, &written);
+            rc = write_sparse(out, buf, n, pos, written);
             if (rc < 0) {
-                cli_error_file(outfile, "write failed: %s",
+                cli_error_file(a->outfile, "write failed: %s",
                                qcow2_strerror(rc));
-                goto close_out;
+                return -1;
             }
             pos += n;
         }
     }
-    rc = out.truncate(out.ctx, src.size);
+    rc = out->truncate(out->ctx, src->size);
     if (rc == 0)
-        rc = out.flush(out.ctx);
+        rc = out->flush(out->ctx);
     if (rc < 0) {
-        cli_error_file(outfile, "cannot finish the file: %s",
+        cli_error_file(a->outfile, "cannot finish the file: %s",
                        qcow2_strerror(rc));
-        goto close_out;
+        return -1;
     }
-    status = QCHAIN_EXIT_OK;
-    if (common.output == CLI_OUTPUT_JSON) {
-        struct json j;
-        json_init(&j, stdout, true);
-        json_object_begin(&j, NULL);
-        json_string(&j, "filename", file);
-        json_string(&j, "output", outfile);
-        json_string(&j, "snapshot", snapshot);
-        if (src.what == WHAT_LAYER) {
-            json_u64(&j, "layer", layer);
-            json_string(&j, "layer-filename", qcow2_filename(src.img));
-        }
-        if (src.what == WHAT_VMSTATE) {
-            json_string(&j, "vmstate-snapshot", vmstate);
-            json_u64(&j, "vm-state-size", src.size);
+    return 0;
+}
+
+static void report_json(const struct args *a, const struct source *src,
+                        uint64_t written)
+{
+    struct json j;
+
+    json_init(&j, stdout, true);
+    json_object_begin(&j, NULL);
+    json_string(&j, "filename", a->file);
+    json_string(&j, "output", a->outfile);
+    json_string(&j, "snapshot", a->snapshot);
+    if (src->what == WHAT_LAYER) {
+        json_u64(&j, "layer", a->layer);
+        json_string(&j, "layer-filename", qcow2_filename(src->img));
+    }
+    if (src->what == WHAT_VMSTATE) {
+        json_string(&j, "vmstate-snapshot", a->vmstate);
+        json_u64(&j, "vm-state-size", src->size);
+    } else {
+        json_u64(&j, "virtual-size", src->size);
+    }
+    json_u64(&j, "data-bytes-written", written);
+    json_object_end(&j);
+    json_end(&j);
+}
+
+int main(int argc, char **argv)
+{
+    struct args a = {0};
+    struct qcow2_image *img = NULL;
+    struct qcow2_io out;
+    struct source src = {.what = WHAT_CHAIN};
+    uint64_t written = 0;
+    uint8_t *buf = NULL;
+    void *mem = NULL;
+    char err[512];
+    int status = QCHAIN_EXIT_FAILURE;
+
+    cli_init("qchain-export", argv);
+    parse_args(argc, argv, &a);
+    if (access(a.outfile, F_OK) == 0) {
+        cli_error_file(a.outfile, "already exists; qchain-export never "
+                       "overwrites a file");
+        return QCHAIN_EXIT_FAILURE;
+    }
+    /* page-aligned: the kernel copies faster into aligned buffers */
+    if (posix_memalign(&mem, 4096, CHUNK) == 0)
+        buf = mem;
+    if (!buf)
+        cli_error("out of memory");
+    else if (open_source(&a, &img, &src) == 0) {
+        if (qcow2_io_open_file(a.outfile, QCOW2_IO_CREATE, &out, err,
+                               sizeof(err)) < 0) {
+            cli_error_file(a.outfile, "cannot create: %s", err);
         } else {
-            json_u64(&j, "virtual-size", src.size);
+            if (copy(&a, &src, buf, &out, &written) == 0) {
+                status = QCHAIN_EXIT_OK;
+                if (common.output == CLI_OUTPUT_JSON)
+                    report_json(&a, &src, written);
+            }
+            out.close(out.ctx);
+            if (status != QCHAIN_EXIT_OK)
+                unlink(a.outfile); /* we made it */
         }
-        json_u64(&j, "data-bytes-written", written);
-        json_object_end(&j);
-        json_end(&j);
     }
-close_out:
-    out.close(out.ctx);
-out:
-    if (status != QCHAIN_EXIT_OK && created)
-        unlink(outfile);
     free(buf);
     qcow2_close(img);
     return status;

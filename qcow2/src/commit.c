@@ -230,16 +230,122 @@ static int offload_copy(struct qcow2_image *top, struct qcow2_image *base,
     return 0;
 }
 
+/* One commit's state while it copies. */
+struct copy {
+    struct qcow2_image *top, *base;
+    uint64_t old_size;         /* the base's size before GROW */
+    uint8_t *buf;              /* COPY_CHUNK bytes gathered */
+    struct pending p;
+    bool offload;              /* try copy offload (raw base) */
+    struct qcow2_commit_stats st;
+};
+
+/* A zero extent at pos: zero the base there (what GROW added reads as
+ * zeros already). */
+static int copy_zero(struct copy *c, const struct qcow2_extent *e,
+                     uint64_t pos)
+{
+    uint64_t zlen = pos >= c->old_size ? 0
+                    : e->length < c->old_size - pos ? e->length
+                    : c->old_size - pos;
+    int rc = flush_pending(c->top, c->base, c->buf, &c->p);
+
+    if (rc < 0)
+        return rc;
+    rc = zlen ? qcow2_pwrite_zeroes(c->base, pos, zlen) : 0;
+    if (rc < 0)
+        return q2_err(c->top, rc, "zeroing the base: %s",
+                      qcow2_errmsg(c->base));
+    if (e->kind == QCOW2_KIND_DATA)
+        c->st.data_bytes += e->length; /* a hole in a data cluster */
+    else
+        c->st.zero_bytes += e->length;
+    return 0;
+}
+
+/* A data or compressed extent at pos: offloaded where the storage can,
+ * else gathered into the buffer (written when it is full or the next
+ * extent does not follow). */
+static int copy_data(struct copy *c, const struct qcow2_extent *e,
+                     uint64_t pos)
+{
+    struct qcow2_image *top = c->top;
+    struct pending *p = &c->p;
+    uint64_t done = 0;
+    int rc;
+
+    if (e->kind == QCOW2_KIND_COMPRESSED)
+        c->st.compressed_bytes += e->length;
+    c->st.data_bytes += e->length;
+    if (c->offload && e->kind == QCOW2_KIND_DATA) {
+        if ((rc = flush_pending(top, c->base, c->buf, p)) < 0)
+            return rc;
+        rc = offload_copy(top, c->base, e, pos, &done);
+        if (rc == -ENOTSUP)
+            c->offload = false; /* this base cannot: read and write */
+        else if (rc < 0)
+            return rc;
+        c->st.offloaded_bytes += done;
+    }
+    while (done < e->length) {
+        size_t n;
+        int64_t got;
+        if (p->len && p->start + p->len != pos + done &&
+            (rc = flush_pending(top, c->base, c->buf, p)) < 0)
+            return rc;
+        if (p->len == 0)
+            p->start = pos + done;
+        n = COPY_CHUNK - p->len;
+        if (n > e->length - done)
+            n = (size_t)(e->length - done);
+        if (e->kind == QCOW2_KIND_DATA)
+            got = qcow2_host_pread(e->layer, e->in_data_file, c->buf + p->len,
+                                   n, e->offset + done);
+        else
+            got = qcow2_pread(top, c->buf + p->len, n, pos + done);
+        if (got < 0)
+            return e->layer != top && e->kind == QCOW2_KIND_DATA
+                       ? q2_err(top, (int)got, "'%s': %s", e->layer->filename,
+                                e->layer->errmsg)
+                       : (int)got;
+        p->len += n;
+        done += n;
+        if (p->len == COPY_CHUNK &&
+            (rc = flush_pending(top, c->base, c->buf, p)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The work to report: the guest bytes the layers hold (data and zeros),
+ * walked from metadata as qchain-delta walks them; and for a base on a
+ * device, which cannot grow, the space the commit needs, refused before
+ * anything is written rather than found missing halfway. */
+static int plan(struct qcow2_image *top, unsigned stop,
+                struct qcow2_image *base, uint64_t *work)
+{
+    struct qcow2_commit_estimate est;
+    int rc = q2_commit_estimate(top, stop, base, 0, &est);
+
+    if (rc < 0)
+        return rc;
+    *work = est.data_bytes + est.zero_bytes;
+    if (q2_fixed_size(base) &&
+        est.base_required_bytes > (uint64_t)base->file_size)
+        return q2_err(top, -ENOSPC, "the base '%s' is a device of %" PRId64
+                      " bytes; the commit needs %" PRIu64 " bytes: extend "
+                      "the volume", base->filename, base->file_size,
+                      est.base_required_bytes);
+    return 0;
+}
+
 int qcow2_commit(struct qcow2_image *top, unsigned stop,
                  struct qcow2_image *base, qcow2_progress_fn progress,
                  void *ctx, struct qcow2_commit_stats *out)
 {
-    struct qcow2_commit_stats st = {0};
-    struct pending p = {0};
+    struct copy c = {.top = top, .base = base};
     struct qcow2_extent e;
-    uint64_t size, old_size, pos = 0, work = 0, done_work;
-    uint8_t *buf = NULL;
-    bool offload;
+    uint64_t size, pos = 0, work = 0, done_work;
     int rc;
 
     if (!top || !base || top->magic != Q2_HANDLE_MAGIC ||
@@ -250,46 +356,30 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     if (!base->writable)
         return q2_err(top, -EROFS, "the base is open read-only");
     size = top->virtual_size;
-    st.total_bytes = size;
-
-    /* the work to report: the guest bytes the layers hold (data and
-     * zeros), walked from metadata as qchain-delta walks them; and for a
-     * base on a device, which cannot grow, the space the commit needs,
-     * refused before anything is written rather than found missing
-     * halfway */
-    if (progress || q2_fixed_size(base)) {
-        struct qcow2_commit_estimate est;
-        rc = q2_commit_estimate(top, stop, base, 0, &est);
-        if (rc < 0)
-            return rc;
-        work = est.data_bytes + est.zero_bytes;
-        if (q2_fixed_size(base) &&
-            est.base_required_bytes > (uint64_t)base->file_size)
-            return q2_err(top, -ENOSPC, "the base '%s' is a device of %"
-                          PRId64 " bytes; the commit needs %" PRIu64
-                          " bytes: extend the volume", base->filename,
-                          base->file_size, est.base_required_bytes);
-    }
+    c.st.total_bytes = size;
+    if ((progress || q2_fixed_size(base)) &&
+        (rc = plan(top, stop, base, &work)) < 0)
+        return rc;
 
     /* GROW */
-    old_size = base->virtual_size;
+    c.old_size = base->virtual_size;
     if (base->virtual_size < size) {
         rc = qcow2_resize(base, size);
         if (rc < 0)
             return q2_err(top, rc, "growing the base: %s",
                           qcow2_errmsg(base));
-        st.grown = true;
+        c.st.grown = true;
     }
-    buf = q2_buf_alloc(COPY_CHUNK);
-    if (!buf)
+    c.buf = q2_buf_alloc(COPY_CHUNK);
+    if (!c.buf)
         return -ENOMEM;
     /* uncompressed data into a raw base: copy offload where the files
      * allow it (the first refusal switches it off); otherwise only what
      * differs from the base is written */
-    offload = base->format == QCOW2_FORMAT_RAW && base->io.copy_range &&
-              !base->write_err;
+    c.offload = base->format == QCOW2_FORMAT_RAW && base->io.copy_range &&
+                !base->write_err;
     if (base->format == QCOW2_FORMAT_RAW)
-        p.cmp = q2_buf_alloc(COPY_CHUNK); /* none: no comparing */
+        c.p.cmp = q2_buf_alloc(COPY_CHUNK); /* none: no comparing */
 
     /* COPY */
     while (pos < size) {
@@ -297,83 +387,24 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
                              &e);
         if (rc < 0)
             goto out;
-        if (e.depth >= stop) {
-            pos += e.length; /* the base's own content */
-        } else if (e.flags & QCOW2_EXTENT_ZERO) {
-            /* what GROW added reads as zeros already */
-            uint64_t zlen = pos >= old_size ? 0
-                            : e.length < old_size - pos ? e.length
-                            : old_size - pos;
-            if ((rc = flush_pending(top, base, buf, &p)) < 0)
-                goto out;
-            rc = zlen ? qcow2_pwrite_zeroes(base, pos, zlen) : 0;
-            if (rc < 0) {
-                rc = q2_err(top, rc, "zeroing the base: %s",
-                            qcow2_errmsg(base));
-                goto out;
-            }
-            if (e.kind == QCOW2_KIND_DATA)
-                st.data_bytes += e.length; /* a hole in a data cluster */
-            else
-                st.zero_bytes += e.length;
-            pos += e.length;
-        } else {
-            uint64_t done = 0;
-            if (e.kind == QCOW2_KIND_COMPRESSED)
-                st.compressed_bytes += e.length;
-            st.data_bytes += e.length;
-            if (offload && e.kind == QCOW2_KIND_DATA) {
-                if ((rc = flush_pending(top, base, buf, &p)) < 0)
-                    goto out;
-                rc = offload_copy(top, base, &e, pos, &done);
-                if (rc == -ENOTSUP) {
-                    offload = false; /* this base cannot: read and write */
-                    rc = 0;
-                } else if (rc < 0) {
-                    goto out;
-                }
-                st.offloaded_bytes += done;
-            }
-            while (done < e.length) {
-                size_t n;
-                int64_t got;
-                if (p.len && p.start + p.len != pos + done &&
-                    (rc = flush_pending(top, base, buf, &p)) < 0)
-                    goto out;
-                if (p.len == 0)
-                    p.start = pos + done;
-                n = COPY_CHUNK - p.len;
-                if (n > e.length - done)
-                    n = (size_t)(e.length - done);
-                if (e.kind == QCOW2_KIND_DATA)
-                    got = qcow2_host_pread(e.layer, e.in_data_file,
-                                           buf + p.len, n, e.offset + done);
-                else
-                    got = qcow2_pread(top, buf + p.len, n, pos + done);
-                if (got < 0) {
-                    rc = e.layer != top && e.kind == QCOW2_KIND_DATA
-                             ? q2_err(top, (int)got, "'%s': %s",
-                                      e.layer->filename, e.layer->errmsg)
-                             : (int)got;
-                    goto out;
-                }
-                p.len += n;
-                done += n;
-                if (p.len == COPY_CHUNK &&
-                    (rc = flush_pending(top, base, buf, &p)) < 0)
-                    goto out;
-            }
-            pos += e.length;
-        }
+        if (e.depth >= stop)
+            rc = 0; /* the base's own content */
+        else if (e.flags & QCOW2_EXTENT_ZERO)
+            rc = copy_zero(&c, &e, pos);
+        else
+            rc = copy_data(&c, &e, pos);
+        if (rc < 0)
+            goto out;
+        pos += e.length;
         /* done equals total once, when the base is flushed */
-        done_work = st.data_bytes + st.zero_bytes;
+        done_work = c.st.data_bytes + c.st.zero_bytes;
         if (progress && e.depth < stop && done_work < work &&
             progress(ctx, done_work, work) != 0) {
             rc = q2_err(top, -ECANCELED, "commit cancelled");
             goto out;
         }
     }
-    if ((rc = flush_pending(top, base, buf, &p)) < 0)
+    if ((rc = flush_pending(top, base, c.buf, &c.p)) < 0)
         goto out;
 
     /* FLUSH */
@@ -383,9 +414,9 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     else if (progress && progress(ctx, work, work) != 0)
         rc = q2_err(top, -ECANCELED, "commit cancelled");
 out:
-    free(p.cmp);
-    free(buf);
+    free(c.p.cmp);
+    free(c.buf);
     if (rc == 0 && out)
-        *out = st;
+        *out = c.st;
     return rc;
 }

@@ -195,23 +195,12 @@ int q2_hdr_parse(const uint8_t *buf, size_t len, uint64_t file_size,
     return q2_hdr_parse_ex(buf, len, file_size, false, out, err, errlen);
 }
 
-int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
-                    bool any_snapshot_count, struct q2_hdr_parsed *out,
-                    char *err, size_t errlen)
+/* The fixed fields (and the version 3 ones), with their own bounds. */
+static int parse_fields(const uint8_t *buf, size_t len,
+                        struct qcow2_header *h, char *err, size_t errlen)
 {
-    struct q2_hdr_parsed p;
-    struct qcow2_header *h = &p.h;
-    uint64_t cs, ext_end, bytes_per_l2, need, unknown;
-    unsigned l2_bits;
-    int rc;
+    uint64_t cs;
 
-    memset(&p, 0, sizeof(p));
-    p.ext_backing_format = p.ext_feature_table = p.ext_bitmaps = -1;
-    p.ext_crypto = p.ext_data_file = -1;
-
-    if (len < Q2_V2_HEADER_LEN)
-        return CORRUPT("truncated header: %zu bytes, a qcow2 header needs "
-                       "at least 72 (at offset 0x0)", len);
     h->magic = q2_load_be32(buf);
     if (h->magic != Q2_MAGIC)
         return CORRUPT("not a qcow2 image: bad magic 0x%08" PRIx32
@@ -265,13 +254,23 @@ int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
         if (h->header_length > 104)
             h->compression_type = buf[104];
     }
+    return 0;
+}
+
+/* Feature bits, refcount width, encryption and compression type. */
+static int check_features(const uint8_t *buf, size_t len,
+                          struct q2_hdr_parsed *pp, char *err, size_t errlen)
+{
+    struct q2_hdr_parsed p = *pp;
+    struct qcow2_header *h = &p.h;
+    uint64_t cs = 1ull << h->cluster_bits, unknown;
+    int rc;
 
     unknown = h->incompatible_features & ~Q2_INCOMPAT_KNOWN;
     if (unknown) {
         unsigned bit = (unsigned)__builtin_ctzll(unknown);
         char name[64];
-        /* the table is parsed below; look it up once it is known */
-        p.h = *h;
+        /* its name, from the feature name table if there is one */
         rc = parse_extensions(buf, len,
                               h->backing_file_offset &&
                                       h->backing_file_offset < cs
@@ -311,8 +310,18 @@ int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
         return fail(err, errlen, -ENOTSUP,
                     "unsupported compression type %u (at offset 0x68)",
                     h->compression_type);
+    return 0;
+}
 
-    /* Backing file name */
+/* The backing file name (p->backing_name), and where the extensions end:
+ * at the name, or at the end of the first cluster. */
+static int check_backing_name(const uint8_t *buf, size_t len,
+                              struct q2_hdr_parsed *pp, uint64_t *ext_end,
+                              char *err, size_t errlen)
+{
+    struct qcow2_header *h = &pp->h;
+    uint64_t cs = 1ull << h->cluster_bits;
+
     if (h->backing_file_offset) {
         if (h->backing_file_offset > cs)
             return CORRUPT("backing file name offset 0x%" PRIx64 " is past "
@@ -332,21 +341,105 @@ int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
                            h->backing_file_offset);
         if (h->backing_file_size == 0)
             return CORRUPT("backing file name is empty (at offset 0x10)");
-        p.backing_name = buf + h->backing_file_offset;
-        p.backing_name_len = h->backing_file_size;
-        ext_end = h->backing_file_offset;
+        pp->backing_name = buf + h->backing_file_offset;
+        pp->backing_name_len = h->backing_file_size;
+        *ext_end = h->backing_file_offset;
     } else {
-        ext_end = cs;
+        *ext_end = cs;
     }
-    if (ext_end > len)
-        ext_end = len; /* bytes past EOF read as zeros: an end marker */
+    if (*ext_end > len)
+        *ext_end = len; /* bytes past EOF read as zeros: an end marker */
+    return 0;
+}
 
+/* The L1 table, refcount table and snapshot table positions. */
+static int check_tables(const struct qcow2_header *h, uint64_t file_size,
+                        bool any_snapshot_count, char *err, size_t errlen)
+{
+    uint64_t cs = 1ull << h->cluster_bits, bytes_per_l2, need;
+    unsigned l2_bits;
+
+    /* L1 table */
+    l2_bits = h->cluster_bits -
+              ((h->incompatible_features & Q2_INCOMPAT_EXTL2) ? 4 : 3);
+    bytes_per_l2 = 1ull << (h->cluster_bits + l2_bits);
+    if (h->size > INT64_MAX)
+        return CORRUPT("virtual size %" PRIu64 " is too large "
+                       "(at offset 0x18)", h->size);
+    need = h->size / bytes_per_l2 + (h->size % bytes_per_l2 != 0);
+    if ((uint64_t)h->l1_size * 8 > Q2_MAX_L1_BYTES)
+        return CORRUPT("L1 table too large: %" PRIu32 " entries "
+                       "(at offset 0x24)", h->l1_size);
+    if (h->l1_size < need)
+        return CORRUPT("L1 table is too small: %" PRIu32 " entries for a "
+                       "virtual size of %" PRIu64 " bytes (at offset 0x24)",
+                       h->l1_size, h->size);
+    if (h->l1_table_offset & (cs - 1))
+        return CORRUPT("L1 table offset 0x%" PRIx64 " is not cluster aligned "
+                       "(at offset 0x28)", h->l1_table_offset);
+    if (h->l1_size &&
+        (h->l1_table_offset == 0 ||
+         !in_file(h->l1_table_offset, (uint64_t)h->l1_size * 8, file_size)))
+        return CORRUPT("L1 table 0x%" PRIx64 "+%" PRIu64 " lies outside the "
+                       "file (at offset 0x28)", h->l1_table_offset,
+                       (uint64_t)h->l1_size * 8);
+
+    /* Refcount table */
+    if (h->refcount_table_offset & (cs - 1))
+        return CORRUPT("refcount table offset 0x%" PRIx64 " is not cluster "
+                       "aligned (at offset 0x30)", h->refcount_table_offset);
+    if ((uint64_t)h->refcount_table_clusters << h->cluster_bits >
+        Q2_MAX_REFTABLE_BYTES)
+        return CORRUPT("refcount table too large: %" PRIu32 " clusters "
+                       "(at offset 0x38)", h->refcount_table_clusters);
+    if (h->refcount_table_clusters == 0)
+        return CORRUPT("image has no refcount table (at offset 0x38)");
+    if (h->refcount_table_offset == 0 ||
+        !in_file(h->refcount_table_offset,
+                 (uint64_t)h->refcount_table_clusters << h->cluster_bits,
+                 file_size + cs - 1))
+        return CORRUPT("refcount table 0x%" PRIx64 " lies outside the file "
+                       "(at offset 0x30)", h->refcount_table_offset);
+
+    /* Snapshot table position (entries are parsed by snapshot.c) */
+    if (h->nb_snapshots > Q2_MAX_SNAPSHOTS && !any_snapshot_count)
+        return CORRUPT("too many snapshots: %" PRIu32 " (at offset 0x3c)",
+                       h->nb_snapshots);
+    if (h->nb_snapshots &&
+        ((h->snapshots_offset & (cs - 1)) || h->snapshots_offset == 0 ||
+         h->snapshots_offset >= file_size))
+        return CORRUPT("snapshot table offset 0x%" PRIx64 " is invalid "
+                       "(at offset 0x40)", h->snapshots_offset);
+    return 0;
+}
+
+int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
+                    bool any_snapshot_count, struct q2_hdr_parsed *out,
+                    char *err, size_t errlen)
+{
+    struct q2_hdr_parsed p;
+    struct qcow2_header *h = &p.h;
+    uint64_t ext_end = 0;
+    int rc;
+
+    memset(&p, 0, sizeof(p));
+    p.ext_backing_format = p.ext_feature_table = p.ext_bitmaps = -1;
+    p.ext_crypto = p.ext_data_file = -1;
+
+    if (len < Q2_V2_HEADER_LEN)
+        return CORRUPT("truncated header: %zu bytes, a qcow2 header needs "
+                       "at least 72 (at offset 0x0)", len);
+    if ((rc = parse_fields(buf, len, h, err, errlen)) < 0 ||
+        (rc = check_features(buf, len, &p, err, errlen)) < 0 ||
+        (rc = check_backing_name(buf, len, &p, &ext_end, err, errlen)) < 0)
+        return rc;
     rc = parse_extensions(buf, len, ext_end, &p, err, errlen);
     if (rc < 0)
         goto fail;
     if (p.ext_bitmaps >= 0 &&
         (h->autoclear_features & Q2_AUTOCLEAR_BITMAPS)) {
-        rc = check_bitmaps_ext(&p, cs, file_size, err, errlen);
+        rc = check_bitmaps_ext(&p, 1ull << h->cluster_bits, file_size, err,
+                               errlen);
         if (rc < 0)
             goto fail;
     }
@@ -362,80 +455,9 @@ int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
         goto fail;
     }
 
-    /* L1 table */
-    l2_bits = h->cluster_bits -
-              ((h->incompatible_features & Q2_INCOMPAT_EXTL2) ? 4 : 3);
-    bytes_per_l2 = 1ull << (h->cluster_bits + l2_bits);
-    if (h->size > INT64_MAX) {
-        rc = CORRUPT("virtual size %" PRIu64 " is too large "
-                     "(at offset 0x18)", h->size);
+    rc = check_tables(h, file_size, any_snapshot_count, err, errlen);
+    if (rc < 0)
         goto fail;
-    }
-    need = h->size / bytes_per_l2 + (h->size % bytes_per_l2 != 0);
-    if ((uint64_t)h->l1_size * 8 > Q2_MAX_L1_BYTES) {
-        rc = CORRUPT("L1 table too large: %" PRIu32 " entries "
-                     "(at offset 0x24)", h->l1_size);
-        goto fail;
-    }
-    if (h->l1_size < need) {
-        rc = CORRUPT("L1 table is too small: %" PRIu32 " entries for a "
-                     "virtual size of %" PRIu64 " bytes (at offset 0x24)",
-                     h->l1_size, h->size);
-        goto fail;
-    }
-    if (h->l1_table_offset & (cs - 1)) {
-        rc = CORRUPT("L1 table offset 0x%" PRIx64 " is not cluster aligned "
-                     "(at offset 0x28)", h->l1_table_offset);
-        goto fail;
-    }
-    if (h->l1_size &&
-        (h->l1_table_offset == 0 ||
-         !in_file(h->l1_table_offset, (uint64_t)h->l1_size * 8, file_size))) {
-        rc = CORRUPT("L1 table 0x%" PRIx64 "+%" PRIu64 " lies outside the "
-                     "file (at offset 0x28)", h->l1_table_offset,
-                     (uint64_t)h->l1_size * 8);
-        goto fail;
-    }
-
-    /* Refcount table */
-    if (h->refcount_table_offset & (cs - 1)) {
-        rc = CORRUPT("refcount table offset 0x%" PRIx64 " is not cluster "
-                     "aligned (at offset 0x30)", h->refcount_table_offset);
-        goto fail;
-    }
-    if ((uint64_t)h->refcount_table_clusters << h->cluster_bits >
-        Q2_MAX_REFTABLE_BYTES) {
-        rc = CORRUPT("refcount table too large: %" PRIu32 " clusters "
-                     "(at offset 0x38)", h->refcount_table_clusters);
-        goto fail;
-    }
-    if (h->refcount_table_clusters == 0) {
-        rc = CORRUPT("image has no refcount table (at offset 0x38)");
-        goto fail;
-    }
-    if (h->refcount_table_offset == 0 ||
-        !in_file(h->refcount_table_offset,
-                 (uint64_t)h->refcount_table_clusters << h->cluster_bits,
-                 file_size + cs - 1)) {
-        rc = CORRUPT("refcount table 0x%" PRIx64 " lies outside the file "
-                     "(at offset 0x30)", h->refcount_table_offset);
-        goto fail;
-    }
-
-    /* Snapshot table position (entries are parsed by snapshot.c) */
-    if (h->nb_snapshots > Q2_MAX_SNAPSHOTS && !any_snapshot_count) {
-        rc = CORRUPT("too many snapshots: %" PRIu32 " (at offset 0x3c)",
-                     h->nb_snapshots);
-        goto fail;
-    }
-    if (h->nb_snapshots &&
-        ((h->snapshots_offset & (cs - 1)) || h->snapshots_offset == 0 ||
-         h->snapshots_offset >= file_size)) {
-        rc = CORRUPT("snapshot table offset 0x%" PRIx64 " is invalid "
-                     "(at offset 0x40)", h->snapshots_offset);
-        goto fail;
-    }
-
     *out = p;
     return 0;
 fail:

@@ -37,6 +37,25 @@ int cli_chain_load(struct qcow2_image *active, struct cli_chain *c)
     return 0;
 }
 
+int cli_chain_open(const struct cli_common *common, const char *active,
+                   unsigned flags, struct qcow2_image **img,
+                   struct cli_chain *c)
+{
+    struct qcow2_open_opts o;
+
+    *img = qcow2_new();
+    if (!*img) {
+        cli_error("out of memory");
+        return -1;
+    }
+    cli_open_opts(common, &o, flags);
+    if (qcow2_open(*img, active, &o) < 0) {
+        cli_error_file(active, "%s", qcow2_errmsg(*img));
+        return -1;
+    }
+    return cli_chain_load(*img, c);
+}
+
 void cli_chain_free(struct cli_chain *c)
 {
     free(c->layers);

@@ -10,6 +10,8 @@
 
 #include <qcow2/qcow2.h>
 
+#include "cli.h"
+
 struct cli_layer {
     struct qcow2_image *img; /* in the chain (owned by the top handle) */
     const char *name;        /* as resolved */
@@ -25,6 +27,12 @@ struct cli_chain {
     unsigned base; /* depth of BASE */
 };
 
+/* Open ACTIVE with its chain (open flags on top of the common options')
+ * and fill c.  Prints and returns -1 on failure (*img may then be set:
+ * the caller closes it). */
+int cli_chain_open(const struct cli_common *common, const char *active,
+                   unsigned flags, struct qcow2_image **img,
+                   struct cli_chain *c);
 /* Fill c->layers from an open chain.  Prints and returns -1 on failure. */
 int cli_chain_load(struct qcow2_image *active, struct cli_chain *c);
 void cli_chain_free(struct cli_chain *c);
