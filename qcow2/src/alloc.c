@@ -409,3 +409,117 @@ int q2_flush(struct qcow2_image *img)
         return q2_fail(img, rc, "cannot free clusters");
     return 0;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Fresh refcount structures (the rebuild's steps 2-4, check.c)             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Steps 2-4 over counts n[0..clusters): one reference count per cluster,
+ * the old refcount table and blocks not among them (they end up free).
+ */
+int q2_rebuild_from_counts(struct qcow2_image *img, const uint32_t *cnt,
+                           uint64_t clusters)
+{
+    uint64_t cs = img->cluster_size;
+    unsigned order = img->hp.h.refcount_order;
+    uint64_t rbe = cs * 8 >> order, max = order == 6 ? UINT64_MAX
+                                                     : (1ull << (1u << order)) - 1;
+    uint64_t start, nb = 0, m = 0, end, k, i;
+    uint8_t *buf = NULL, hdr[12];
+    int64_t n;
+    int rc = 0;
+
+    for (i = 0; i < clusters; i++) {
+        if (cnt[i] > max)
+            return q2_err(img, -QCOW2_ECORRUPT, "cluster 0x%" PRIx64 " has %"
+                          PRIu32 " references, more than %u-bit refcounts "
+                          "hold", i * cs, cnt[i], 1u << order);
+    }
+    buf = malloc(cs);
+    if (!buf)
+        return -ENOMEM;
+    /* new blocks and table past everything, covering it all: past the
+     * file, or on a device (which cannot grow), past the last cluster
+     * anything references */
+    start = clusters;
+    if (q2_fixed_size(img)) {
+        while (start > 1 && cnt[start - 1] == 0)
+            start--;
+    }
+    for (;;) {
+        uint64_t nb2, m2;
+        end = start + nb + m;
+        nb2 = (end + rbe - 1) / rbe;
+        m2 = (nb2 * 8 + cs - 1) / cs;
+        if (nb2 == nb && m2 == m)
+            break;
+        nb = nb2;
+        m = m2;
+    }
+    if ((m << img->cluster_bits) > Q2_MAX_REFTABLE_BYTES) {
+        rc = q2_err(img, -EFBIG, "rebuilt refcount table would exceed QEMU's "
+                    "limit of 8 MiB");
+        goto out;
+    }
+    if (q2_fixed_size(img) && end * cs > (uint64_t)img->file_size) {
+        rc = q2_err(img, -ENOSPC, "the device is full: it is %" PRId64
+                    " bytes and the rebuilt refcounts need %" PRIu64,
+                    img->file_size, end * cs);
+        goto out;
+    }
+    for (k = 0; k < nb; k++) {
+        memset(buf, 0, cs);
+        for (i = k * rbe; i < (k + 1) * rbe && i < end; i++) {
+            uint64_t v = i < start ? cnt[i] : 1; /* new structures */
+            if (v)
+                q2_rc_entry_set(buf, order, i - k * rbe, v);
+        }
+        n = img->io.pwrite(img->io.ctx, buf, cs, (start + k) * cs);
+        if (n < 0) {
+            rc = (int)n;
+            goto out;
+        }
+    }
+    for (k = 0; k < m; k++) {
+        memset(buf, 0, cs);
+        for (i = k * (cs / 8); i < (k + 1) * (cs / 8) && i < nb; i++)
+            q2_store_be64(buf + (i - k * (cs / 8)) * 8, (start + i) * cs);
+        n = img->io.pwrite(img->io.ctx, buf, cs, (start + nb + k) * cs);
+        if (n < 0) {
+            rc = (int)n;
+            goto out;
+        }
+    }
+    if ((rc = img->io.flush(img->io.ctx)) < 0)
+        goto out;
+    q2_store_be64(hdr, (start + nb) * cs);
+    q2_store_be32(hdr + 8, (uint32_t)m);
+    n = img->io.pwrite(img->io.ctx, hdr, sizeof(hdr), 48);
+    if (n < 0) {
+        rc = (int)n;
+        goto out;
+    }
+    if ((rc = img->io.flush(img->io.ctx)) < 0)
+        goto out;
+    img->hp.h.refcount_table_offset = (start + nb) * cs;
+    img->hp.h.refcount_table_clusters = (uint32_t)m;
+    if (!q2_fixed_size(img))
+        img->file_size = (int64_t)(end * cs);
+    img->free_hint = 1;
+    q2_cache_clear(&img->cache); /* old refcount pages are gone */
+    img->hp.h.incompatible_features &= ~Q2_INCOMPAT_DIRTY;
+    q2_store_be64(hdr, img->hp.h.incompatible_features);
+    n = img->io.pwrite(img->io.ctx, hdr, 8, 72);
+    if (n < 0) {
+        rc = (int)n;
+        goto out;
+    }
+    rc = img->io.flush(img->io.ctx);
+out:
+    if (rc < 0 && !img->err_set)
+        q2_err(img, rc, "cannot rebuild the refcounts: %s",
+               qcow2_strerror(rc));
+    free(buf);
+    return rc;
+}

@@ -99,6 +99,10 @@ struct chk {
     uint64_t pre_refblocks; /* corruptions before the refcount blocks */
     uint32_t snap_incomplete; /* v3 entries with < 16 bytes of extra data */
     int err;                /* first fatal error */
+    bool refs_only;         /* q2_refs_count: no refcount structures, and
+                               invalid references collected below */
+    uint64_t invalid;       /* references a rebuild cannot trust */
+    char invalid_msg[256];  /* the first of them */
 };
 
 /* ------------------------------------------------------------ findings */
@@ -123,12 +127,27 @@ static void emit(struct chk *c, enum qcow2_check_severity sev,
     c->o->finding(c->o->ctx, &f);
 }
 
+/* A corruption that makes a reference untrustworthy for a rebuild (the
+ * others: flags, subcluster bitmaps, incomplete snapshot entries, are
+ * kept as they are by a rebuild). */
+static bool invalid_kind(const char *kind)
+{
+    return strcmp(kind, "copied-flag") && strcmp(kind, "compressed-copied") &&
+           strcmp(kind, "subcluster-bitmap") &&
+           strcmp(kind, "snapshot-incomplete");
+}
+
 __attribute__((format(printf, 4, 5)))
 static void corrupt(struct chk *c, const char *kind, uint64_t off,
                     const char *fmt, ...)
 {
     va_list ap;
 
+    if (c->refs_only && invalid_kind(kind) && c->invalid++ == 0) {
+        va_start(ap, fmt);
+        vsnprintf(c->invalid_msg, sizeof(c->invalid_msg), fmt, ap);
+        va_end(ap);
+    }
     c->r->corruptions += c->weight;
     va_start(ap, fmt);
     emit(c, QCOW2_CHECK_CORRUPTION, kind, off, 0, fmt, ap);
@@ -837,7 +856,8 @@ static int count_all(struct chk *c)
         inc(c, h->snapshots_offset,
             q2_snap_table_len(img->snaps, img->n_snaps, h->snapshots_offset),
             "snapshot table");
-    inc(c, h->refcount_table_offset, c->rt_entries * 8, "refcount table");
+    if (!c->refs_only)
+        inc(c, h->refcount_table_offset, c->rt_entries * 8, "refcount table");
     if (img->hp.ext_crypto >= 0) {
         const struct q2_ext *e = &img->hp.exts[img->hp.ext_crypto];
         if (e->len >= 16)
@@ -848,7 +868,8 @@ static int count_all(struct chk *c)
     if (rc < 0)
         return rc;
     c->pre_refblocks = c->r->corruptions;
-    walk_refblocks(c);
+    if (!c->refs_only)
+        walk_refblocks(c);
     return 0;
 }
 
@@ -1124,13 +1145,12 @@ static int drop_overhang(struct chk *c)
     return 0;
 }
 
-/* One check (with the repairs of c->fix_*); fills c->r. */
-static int run(struct chk *c)
+/* Ready for one pass: counters for the file's clusters, the budget, no
+ * table met yet, no page cached. */
+static int pass_setup(struct chk *c)
 {
     struct qcow2_image *img = c->img;
-    uint64_t highest, old_corr;
     int64_t sz;
-    int rc;
 
     sz = img->io.size(img->io.ctx);
     if (sz < 0)
@@ -1155,9 +1175,19 @@ static int run(struct chk *c)
     c->weight = 1;
     again_clear(&c->l1_again);
     again_clear(&c->l2_again);
-    c->copied_inline = !c->fix_leaks;
+    c->copied_inline = !c->fix_leaks && !c->refs_only;
     q2_cache_clear(&img->cache);
-    if ((rc = load_reftable(c)) < 0)
+    return 0;
+}
+
+/* One check (with the repairs of c->fix_*); fills c->r. */
+static int run(struct chk *c)
+{
+    struct qcow2_image *img = c->img;
+    uint64_t highest, old_corr;
+    int rc;
+
+    if ((rc = pass_setup(c)) < 0 || (rc = load_reftable(c)) < 0)
         return rc;
     c->r->total_clusters = (img->virtual_size + c->cs - 1) / c->cs;
 
@@ -1248,11 +1278,42 @@ static int mark_consistent(struct chk *c)
     return c->img->io.flush(c->img->io.ctx);
 }
 
+static int chk_init(struct chk *c, struct qcow2_image *img,
+                    const struct qcow2_check_opts *opts,
+                    struct qcow2_check_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    memset(c, 0, sizeof(*c));
+    c->img = img;
+    c->o = opts;
+    c->r = res;
+    c->cs = img->cluster_size;
+    c->max_count = img->hp.h.refcount_order >= 5
+                       ? UINT32_MAX
+                       : (uint32_t)((1u << (1u << img->hp.h.refcount_order)) -
+                                    1);
+    c->l1buf_len = c->cs > L1_CHUNK ? c->cs : L1_CHUNK;
+    c->l1buf = q2_buf_alloc(c->l1buf_len);
+    c->l2buf = q2_buf_alloc(c->cs);
+    return c->l1buf && c->l2buf ? 0 : -ENOMEM;
+}
+
+static void chk_free(struct chk *c)
+{
+    free(c->n);
+    free(c->walked);
+    again_clear(&c->l1_again);
+    again_clear(&c->l2_again);
+    free(c->rt);
+    free(c->l1buf);
+    free(c->l2buf);
+}
+
 int qcow2_check(struct qcow2_image *img, const struct qcow2_check_opts *opts,
                 struct qcow2_check_result *out)
 {
     struct qcow2_check_result res, fixed;
-    struct chk c;
+    struct chk c = {0};
     unsigned flags = 0;
     int rc;
 
@@ -1274,24 +1335,11 @@ int qcow2_check(struct qcow2_image *img, const struct qcow2_check_opts *opts,
         return q2_err(img, -EROFS, "repairs need the image open read-write "
                       "for checking");
 
-    memset(&res, 0, sizeof(res));
-    memset(&c, 0, sizeof(c));
-    c.img = img;
-    c.o = opts;
-    c.r = &res;
-    c.cs = img->cluster_size;
-    c.max_count = img->hp.h.refcount_order >= 5
-                      ? UINT32_MAX
-                      : (uint32_t)((1u << (1u << img->hp.h.refcount_order)) - 1);
+    rc = chk_init(&c, img, opts, &res);
+    if (rc < 0)
+        goto out;
     c.fix_leaks = (flags & QCOW2_CHECK_FIX_LEAKS) != 0;
     c.fix_all = (flags & QCOW2_CHECK_FIX_ALL) == QCOW2_CHECK_FIX_ALL;
-    c.l1buf_len = c.cs > L1_CHUNK ? c.cs : L1_CHUNK;
-    c.l1buf = q2_buf_alloc(c.l1buf_len);
-    c.l2buf = q2_buf_alloc(c.cs);
-    if (!c.l1buf || !c.l2buf) {
-        rc = -ENOMEM;
-        goto out;
-    }
     rc = drop_overhang(&c);
     if (rc < 0)
         goto out;
@@ -1318,12 +1366,102 @@ int qcow2_check(struct qcow2_image *img, const struct qcow2_check_opts *opts,
 out:
     if (rc < 0 && !img->err_set)
         q2_err(img, rc, "check failed: %s", qcow2_strerror(rc));
-    free(c.n);
-    free(c.walked);
-    again_clear(&c.l1_again);
-    again_clear(&c.l2_again);
-    free(c.rt);
-    free(c.l1buf);
-    free(c.l2buf);
+    chk_free(&c);
     return rc;
+}
+
+int q2_refs_count(struct qcow2_image *img, uint32_t **out, uint64_t *n)
+{
+    struct qcow2_check_result res;
+    struct chk c;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    rc = chk_init(&c, img, NULL, &res);
+    c.refs_only = true;
+    if (rc == 0)
+        rc = pass_setup(&c);
+    if (rc == 0)
+        rc = count_all(&c);
+    if (rc == 0 && c.invalid)
+        rc = q2_err(img, -QCOW2_ECORRUPT, "%s", c.invalid_msg);
+    if (rc == 0) {
+        *n = c.used_clusters > c.file_clusters ? c.used_clusters
+                                               : c.file_clusters;
+        *out = c.n;
+        c.n = NULL;
+    }
+    chk_free(&c);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Rebuild                                                                  */
+/* ------------------------------------------------------------------------ */
+/*
+ * The refcount rebuild: the structures made anew from the references the
+ * metadata makes (QEMU's rebuild_refcount_structure), counted by the
+ * check's own walk.
+ *
+ * Needed before writing an image whose dirty bit is set: with lazy
+ * refcounts QEMU postpones refcount updates, and a QEMU that dies leaves
+ * refcounts lower than the references.  Steps:
+ *
+ *   1. count references, one per cluster touched, into an array of the
+ *      file's size in clusters, with the check's walk (q2_refs_count: its work budget, shared tables walked once and
+ *      weighted): the header; the active L1 table, its L2 tables and their
+ *      data; the snapshot table and, per snapshot, its L1, L2 and data;
+ *      the bitmap directory, tables and data; the LUKS header;
+ *   2. (alloc.c, q2_rebuild_from_counts) past everything in use, write refcount blocks covering the whole
+ *      file and the new structures themselves, then the new table; fsync;
+ *   3. switch the header to the new table with one synced write;
+ *   4. clear the dirty bit with one synced write.
+ *
+ * Crash safety: until step 3 the old structures and the dirty bit stay in
+ * place (a crash means a rebuild next time); between 3 and 4 the new
+ * structures are complete and the dirty bit still asks for a rebuild.
+ * The old table and blocks end up unreferenced (refcount 0: free space).
+ *
+ * Any reference that is invalid (unaligned, past the end of the file,
+ * reserved bits, more references than a refcount holds) is corruption:
+ * nothing is written and the caller refuses the image.  A crafted image
+ * that describes more work than the budget stops with -E2BIG.
+ */
+
+int q2_rebuild_refcounts(struct qcow2_image *img)
+{
+    uint32_t *cnt;
+    uint64_t n;
+    int rc = q2_refs_count(img, &cnt, &n);
+
+    if (rc == 0)
+        rc = q2_rebuild_from_counts(img, cnt, n);
+    else if (!img->err_set)
+        q2_err(img, rc, "cannot rebuild the refcounts: %s",
+               qcow2_strerror(rc));
+    free(cnt);
+    return rc;
+}
+
+int qcow2_rebuild_refcounts(struct qcow2_image *img)
+{
+    int rc;
+
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN)
+        return -EINVAL;
+    q2_err_clear(img);
+    if (!img->writable)
+        return q2_err(img, -EROFS, "image is open read-only");
+    if (img->format != QCOW2_FORMAT_QCOW2)
+        return 0;
+    /* everything written, frees applied (twice: the second flush writes
+     * the decrements the first released); the writer's state, enabled
+     * bitmaps in use among it, stays as it is: the handle goes on */
+    rc = q2_flush(img);
+    if (rc == 0)
+        rc = q2_flush(img);
+    if (rc < 0)
+        return rc;
+    return q2_rebuild_refcounts(img);
 }

@@ -379,18 +379,23 @@ Q2_HIDDEN int q2_write_begin(struct qcow2_image *img);
 /* Grow to size bytes (any size: the header keeps it exactly, the guest
  * sees whole sectors, as QEMU does). */
 Q2_HIDDEN int q2_resize(struct qcow2_image *img, uint64_t size);
-/* Rebuild the refcount structures from the references (rebuild.c), then
- * clear the dirty bit. */
+/* Rebuild the refcount structures from the references (check.c: counted
+ * by the check's walk), then clear the dirty bit. */
 Q2_HIDDEN int q2_rebuild_refcounts(struct qcow2_image *img);
 /* Write fresh refcount blocks and table for reference counts cnt[0..n)
  * (cluster indexes; the old refcount structures must not be counted), past
- * cluster n, switch the header to them, clear the dirty bit. */
+ * cluster n (on a device: past the last referenced one), switch the header
+ * to them, clear the dirty bit (alloc.c). */
 Q2_HIDDEN int q2_rebuild_from_counts(struct qcow2_image *img,
                                      const uint32_t *cnt, uint64_t n);
-/* Refcounts against references (rebuild.c): counts of clusters whose
- * refcount is too low (corruption) and too high (leak). */
-Q2_HIDDEN int q2_check_refcounts(struct qcow2_image *img,
-                                 uint64_t *corruptions, uint64_t *leaks);
+/* The references every structure makes, per host cluster, counted by the
+ * check's walk (check.c: budget, shared tables weighted), without the
+ * refcount table and blocks: the counts a rebuild starts from.  *out is
+ * malloc'd with *n counters.  -QCOW2_ECORRUPT (the first invalid
+ * reference in the message) when a reference cannot be trusted, -E2BIG
+ * past the budget. */
+Q2_HIDDEN int q2_refs_count(struct qcow2_image *img, uint32_t **out,
+                            uint64_t *n);
 /* Final flushes at close; returns the first error. */
 Q2_HIDDEN int q2_write_close(struct qcow2_image *img);
 

@@ -16,6 +16,9 @@
 #     image alone for plain qchain-info, the whole case directory else);
 #   - finish within the CPU budget plus BOUND_TIMEOUT (60 s) of wall
 #     time (timeout -k 5), so a hang fails instead of blocking CI;
+#   - (a version 3 top with its dirty bit set, opened read-write by
+#     tests/write/randwrite with RANDWRITE set: the refcount rebuild's walk
+#     under the same bounds)
 #   - survive an address-space limit of BOUND_AS_KIB (1.5 GiB), so the
 #     memory bound holds even where RSS would not show it (allocations
 #     that are never touched).
@@ -82,12 +85,13 @@ measure() {
         'BEGIN { printf "%d", b * (s == 1 ? 5 : 1) + t }')
     (
         [ "$SANITIZED" = 1 ] || ulimit -v "$BOUND_AS_KIB"
+        case $tool in /*) ;; *) tool=$QCHAIN_BIN/qchain-$tool ;; esac
         exec "$GNU_TIME" -f '%M %U %S' -o "$tf" \
-            timeout -k 5 "$limit" "$QCHAIN_BIN/qchain-$tool" "$@"
+            timeout -k 5 "$limit" "$tool" "$@"
     ) < /dev/null 2> "$err" | wc -c > "$outc"
     rc=${PIPESTATUS[0]}
     out=$(cat "$outc" 2>/dev/null || echo '?')
-    QC_CMD="qchain-$tool $*"
+    case $tool in /*) QC_CMD="$(basename "$tool") $*" ;; *) QC_CMD="qchain-$tool $*" ;; esac
     QC_ERR=$err
     if [ ! -s "$tf" ] || ! read -r rss usr sys < <(tail -n 1 "$tf"); then
         diag "$name $label: no measurement (rc $rc): $QC_CMD"
@@ -152,6 +156,32 @@ run_all() {
     return $rc
 }
 
+# dirty_open NAME DIR TOP: a version 3 TOP with its dirty bit set, opened
+# read-write (by tests/write/randwrite, writing nothing): the refcounts are
+# rebuilt at open with the check's walk, so the same bounds hold (a walk
+# over the budget ends with a clear error, exit 1)
+dirty_open() {
+    local name=$1 dir=$2 top=$3
+    [ -n "${RANDWRITE:-}" ] || return 0
+    $PY - "$dir/$top" "$dir/dirty-$top" <<'PY' || return 0
+import shutil, struct, sys
+h = open(sys.argv[1], 'rb').read(104)
+if len(h) < 104 or h[:4] != b'QFI\xfb' or struct.unpack('>I', h[4:8])[0] != 3:
+    sys.exit(1)
+shutil.copyfile(sys.argv[1], sys.argv[2])
+with open(sys.argv[2], 'r+b') as f:
+    f.seek(72)
+    v = struct.unpack('>Q', f.read(8))[0]
+    f.seek(72)
+    f.write(struct.pack('>Q', v | 1))
+PY
+    measure "$name" rdwr-dirty "$(dir_bytes "$dir")" any "$RANDWRITE" \
+        "$dir/dirty-$top" /dev/null 1 0
+    local rc=$?
+    rm -f "$dir/dirty-$top"
+    return $rc
+}
+
 # one generated case: make it, run the commands, delete it (the largest
 # is a 64 MiB file; only one exists at a time)
 case_generated() {
@@ -167,6 +197,7 @@ case_generated() {
     diag "${line#* * * }"
     run_all "$name" "$d/$name" "$top" "$want_map"
     local rc=$?
+    dirty_open "$name" "$d/$name" "$top" || rc=1
     rm -rf "$d"
     return $rc
 }
