@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "fuzz_helpers.h"
+#include "internal.h" /* q2_io_mem_data */
 #include "qcow2/qcow2.h"
 
 #define MAX_INPUT (1u << 20)
@@ -63,7 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     rc1 = qcow2_check(img, NULL, &r1);
     {
-        const uint8_t *mem = qcow2_io_mem_data(&io, &len);
+        const uint8_t *mem = q2_io_mem_data(&io, &len);
         FUZZ_ASSERT(len == size && (size == 0 || memcmp(mem, data, size) == 0));
     }
     if (rc1 == 0) {
@@ -78,7 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     rc2 = qcow2_check(img, &fix, &r2);
     if (rc2 == 0) {
-        const uint8_t *mem = qcow2_io_mem_data(&io, &len);
+        const uint8_t *mem = q2_io_mem_data(&io, &len);
         copy = malloc(len ? len : 1);
         FUZZ_ASSERT(copy != NULL);
         memcpy(copy, mem, len);

@@ -38,6 +38,7 @@
 #include <qcow2/qcow2.h>
 
 #include "fuzz_helpers.h"
+#include "internal.h" /* q2_io_mem_data */
 
 #define MAX_INPUT (4u << 20)      /* the .options file says 1 MiB */
 #define MAX_LAYERS 5              /* the image and four below it */
@@ -143,7 +144,7 @@ static int sf_block_status(void *ctx, uint64_t off, uint64_t len,
 {
     struct sparse_file *f = ctx;
     size_t size;
-    const uint8_t *data = qcow2_io_mem_data(&f->mem, &size);
+    const uint8_t *data = q2_io_mem_data(&f->mem, &size);
     uint64_t pos;
     bool is_data;
 
@@ -177,7 +178,7 @@ static int64_t sf_allocated(void *ctx)
 {
     struct sparse_file *f = ctx;
     size_t size;
-    const uint8_t *data = qcow2_io_mem_data(&f->mem, &size);
+    const uint8_t *data = q2_io_mem_data(&f->mem, &size);
     uint64_t off;
     int64_t n = 0;
 
@@ -282,7 +283,7 @@ static void check_layer(struct qcow2_image *img)
     uint64_t dev, ino;
     unsigned i;
 
-    FUZZ_ASSERT(qcow2_get_info(img, &info) == 0);
+    FUZZ_ASSERT(qcow2_info_get(img, &info) == 0);
     FUZZ_ASSERT(info.format == QCOW2_FORMAT_RAW ||
                 info.format == QCOW2_FORMAT_QCOW2);
     FUZZ_ASSERT(info.virtual_size == qcow2_virtual_size(img));
@@ -294,7 +295,7 @@ static void check_layer(struct qcow2_image *img)
     FUZZ_ASSERT(qcow2_identity(img, &dev, &ino) == 0 && dev == 1 &&
                 ino < MAX_LAYERS);
 
-    h = qcow2_get_header(img);
+    h = qcow2_header_get(img);
     if (info.format == QCOW2_FORMAT_RAW) {
         FUZZ_ASSERT(h == NULL);
         FUZZ_ASSERT(qcow2_extension_get(img, 0, &ext) == -EINVAL);
@@ -366,7 +367,7 @@ static void check_data_offset(const struct qcow2_extent *e, bool strict,
     struct qcow2_info info;
     uint64_t unit, off = e->offset;
 
-    FUZZ_ASSERT(qcow2_get_info(e->layer, &info) == 0);
+    FUZZ_ASSERT(qcow2_info_get(e->layer, &info) == 0);
     unit = info.format == QCOW2_FORMAT_QCOW2 ? info.cluster_size : 512;
     if (e->depth > 0 || !strict)
         off &= ~(unit - 1);
@@ -401,7 +402,7 @@ static void check_extent(struct run *r, const struct qcow2_extent *e,
         FUZZ_ASSERT(e->flags & QCOW2_EXTENT_DATA);
     } else if (e->kind == QCOW2_KIND_COMPRESSED) {
         struct qcow2_info info;
-        FUZZ_ASSERT(qcow2_get_info(e->layer, &info) == 0);
+        FUZZ_ASSERT(qcow2_info_get(e->layer, &info) == 0);
         FUZZ_ASSERT(e->flags & QCOW2_EXTENT_DATA);
         FUZZ_ASSERT(!(e->flags & QCOW2_EXTENT_OFFSET_VALID));
         FUZZ_ASSERT(!e->in_data_file);
@@ -593,7 +594,7 @@ static void forensic_reads(struct run *r)
     for (l = r->top; l; l = qcow2_backing(l))
         read_view_alone(r, l, 0, qcow2_virtual_size(l), layer_read,
                         layer_map);
-    FUZZ_ASSERT(qcow2_get_info(r->top, &info) == 0);
+    FUZZ_ASSERT(qcow2_info_get(r->top, &info) == 0);
     FUZZ_ASSERT(qcow2_vmstate_get(r->top, info.nb_snapshots, &vm) < 0);
     for (i = 0; i < info.nb_snapshots && i < MAX_SNAPS; i++) {
         if (qcow2_vmstate_get(r->top, i, &vm) < 0) {
@@ -644,7 +645,7 @@ static void select_snapshots(struct run *r)
     struct qcow2_snapshot s;
     unsigned i;
 
-    FUZZ_ASSERT(qcow2_get_info(r->top, &info) == 0);
+    FUZZ_ASSERT(qcow2_info_get(r->top, &info) == 0);
     FUZZ_ASSERT(qcow2_snapshot_select(r->top, "no such snapshot\x01") ==
                 -ENOENT);
     for (i = 0; i < info.nb_snapshots && i < MAX_SNAPS; i++) {

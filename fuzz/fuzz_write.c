@@ -126,7 +126,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     verify(img, model, vsize, false);
 
     /* closed cleanly and reopened: the same view, no leaks */
-    mem = qcow2_io_mem_data(&io, &mlen);
+    mem = q2_io_mem_data(&io, &mlen);
     FUZZ_ASSERT(mem != NULL);
     FUZZ_ASSERT(qcow2_io_open_mem(mem, mlen, &again) == 0);
     FUZZ_ASSERT(qcow2_close(img) == 0);

@@ -498,7 +498,7 @@ static int find_siblings(const struct job *j, const char *dir, FILE *report,
         img = qcow2_new();
         if (!img)
             return -ENOMEM;
-        if (qcow2_open(img, path, &o) == 0 && qcow2_get_info(img, &info) == 0
+        if (qcow2_open(img, path, &o) == 0 && qcow2_info_get(img, &info) == 0
             && info.backing_path &&
             identity_of(info.backing_path, &dev, &ino) == 0 &&
             dev == b->dev && ino == b->ino) {
@@ -785,6 +785,7 @@ static int take_locks(struct job *j)
  * reclaimed), 7. the copy, 8. the re-point */
 static int run(struct job *j)
 {
+    struct qcow2_commit_opts co = {.size = sizeof(co)};
     struct timespec t0, t1;
     int rc;
 
@@ -806,8 +807,10 @@ static int run(struct job *j)
         }
     }
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    co.progress = show_progress ? progress_cb : NULL;
+    co.progress_ctx = &t0;
     rc = qcow2_commit(j->layers[j->top].img, j->base - j->top, j->base_img,
-                      show_progress ? progress_cb : NULL, &t0, &j->st);
+                      &co, &j->st);
     if (rc < 0) {
         cli_error_file(j->layers[j->top].name, "%s",
                        qcow2_errmsg(j->layers[j->top].img));

@@ -212,7 +212,7 @@ static int check_backing(const char *file, bool have_size,
         return -1;
     }
     if (!have_size) {
-        const struct qcow2_header *h = qcow2_get_header(b);
+        const struct qcow2_header *h = qcow2_header_get(b);
         o->virtual_size = h ? h->size : qcow2_virtual_size(b);
     }
     qcow2_close(b);

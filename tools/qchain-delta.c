@@ -77,7 +77,7 @@ static int layer_stats(struct qcow2_image *img, bool tolerant,
     int rc;
 
     memset(out, 0, sizeof(*out));
-    qcow2_get_info(img, &info);
+    qcow2_info_get(img, &info);
     out->file_size = info.file_size;
     while (pos < size) {
         rc = qcow2_map(img, pos, size - pos, 0, &e);

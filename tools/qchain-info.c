@@ -149,7 +149,7 @@ static void json_format_specific(struct json *j, const struct qcow2_image *img,
 static void json_forensics(struct json *j, const struct qcow2_image *img,
                            const struct qcow2_info *in)
 {
-    const struct qcow2_header *h = qcow2_get_header(img);
+    const struct qcow2_header *h = qcow2_header_get(img);
     unsigned i;
     char buf[2 * 1024 + 1];
 
@@ -266,7 +266,7 @@ static void json_image(struct json *j, const struct qcow2_image *img)
 {
     struct qcow2_info in;
 
-    qcow2_get_info(img, &in);
+    qcow2_info_get(img, &in);
     json_object_begin(j, NULL);
     if (in.nb_snapshots)
         json_snapshots(j, img, &in);
@@ -336,7 +336,7 @@ static void human_image(const struct qcow2_image *img)
     char a[32], b[32];
     unsigned i;
 
-    qcow2_get_info(img, &in);
+    qcow2_info_get(img, &in);
     printf("image: %s\n", in.filename);
     printf("file format: %s\n",
            in.format == QCOW2_FORMAT_QCOW2 ? "qcow2" : "raw");
@@ -396,7 +396,7 @@ static void human_image(const struct qcow2_image *img)
     }
 
     /* what qemu-img does not show */
-    h = qcow2_get_header(img);
+    h = qcow2_header_get(img);
     printf("Header (file size %" PRId64 " bytes):\n", in.file_size);
     printf("    magic:                   0x%08" PRIx32 "\n", h->magic);
     printf("    version:                 %" PRIu32 "\n", h->version);
@@ -466,7 +466,7 @@ static void check_backing(const struct qcow2_image *img)
 {
     struct qcow2_info in;
 
-    qcow2_get_info(img, &in);
+    qcow2_info_get(img, &in);
     if (!in.backing_name)
         return;
     if (!in.backing_path)

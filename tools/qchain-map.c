@@ -72,7 +72,7 @@ static const char *entry_file(const struct entry *e)
 {
     struct qcow2_info info;
 
-    if (e->in_data_file && qcow2_get_info(e->layer, &info) == 0 &&
+    if (e->in_data_file && qcow2_info_get(e->layer, &info) == 0 &&
         info.data_file)
         return info.data_file;
     return qcow2_filename(e->layer);

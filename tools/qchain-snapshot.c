@@ -166,10 +166,10 @@ static int prepare(struct pair *p, enum backing_path_mode mode,
         cli_error_file(p->active, "%s", qcow2_errmsg(p->img));
         return -1;
     }
-    qcow2_get_info(p->img, &info);
+    qcow2_info_get(p->img, &info);
     p->format = info.format == QCOW2_FORMAT_QCOW2 ? "qcow2" : "raw";
     {
-        const struct qcow2_header *h = qcow2_get_header(p->img);
+        const struct qcow2_header *h = qcow2_header_get(p->img);
         p->size = h ? h->size : info.virtual_size;
     }
 

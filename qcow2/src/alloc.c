@@ -106,6 +106,30 @@ static int no_space(struct qcow2_image *img, uint64_t need)
                   "extend the volume)", img->file_size, need);
 }
 
+void q2_rc_layout(const struct qcow2_image *img, uint64_t first,
+                  uint64_t start, uint64_t need, uint64_t min_entries,
+                  uint64_t *nb, uint64_t *m)
+{
+    uint64_t cs = img->cluster_size, rbe = 1ull << q2_rb_bits(img);
+    unsigned k;
+
+    /* each round places what the last one counted; the counts only grow
+     * and settle within a few rounds (64 is far more than any needs) */
+    *nb = *m = 0;
+    for (k = 0; k < 64; k++) {
+        uint64_t end = start + *nb + *m, top = end > need + 1 ? end : need + 1;
+        uint64_t entries = (top + rbe - 1) / rbe, nb2, m2;
+        if (entries < min_entries)
+            entries = min_entries;
+        m2 = (entries * 8 + cs - 1) / cs;
+        nb2 = (end ? (end - 1) / rbe : 0) - first / rbe + 1;
+        if (nb2 == *nb && m2 == *m)
+            break;
+        *nb = nb2;
+        *m = m2;
+    }
+}
+
 /*
  * Grow the refcount table so that it covers cluster `need` (QEMU's
  * qcow2_refcount_area): after everything in use, write the refcount blocks
@@ -118,7 +142,7 @@ static int grow_reftable(struct qcow2_image *img, uint64_t need)
     uint64_t old_entries = q2_rt_entries(img);
     uint64_t old_off = img->hp.h.refcount_table_offset;
     uint64_t old_clusters = img->hp.h.refcount_table_clusters;
-    uint64_t start, nb = 0, m = 0, end, entries, k, r0, i;
+    uint64_t start, nb = 0, m = 0, end, k, r0, i;
     unsigned order = img->hp.h.refcount_order;
     uint8_t *buf = NULL, hdr[12];
     int64_t n;
@@ -137,20 +161,8 @@ static int grow_reftable(struct qcow2_image *img, uint64_t need)
         if ((((uint64_t)n + cs - 1) >> img->cluster_bits) > start)
             start = ((uint64_t)n + cs - 1) >> img->cluster_bits;
     }
-    for (;;) {
-        uint64_t nb2, m2, top;
-        end = start + nb + m;
-        top = end > need + 1 ? end : need + 1;
-        entries = (top + rbe - 1) / rbe;
-        if (entries < old_entries * 3 / 2)
-            entries = old_entries * 3 / 2;
-        m2 = (entries * 8 + cs - 1) / cs;
-        nb2 = (end ? (end - 1) / rbe : 0) - start / rbe + 1;
-        if (nb2 == nb && m2 == m)
-            break;
-        nb = nb2;
-        m = m2;
-    }
+    q2_rc_layout(img, start, start, need, old_entries * 3 / 2, &nb, &m);
+    end = start + nb + m;
     if ((m << img->cluster_bits) > Q2_MAX_REFTABLE_BYTES ||
         (end << img->cluster_bits) >= Q2_MAX_HOST_OFFSET)
         return q2_err(img, -EFBIG, "the refcount table cannot grow past "
@@ -447,16 +459,8 @@ int q2_rebuild_from_counts(struct qcow2_image *img, const uint32_t *cnt,
         while (start > 1 && cnt[start - 1] == 0)
             start--;
     }
-    for (;;) {
-        uint64_t nb2, m2;
-        end = start + nb + m;
-        nb2 = (end + rbe - 1) / rbe;
-        m2 = (nb2 * 8 + cs - 1) / cs;
-        if (nb2 == nb && m2 == m)
-            break;
-        nb = nb2;
-        m = m2;
-    }
+    q2_rc_layout(img, 0, start, 0, 0, &nb, &m);
+    end = start + nb + m;
     if ((m << img->cluster_bits) > Q2_MAX_REFTABLE_BYTES) {
         rc = q2_err(img, -EFBIG, "rebuilt refcount table would exceed QEMU's "
                     "limit of 8 MiB");

@@ -340,19 +340,25 @@ static int plan(struct qcow2_image *top, unsigned stop,
 }
 
 int qcow2_commit(struct qcow2_image *top, unsigned stop,
-                 struct qcow2_image *base, qcow2_progress_fn progress,
-                 void *ctx, struct qcow2_commit_stats *out)
+                 struct qcow2_image *base, const struct qcow2_commit_opts *opts,
+                 struct qcow2_commit_stats *out)
 {
     struct copy c = {.top = top, .base = base};
+    struct qcow2_commit_opts o;
     struct qcow2_extent e;
     uint64_t size, pos = 0, work = 0, done_work;
+    qcow2_progress_fn progress;
+    void *ctx;
     int rc;
 
-    if (!top || !base || top->magic != Q2_HANDLE_MAGIC ||
-        base->magic != Q2_HANDLE_MAGIC || top->state != Q2_STATE_OPEN ||
-        base->state != Q2_STATE_OPEN || stop == 0)
+    if (!q2_usable(top) || !q2_usable(base) || stop == 0)
         return -EINVAL;
     q2_err_clear(top);
+    if (q2_opts_copy(&o, sizeof(o), opts) < 0)
+        return q2_err(top, -EINVAL, "qcow2_commit: the options' size field "
+                      "is not set");
+    progress = o.progress;
+    ctx = o.progress_ctx;
     if (!base->writable)
         return q2_err(top, -EROFS, "the base is open read-only");
     size = top->virtual_size;

@@ -50,8 +50,19 @@ static const struct {
     {2, 0, "bitmaps"},            {2, 1, "raw external data"},
 };
 
-int qcow2_create_check(const struct qcow2_create_opts *o, char *err,
-                       size_t errlen)
+/* The caller's options as this library knows them (q2_opts_copy). */
+static int take_opts(struct qcow2_create_opts *o,
+                     const struct qcow2_create_opts *opts, char *err,
+                     size_t errlen)
+{
+    if (!opts || q2_opts_copy(o, sizeof(*o), opts) < 0)
+        return cfail(err, errlen, -EINVAL, "creation options: the size "
+                     "field is not set");
+    return 0;
+}
+
+static int check_opts(const struct qcow2_create_opts *o, char *err,
+                      size_t errlen)
 {
     unsigned version = o->version ? o->version : 3;
     uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
@@ -108,6 +119,15 @@ int qcow2_create_check(const struct qcow2_create_opts *o, char *err,
     return 0;
 }
 
+int qcow2_create_check(const struct qcow2_create_opts *opts, char *err,
+                       size_t errlen)
+{
+    struct qcow2_create_opts o;
+    int rc = take_opts(&o, opts, err, errlen);
+
+    return rc < 0 ? rc : check_opts(&o, err, errlen);
+}
+
 /* A non-owning view of a caller's backend (its close does nothing). */
 static int64_t v_pread(void *ctx, void *buf, size_t len, uint64_t off)
 {
@@ -144,9 +164,9 @@ static void v_close(void *ctx)
     (void)ctx;
 }
 
-int qcow2_create_io(struct qcow2_io *io, const char *name,
-                    const struct qcow2_create_opts *o, char *err,
-                    size_t errlen)
+static int create_io(struct qcow2_io *io, const char *name,
+                     const struct qcow2_create_opts *o, char *err,
+                     size_t errlen)
 {
     unsigned version = o->version ? o->version : 3;
     uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
@@ -165,7 +185,7 @@ int qcow2_create_io(struct qcow2_io *io, const char *name,
     int64_t n;
     int rc;
 
-    rc = qcow2_create_check(o, err, errlen);
+    rc = check_opts(o, err, errlen);
     if (rc < 0)
         return rc;
     if (o->format == QCOW2_FORMAT_RAW) {
@@ -272,18 +292,18 @@ static int create_mem(const struct qcow2_create_opts *o, const char *name,
 
     if (rc < 0)
         return cfail(err, errlen, rc, "out of memory");
-    rc = qcow2_create_io(io, name, o, err, errlen);
+    rc = create_io(io, name, o, err, errlen);
     if (rc < 0)
         io->close(io->ctx);
     return rc;
 }
 
-int qcow2_create_size(const struct qcow2_create_opts *o, uint64_t *out,
-                      char *err, size_t errlen)
+static int create_size(const struct qcow2_create_opts *o, uint64_t *out,
+                       char *err, size_t errlen)
 {
     struct qcow2_io io;
     size_t len = 0;
-    int rc = qcow2_create_check(o, err, errlen);
+    int rc = check_opts(o, err, errlen);
 
     if (rc < 0)
         return rc;
@@ -294,7 +314,7 @@ int qcow2_create_size(const struct qcow2_create_opts *o, uint64_t *out,
     rc = create_mem(o, "", &io, err, errlen);
     if (rc < 0)
         return rc;
-    qcow2_io_mem_data(&io, &len);
+    q2_io_mem_data(&io, &len);
     io.close(io.ctx);
     *out = len;
     return 0;
@@ -344,7 +364,7 @@ static int create_on_device(const char *path,
         dev.close(dev.ctx);
         return rc;
     }
-    bytes = qcow2_io_mem_data(&mem, &len);
+    bytes = q2_io_mem_data(&mem, &len);
     if ((uint64_t)len > (uint64_t)cap) {
         rc = cfail(err, errlen, -ENOSPC, "the device is %" PRId64 " bytes; "
                    "the new image's metadata needs %zu", cap, len);
@@ -360,14 +380,14 @@ static int create_on_device(const char *path,
     return rc;
 }
 
-int qcow2_create(const char *path, const struct qcow2_create_opts *o,
-                 char *err, size_t errlen)
+static int create(const char *path, const struct qcow2_create_opts *o,
+                  char *err, size_t errlen)
 {
     struct qcow2_io io;
     struct stat st;
     int rc;
 
-    rc = qcow2_create_check(o, err, errlen);
+    rc = check_opts(o, err, errlen);
     if (rc < 0)
         return rc;
     if (stat(path, &st) == 0 && S_ISBLK(st.st_mode))
@@ -375,9 +395,39 @@ int qcow2_create(const char *path, const struct qcow2_create_opts *o,
     rc = qcow2_io_open_file(path, QCOW2_IO_CREATE, &io, err, errlen);
     if (rc < 0)
         return rc;
-    rc = qcow2_create_io(&io, path, o, err, errlen);
+    rc = create_io(&io, path, o, err, errlen);
     io.close(io.ctx);
     if (rc < 0)
         unlink(path); /* we made it: a failed create leaves no file */
     return rc;
+}
+
+/* The public entry points: the caller's options taken once (q2_opts_copy),
+ * then the work. */
+int qcow2_create_io(struct qcow2_io *io, const char *name,
+                    const struct qcow2_create_opts *opts, char *err,
+                    size_t errlen)
+{
+    struct qcow2_create_opts o;
+    int rc = take_opts(&o, opts, err, errlen);
+
+    return rc < 0 ? rc : create_io(io, name, &o, err, errlen);
+}
+
+int qcow2_create_size(const struct qcow2_create_opts *opts, uint64_t *out,
+                      char *err, size_t errlen)
+{
+    struct qcow2_create_opts o;
+    int rc = take_opts(&o, opts, err, errlen);
+
+    return rc < 0 ? rc : create_size(&o, out, err, errlen);
+}
+
+int qcow2_create(const char *path, const struct qcow2_create_opts *opts,
+                 char *err, size_t errlen)
+{
+    struct qcow2_create_opts o;
+    int rc = take_opts(&o, opts, err, errlen);
+
+    return rc < 0 ? rc : create(path, &o, err, errlen);
 }

@@ -254,7 +254,7 @@ static int q_bitmaps(struct est *s, uint64_t off, uint64_t len)
                               "offset 0x%" PRIx64 ")", qcow2_strerror(rc),
                               pos);
             e = q2_load_be64(page + (pos - key));
-            if (!(e & 0x00fffffffffffe00ULL) && !(e & 1))
+            if (!(e & Q2_BME_OFFSET_MASK) && !(e & Q2_BME_ALL_ONES))
                 s->new_clusters++;
         }
         if (last + 1 > s->bm_next[i])
@@ -337,19 +337,8 @@ static int q_growth(struct est *s, uint64_t need, int64_t *out)
     if ((end - 1) / rbe >= rt_entries) {
         /* grow_reftable: blocks for its area and a table 1.5x larger,
          * placed after everything */
-        uint64_t m = 0, nb2 = 0, entries;
-        for (k = 0; k < 64; k++) {
-            uint64_t e2 = end + nb2 + m, m2, n2;
-            entries = (e2 + rbe - 1) / rbe;
-            if (entries < rt_entries * 3 / 2)
-                entries = rt_entries * 3 / 2;
-            m2 = (entries * 8 + cs - 1) / cs;
-            n2 = (e2 - 1) / rbe - end / rbe + 1;
-            if (m2 == m && n2 == nb2)
-                break;
-            m = m2;
-            nb2 = n2;
-        }
+        uint64_t m, nb2;
+        q2_rc_layout(b, end, end, 0, rt_entries * 3 / 2, &nb2, &m);
         end += nb2 + m;
     }
     *out = (int64_t)((end - old_end) * cs);

@@ -72,6 +72,12 @@
 #define Q2_OFLAG_COMPRESSED (1ULL << 62)
 #define Q2_OFLAG_ZERO 1ULL
 #define Q2_L2E_OFFSET_MASK 0x00fffffffffffe00ULL
+
+/* Bitmap table entries: bits 9-55 the data cluster, bit 0 with no cluster
+ * "all ones", the others reserved. */
+#define Q2_BME_OFFSET_MASK 0x00fffffffffffe00ULL
+#define Q2_BME_RESERVED_MASK 0xff000000000001feULL
+#define Q2_BME_ALL_ONES 0x1ULL
 #define Q2_L2E_STD_RESERVED_MASK 0x3f000000000001feULL
 
 /* Refcount table entries. */

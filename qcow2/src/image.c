@@ -45,13 +45,6 @@ struct qcow2_image *qcow2_new(void)
     return img;
 }
 
-const char *qcow2_errmsg(const struct qcow2_image *img)
-{
-    if (!img || img->magic != Q2_HANDLE_MAGIC)
-        return "invalid handle";
-    return img->errmsg;
-}
-
 static void release(struct qcow2_image *img)
 {
     if (img->io_open && img->io.close)
@@ -338,13 +331,9 @@ static int open_layer(struct qcow2_image *img, const char *name,
 {
     int rc;
 
-    memset(&img->opts, 0, sizeof(img->opts));
-    if (opts) {
-        size_t n = opts->size < sizeof(img->opts) ? opts->size
-                                                   : sizeof(img->opts);
-        memcpy(&img->opts, opts, n);
-    }
-    img->opts.size = sizeof(img->opts);
+    if (q2_opts_copy(&img->opts, sizeof(img->opts), opts) < 0)
+        return q2_err(img, -EINVAL, "qcow2_open: the options' size field "
+                      "is not set");
     img->filename = strdup(name ? name : "");
     if (!img->filename)
         return -ENOMEM;
@@ -559,7 +548,7 @@ int qcow2_open(struct qcow2_image *img, const char *path,
 
 /* ------------------------------------------------------------------------ */
 
-int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *out)
+int qcow2_info_get(const struct qcow2_image *img, struct qcow2_info *out)
 {
     struct qcow2_info i;
     const struct qcow2_header *h;
@@ -608,7 +597,7 @@ int qcow2_get_info(const struct qcow2_image *img, struct qcow2_info *out)
     return 0;
 }
 
-const struct qcow2_header *qcow2_get_header(const struct qcow2_image *img)
+const struct qcow2_header *qcow2_header_get(const struct qcow2_image *img)
 {
     if (!q2_usable(img) || img->format != QCOW2_FORMAT_QCOW2)
         return NULL;

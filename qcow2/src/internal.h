@@ -2,13 +2,10 @@
  * internal.h - the private side of libqcow2: the image handle, named limits,
  * and the prototypes modules share.  Only src/ and the unit tests include it.
  *
- * Module hierarchy (lower never calls upward):
- *   endian.h, err.c, io_posix.c, io_mem.c       depend on nothing
- *   header.c, cache.c, compress.c, snapshot.c,  on those
- *   bitmap.c
- *   map.c                                       on cache.c
- *   backing.c                                   name resolution (pure)
- *   image.c                                     wires the public API
+ * The layers (qcow2/src/README.md: io, format parsers, cache, tables,
+ * read, allocation, write, operations, lifecycle) use only those below
+ * them; tests/CMakeLists.txt's structure.shape test checks it from the
+ * objects.
  */
 #ifndef Q2_INTERNAL_H
 #define Q2_INTERNAL_H
@@ -47,12 +44,28 @@
 #define Q2_DEFAULT_CACHE_BYTES (1u << 20) /* metadata cache per image */
 #define Q2_MIN_CACHE_SLOTS 4           /* L1 page + L2 + refcount pages */
 
+/* ---- The in-memory backend's test hooks (io_mem.c; unit tests and
+ * fuzzers reach them through this header) ---- */
+/* Fail every call after the next `calls` calls with -EIO (fault injection);
+ * a negative count disables it. */
+Q2_HIDDEN void q2_io_mem_fail_after(struct qcow2_io *io, long calls);
+/* Current content of an in-memory backend (valid until its next write). */
+Q2_HIDDEN const uint8_t *q2_io_mem_data(const struct qcow2_io *io,
+                                        size_t *len);
+
 /* ---- Errors (err.c) ---- */
 /* Record a message on the handle (the first one of a failing call wins)
  * and return err.  Corruption is reported as -QCOW2_ECORRUPT. */
 Q2_HIDDEN int q2_err(struct qcow2_image *img, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 Q2_HIDDEN void q2_err_clear(struct qcow2_image *img);
+/* Every public options struct starts with its size (sizeof as the caller
+ * compiled it): src (NULL: defaults) into dst of dst_size bytes, the part
+ * the caller knows copied, the rest zeros (defaults), dst's size field set
+ * to dst_size.  -EINVAL when src's size cannot hold even its size field
+ * (an uninitialised struct).  One rule for every options struct, so a
+ * struct can grow without breaking callers built against an older one. */
+Q2_HIDDEN int q2_opts_copy(void *dst, size_t dst_size, const void *src);
 Q2_HIDDEN void q2_warn(struct qcow2_image *img, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -345,6 +358,14 @@ Q2_HIDDEN int q2_rc_used_end(struct qcow2_image *img, uint64_t *out);
 /* Record a failed write or flush: the handle refuses later writes with rc
  * (sticky); the message is "what: strerror". */
 Q2_HIDDEN int q2_fail(struct qcow2_image *img, int rc, const char *what);
+/* The refcount blocks (*nb) and table clusters (*m) placed from cluster
+ * `start` on, blocks covering [first, the end of both) and a table of at
+ * least min_entries covering that end and cluster `need` too: the fixed
+ * point a grown table (alloc.c), a rebuilt one (alloc.c) and qchain-delta's
+ * growth model (estimate.c) all use. */
+Q2_HIDDEN void q2_rc_layout(const struct qcow2_image *img, uint64_t first,
+                            uint64_t start, uint64_t need,
+                            uint64_t min_entries, uint64_t *nb, uint64_t *m);
 /* Add delta (+1 or -1) to a cluster's refcount in its (cached) block. */
 Q2_HIDDEN int q2_rc_update(struct qcow2_image *img, uint64_t cluster,
                            int delta);

@@ -145,13 +145,13 @@ int qcow2_io_open_mem(const void *buf, size_t len, struct qcow2_io *io)
     return 0;
 }
 
-void qcow2_io_mem_fail_after(struct qcow2_io *io, long calls)
+void q2_io_mem_fail_after(struct qcow2_io *io, long calls)
 {
     if (io && io->close == mem_close)
         ((struct mem_file *)io->ctx)->fail_after = calls < 0 ? -1 : calls;
 }
 
-const uint8_t *qcow2_io_mem_data(const struct qcow2_io *io, size_t *len)
+const uint8_t *q2_io_mem_data(const struct qcow2_io *io, size_t *len)
 {
     const struct mem_file *m;
 

@@ -223,6 +223,18 @@ static int map_chain(struct qcow2_image *img, uint64_t start, uint64_t len,
     return 0;
 }
 
+/* map_chain for the public calls: *ext written only on success. */
+static int map_out(struct qcow2_image *img, uint64_t start, uint64_t len,
+                   unsigned flags, unsigned stop, struct qcow2_extent *ext)
+{
+    struct qcow2_extent x;
+    int rc = map_chain(img, start, len, flags, stop, &x);
+
+    if (rc == 0)
+        *ext = x;
+    return rc;
+}
+
 int qcow2_map(struct qcow2_image *img, uint64_t start, uint64_t len,
               unsigned flags, struct qcow2_extent *ext)
 {
@@ -234,7 +246,7 @@ int qcow2_map(struct qcow2_image *img, uint64_t start, uint64_t len,
                       " is outside the image", start, len);
     if (len > img->virtual_size - start)
         len = img->virtual_size - start;
-    return map_chain(img, start, len, flags, UINT32_MAX, ext);
+    return map_out(img, start, len, flags, UINT32_MAX, ext);
 }
 
 int qcow2_map_above(struct qcow2_image *img, uint64_t start, uint64_t len,
@@ -249,8 +261,8 @@ int qcow2_map_above(struct qcow2_image *img, uint64_t start, uint64_t len,
                       PRIu64 " is outside the image", start, len);
     if (len > img->virtual_size - start)
         len = img->virtual_size - start;
-    return map_chain(img, start, len, flags | QCOW2_MAP_CHAIN, stop_depth,
-                     ext);
+    return map_out(img, start, len, flags | QCOW2_MAP_CHAIN, stop_depth,
+                   ext);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -520,7 +532,7 @@ int qcow2_vmstate_map(struct qcow2_image *img, unsigned idx, uint64_t start,
     if (len > vm.size - start)
         len = vm.size - start;
     enter_vmstate_view(img, idx, &vm, &save);
-    rc = map_chain(img, vm.offset + start, len, 0, UINT32_MAX, ext);
+    rc = map_out(img, vm.offset + start, len, 0, UINT32_MAX, ext);
     leave_vmstate_view(img, idx, &save);
     if (rc == 0)
         ext->start = start;

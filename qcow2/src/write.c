@@ -81,8 +81,6 @@ int q2_write_close(struct qcow2_image *img)
  * the cluster reads as all ones.  Data: bit n covers guest bytes
  * [n << granularity_bits, (n + 1) << granularity_bits), LSB first.
  */
-#define BME_OFFSET_MASK 0x00fffffffffffe00ULL
-#define BME_RESERVED_MASK 0xff000000000001feULL
 
 static int set_bitmap_flags(struct qcow2_image *img, bool in_use)
 {
@@ -159,12 +157,12 @@ static int bitmap_mark(struct qcow2_image *img, struct q2_bitmap *bm,
         if (rc < 0)
             return rc;
         e = q2_load_be64(tp + (pos - key));
-        if (e & BME_RESERVED_MASK)
+        if (e & Q2_BME_RESERVED_MASK)
             return q2_err(img, -QCOW2_ECORRUPT, "bitmap '%s': table entry "
                           "has reserved bits set (at offset 0x%" PRIx64 ")",
                           bm->name, pos);
-        data = e & BME_OFFSET_MASK;
-        if (!data && (e & 1))
+        data = e & Q2_BME_OFFSET_MASK;
+        if (!data && (e & Q2_BME_ALL_ONES))
             continue; /* all ones already */
         if (!data) {
             uint8_t *tw;

@@ -125,14 +125,14 @@ TEST(chain_relative_resolution)
     memfs_opts(&fs, &o);
     REQUIRE_EQ_INT(memfs_open_image(&fs, "vm/disks/top.qcow2", &o, &img), 0);
     EXPECT_EQ_INT(chain_len(img), 3);
-    REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
     EXPECT_EQ_STR(info.backing_name, "../base/mid.qcow2");
     EXPECT_EQ_STR(info.backing_format, "qcow2");
     EXPECT_EQ_STR(info.backing_path, "vm/disks/../base/mid.qcow2");
     b = qcow2_backing(img);
     REQUIRE_TRUE(b);
     EXPECT_EQ_STR(qcow2_filename(b), "vm/disks/../base/mid.qcow2");
-    REQUIRE_EQ_INT(qcow2_get_info(b, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(b, &info), 0);
     EXPECT_EQ_STR(info.backing_path, "vm/disks/../base/base.qcow2");
     EXPECT_EQ_STR(qcow2_filename(qcow2_backing(b)),
                   "vm/disks/../base/base.qcow2");
@@ -218,7 +218,7 @@ TEST(chain_protocol_name_kept_without_backing)
     memfs_opts(&fs, &o);
     o.flags = QCOW2_OPEN_NO_BACKING;
     REQUIRE_EQ_INT(memfs_open_image(&fs, "top.qcow2", &o, &img), 0);
-    REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
     EXPECT_EQ_STR(info.backing_name, "nbd:host");
     EXPECT_TRUE(info.backing_path == NULL);
     qcow2_close(img);
@@ -260,7 +260,7 @@ TEST(chain_no_backing_flag)
     o.flags = QCOW2_OPEN_NO_BACKING;
     REQUIRE_EQ_INT(memfs_open_image(&fs, "d/top.qcow2", &o, &img), 0);
     EXPECT_TRUE(qcow2_backing(img) == NULL);
-    REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
     failure("the resolved name is known without opening it");
     EXPECT_EQ_STR(info.backing_path, "d/gone.qcow2");
     EXPECT_EQ_INT(fs.opens, 1);
@@ -539,7 +539,7 @@ TEST(handle_misuse)
     qcow2_close(img);
 
     failure("accessors on a NULL handle");
-    EXPECT_TRUE(qcow2_get_header(NULL) == NULL);
+    EXPECT_TRUE(qcow2_header_get(NULL) == NULL);
     EXPECT_TRUE(qcow2_backing(NULL) == NULL);
     EXPECT_EQ_U64(qcow2_virtual_size(NULL), 0);
     qimg_free(&q);
@@ -547,7 +547,7 @@ TEST(handle_misuse)
 
 /*
  * LIBRARY BUG (reported; fails only under -DQCHAIN_SANITIZE=ON): the first
- * statement of qcow2_get_info() (image.c) is
+ * statement of qcow2_info_get() (image.c) is
  *     const struct qcow2_header *h = &img->hp.h;
  * evaluated before usable(img) rejects NULL, which is undefined behaviour
  * (UBSan: "member access within null pointer of type 'const struct
@@ -562,9 +562,9 @@ TEST(get_info_null_handle)
     REQUIRE_TRUE(img);
     memset(&info, 0, sizeof(info));
     failure("a handle that was never opened");
-    EXPECT_EQ_INT(qcow2_get_info(img, &info), -EINVAL);
+    EXPECT_EQ_INT(qcow2_info_get(img, &info), -EINVAL);
     qcow2_close(img);
-    EXPECT_EQ_INT(qcow2_get_info(NULL, &info), -EINVAL);
+    EXPECT_EQ_INT(qcow2_info_get(NULL, &info), -EINVAL);
 }
 
 TEST(strerror)

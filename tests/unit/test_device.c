@@ -97,7 +97,7 @@ static int dev_init(struct dev *d, uint64_t cap,
         failure("create: %s", err);
         return -1;
     }
-    qcow2_io_mem_data(&d->mem, &len);
+    q2_io_mem_data(&d->mem, &len);
     if (len > cap) {
         failure("the image needs %zu bytes, the device has %llu", len,
                 (unsigned long long)cap);
@@ -131,7 +131,7 @@ static struct qcow2_image *dev_open(struct dev *d, unsigned flags)
 static uint8_t *dev_bytes(struct dev *d)
 {
     size_t len = 0;
-    const uint8_t *p = qcow2_io_mem_data(&d->mem, &len);
+    const uint8_t *p = q2_io_mem_data(&d->mem, &len);
     uint8_t *c = malloc(len ? len : 1);
     if (c)
         memcpy(c, p, len);
@@ -232,8 +232,8 @@ TEST(refcount_table_growth_stays_on_the_device)
     EXPECT_EQ_INT(d.violations, 0);
     img = dev_open(&d, 0);
     REQUIRE_TRUE(img != NULL);
-    EXPECT_TRUE(qcow2_get_header(img)->refcount_table_clusters > 1);
-    EXPECT_TRUE(qcow2_get_header(img)->refcount_table_offset < (6u << 20));
+    EXPECT_TRUE(qcow2_header_get(img)->refcount_table_clusters > 1);
+    EXPECT_TRUE(qcow2_header_get(img)->refcount_table_offset < (6u << 20));
     EXPECT_EQ_INT(qcow2_pread(img, got, 3 << 20, 0), 3 << 20);
     EXPECT_EQ_MEM(got, buf, 3 << 20);
     qcow2_close(img);
@@ -262,7 +262,7 @@ TEST(rebuild_places_refcounts_after_the_last_reference)
     REQUIRE_TRUE(img != NULL);
     EXPECT_EQ_INT(qcow2_rebuild_refcounts(img), 0);
     failure("the new table right after the image, not past 64 MiB");
-    EXPECT_EQ_U64(qcow2_get_header(img)->refcount_table_offset,
+    EXPECT_EQ_U64(qcow2_header_get(img)->refcount_table_offset,
                   end_before + 65536);
     EXPECT_EQ_INT(qcow2_close(img), 0);
     EXPECT_EQ_INT(d.violations, 0);
@@ -292,7 +292,7 @@ TEST(rebuild_refused_when_the_device_is_full)
     EXPECT_EQ_INT(d.violations, 0);
     {
         size_t len = 0;
-        const uint8_t *now = qcow2_io_mem_data(&d.mem, &len);
+        const uint8_t *now = q2_io_mem_data(&d.mem, &len);
         failure("refused before anything was written");
         EXPECT_EQ_MEM(now, before, len);
     }
@@ -378,7 +378,7 @@ static struct qcow2_image *top_over(struct dev *d, unsigned mib)
         struct qcow2_io copy;
         if (qcow2_flush(top) < 0)
             goto fail;
-        p = qcow2_io_mem_data(&mem, &len);
+        p = q2_io_mem_data(&mem, &len);
         if (qcow2_io_open_mem(p, len, &copy) < 0)
             goto fail;
         qcow2_close(top);
@@ -414,12 +414,12 @@ TEST(commit_refused_before_writing_when_it_does_not_fit)
     before = dev_bytes(&d);
     base = dev_open(&d, QCOW2_OPEN_RDWR);
     REQUIRE_TRUE(base != NULL);
-    EXPECT_EQ_INT(qcow2_commit(top, 1, base, NULL, NULL, NULL), -ENOSPC);
+    EXPECT_EQ_INT(qcow2_commit(top, 1, base, NULL, NULL), -ENOSPC);
     EXPECT_CONTAINS(qcow2_errmsg(top), "extend the volume");
     qcow2_close(base);
     EXPECT_EQ_INT(d.violations, 0);
     failure("the base is as it was");
-    EXPECT_EQ_MEM(qcow2_io_mem_data(&d.mem, &len), before, 4 << 20);
+    EXPECT_EQ_MEM(q2_io_mem_data(&d.mem, &len), before, 4 << 20);
     free(before);
     qcow2_close(top);
     dev_free(&d);
@@ -440,7 +440,7 @@ TEST(commit_fits_exactly_as_estimated)
     REQUIRE_EQ_INT(qcow2_commit_estimate(top, 1, 0, &est), 0);
     base = dev_open(&d, QCOW2_OPEN_RDWR);
     REQUIRE_TRUE(base != NULL);
-    EXPECT_EQ_INT(qcow2_commit(top, 1, base, NULL, NULL, NULL), 0);
+    EXPECT_EQ_INT(qcow2_commit(top, 1, base, NULL, NULL), 0);
     EXPECT_EQ_INT(qcow2_close(base), 0);
     EXPECT_EQ_INT(d.violations, 0);
     failure("the image ends where the estimate said");

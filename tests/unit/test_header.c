@@ -768,7 +768,7 @@ TEST(open_reports_message)
     qimg_put32(&q, H_CBITS, 30);
     EXPECT_EQ_INT(qimg_open(&q, "bad.qcow2", NULL, &img), -QCOW2_ECORRUPT);
     EXPECT_CONTAINS(qcow2_errmsg(img), "cluster_bits 30");
-    EXPECT_TRUE(qcow2_get_header(img) == NULL);
+    EXPECT_TRUE(qcow2_header_get(img) == NULL);
     qcow2_close(img);
     qimg_free(&q);
 }
@@ -787,7 +787,7 @@ TEST(open_info)
     q.compat = Q2_COMPAT_LAZY_REFCOUNTS;
     q.incompat = Q2_INCOMPAT_DIRTY;
     REQUIRE_EQ_INT(qimg_open(&q, "info.qcow2", NULL, &img), 0);
-    REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
     EXPECT_EQ_INT(info.format, QCOW2_FORMAT_QCOW2);
     EXPECT_EQ_STR(info.filename, "info.qcow2");
     /* QEMU counts whole sectors */
@@ -852,7 +852,7 @@ TEST(bitmap_directory)
 
     bitmap_image(&q, 32);
     REQUIRE_EQ_INT(qimg_open(&q, "bm.qcow2", NULL, &img), 0);
-    REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
     EXPECT_EQ_INT(info.nb_bitmaps, 1);
     EXPECT_TRUE(info.bitmaps_valid);
     REQUIRE_EQ_INT(qcow2_bitmap_get(img, 0, &b), 0);

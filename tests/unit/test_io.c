@@ -47,7 +47,7 @@ TEST(mem_read_write)
     failure("a write past the end fills the gap with zeros");
     EXPECT_EQ_INT(io.pwrite(io.ctx, "!", 1, 15), 1);
     EXPECT_EQ_INT(io.size(io.ctx), 16);
-    data = qcow2_io_mem_data(&io, &len);
+    data = q2_io_mem_data(&io, &len);
     REQUIRE_TRUE(data);
     EXPECT_EQ_INT(len, 16);
     EXPECT_EQ_MEM(data, "hello World\0\0\0\0!", 16);
@@ -109,7 +109,7 @@ TEST(mem_fault_injection)
     char buf[4];
 
     REQUIRE_EQ_INT(qcow2_io_open_mem("abcd", 4, &io), 0);
-    qcow2_io_mem_fail_after(&io, 2);
+    q2_io_mem_fail_after(&io, 2);
     EXPECT_EQ_INT(io.pread(io.ctx, buf, 1, 0), 1);
     EXPECT_EQ_INT(io.pwrite(io.ctx, "x", 1, 0), 1);
     failure("every call after the first two fails");
@@ -120,10 +120,10 @@ TEST(mem_fault_injection)
     EXPECT_EQ_INT(io.pread(io.ctx, buf, 1, 0), -EIO);
     failure("size is not counted and does not fail");
     EXPECT_EQ_INT(io.size(io.ctx), 4);
-    qcow2_io_mem_fail_after(&io, -5);
+    q2_io_mem_fail_after(&io, -5);
     EXPECT_EQ_INT(io.pread(io.ctx, buf, 4, 0), 4);
     EXPECT_EQ_MEM(buf, "xbcd", 4);
-    qcow2_io_mem_fail_after(&io, 0);
+    q2_io_mem_fail_after(&io, 0);
     EXPECT_EQ_INT(io.flush(io.ctx), -EIO);
     io.close(io.ctx);
 }
@@ -134,11 +134,11 @@ TEST(mem_helpers_reject_other_backends)
     size_t len = 77;
 
     memset(&io, 0, sizeof(io));
-    EXPECT_TRUE(qcow2_io_mem_data(&io, &len) == NULL);
-    EXPECT_TRUE(qcow2_io_mem_data(NULL, &len) == NULL);
+    EXPECT_TRUE(q2_io_mem_data(&io, &len) == NULL);
+    EXPECT_TRUE(q2_io_mem_data(NULL, &len) == NULL);
     EXPECT_EQ_INT(len, 77);
-    qcow2_io_mem_fail_after(&io, 1); /* ignored, must not crash */
-    qcow2_io_mem_fail_after(NULL, 1);
+    q2_io_mem_fail_after(&io, 1); /* ignored, must not crash */
+    q2_io_mem_fail_after(NULL, 1);
 }
 
 /* ---- POSIX backend ---- */
@@ -483,7 +483,7 @@ TEST(posix_open_qcow2_file)
     img = qcow2_new();
     REQUIRE_TRUE(img);
     if (EXPECT_EQ_INT(qcow2_open(img, path, NULL), 0)) {
-        REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+        REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
         EXPECT_EQ_STR(info.filename, path);
         EXPECT_EQ_U64(info.file_size, q.len);
         EXPECT_TRUE(info.actual_size > 0);

@@ -914,9 +914,9 @@ TEST(cache_lru)
     EXPECT_EQ_INT(p[0], 0);
     EXPECT_EQ_INT(p[511], 0);
     failure("a read error is returned and caches nothing");
-    qcow2_io_mem_fail_after(&io, 0);
+    q2_io_mem_fail_after(&io, 0);
     EXPECT_EQ_INT(q2_cache_get(&c, &io, 6 * 512, &p), -EIO);
-    qcow2_io_mem_fail_after(&io, -1);
+    q2_io_mem_fail_after(&io, -1);
     REQUIRE_EQ_INT(q2_cache_get(&c, &io, 6 * 512, &p), 0);
     EXPECT_EQ_INT(p[0], 7);
     q2_cache_free(&c);

@@ -413,10 +413,10 @@ TEST(read_raw_image)
     o.size = sizeof(o);
     failure("probing: not a qcow2 header, so raw");
     REQUIRE_EQ_INT(qimg_open_buf(raw, sizeof(raw), "disk.img", &o, &img), 0);
-    REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
     EXPECT_EQ_INT(info.format, QCOW2_FORMAT_RAW);
     EXPECT_EQ_U64(info.virtual_size, 1024);
-    EXPECT_TRUE(qcow2_get_header(img) == NULL);
+    EXPECT_TRUE(qcow2_header_get(img) == NULL);
     memset(want, 0, sizeof(want));
     memcpy(want, raw, sizeof(raw));
     EXPECT_EQ_INT(qcow2_pread(img, got, sizeof(got), 0), 1024);
@@ -468,7 +468,7 @@ TEST(snapshot_select_view)
     qimg_snapshot(&q, "2", "small", 1024);
     img = open_img(&q);
     REQUIRE_TRUE(img);
-    REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
     EXPECT_EQ_INT(info.nb_snapshots, 2);
     REQUIRE_EQ_INT(qcow2_snapshot_get(img, 0, &s), 0);
     EXPECT_EQ_STR(s.id, "1");
@@ -563,10 +563,10 @@ TEST(read_io_error)
     img = open_img(&q);
     REQUIRE_TRUE(img);
     /* the handle's backend is the memory one: make it fail */
-    qcow2_io_mem_fail_after(&img->io, 0);
+    q2_io_mem_fail_after(&img->io, 0);
     EXPECT_EQ_INT(qcow2_pread(img, buf, sizeof(buf), 0), -EIO);
     EXPECT_CONTAINS(qcow2_errmsg(img), "Input/output error");
-    qcow2_io_mem_fail_after(&img->io, -1);
+    q2_io_mem_fail_after(&img->io, -1);
     EXPECT_EQ_INT(qcow2_pread(img, buf, sizeof(buf), 0), sizeof(buf));
     qcow2_close(img);
     qimg_free(&q);
@@ -595,7 +595,7 @@ TEST(open_io_error)
         img = qcow2_new();
         REQUIRE_TRUE(img);
         REQUIRE_EQ_INT(qcow2_io_open_mem(q.buf, q.len, &io), 0);
-        qcow2_io_mem_fail_after(&io, n);
+        q2_io_mem_fail_after(&io, n);
         rc = qcow2_open_io(img, &io, "f.qcow2", &o);
         if (rc == 0) {
             qcow2_close(img);
@@ -630,11 +630,11 @@ TEST(probe_io_error)
     img = qcow2_new();
     REQUIRE_TRUE(img);
     REQUIRE_EQ_INT(qcow2_io_open_mem(q.buf, q.len, &io), 0);
-    qcow2_io_mem_fail_after(&io, 0); /* the probing read fails */
+    q2_io_mem_fail_after(&io, 0); /* the probing read fails */
     rc = qcow2_open_io(img, &io, "f.qcow2", NULL);
     failure("an I/O error while probing must not turn qcow2 into raw");
     EXPECT_EQ_INT(rc, -EIO);
-    if (rc == 0 && qcow2_get_info(img, &info) == 0) {
+    if (rc == 0 && qcow2_info_get(img, &info) == 0) {
         failure("the image was opened as format %d", (int)info.format);
         EXPECT_EQ_INT(info.format, QCOW2_FORMAT_QCOW2);
     }
@@ -746,7 +746,7 @@ TEST(external_data_file)
     memfs_add_img(&fs, "img.qcow2", &q);
     memfs_opts(&fs, &o);
     REQUIRE_EQ_INT(memfs_open_image(&fs, "img.qcow2", &o, &img), 0);
-    REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
     EXPECT_TRUE(info.has_external_data);
     EXPECT_EQ_STR(info.data_file, "disk.data");
 
@@ -829,7 +829,7 @@ TEST(encrypted_data_not_readable)
     qimg_put32(&q, 32, 1); /* crypt_method AES */
     img = open_img(&q);
     REQUIRE_TRUE(img);
-    REQUIRE_EQ_INT(qcow2_get_info(img, &info), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
     EXPECT_TRUE(info.encrypted);
     EXPECT_EQ_INT(info.crypt_method, 1);
     REQUIRE_EQ_INT(qcow2_map(img, 512, 512, 0, &e), 0);

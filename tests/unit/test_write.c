@@ -117,10 +117,10 @@ TEST(errors_are_sticky)
     memset(buf, 0x5a, sizeof(buf));
     EXPECT_EQ_INT(qcow2_pwrite(img, buf, sizeof(buf), 0), 4096);
     failure("the backend fails: the write reports it");
-    qcow2_io_mem_fail_after(&raw, 0);
+    q2_io_mem_fail_after(&raw, 0);
     EXPECT_EQ_INT(qcow2_pwrite(img, buf, sizeof(buf), 1 << 20), -EIO);
     failure("the backend works again: the handle still refuses");
-    qcow2_io_mem_fail_after(&raw, -1);
+    q2_io_mem_fail_after(&raw, -1);
     EXPECT_EQ_INT(qcow2_pwrite(img, buf, sizeof(buf), 2 << 20), -EIO);
     EXPECT_CONTAINS(qcow2_errmsg(img), "refuses further writes");
     EXPECT_EQ_INT(qcow2_pwrite_zeroes(img, 0, 4096), -EIO);
@@ -138,9 +138,9 @@ TEST(flush_failure_is_reported)
     REQUIRE_TRUE(img != NULL);
     memset(buf, 1, sizeof(buf));
     EXPECT_EQ_INT(qcow2_pwrite(img, buf, sizeof(buf), 0), 4096);
-    qcow2_io_mem_fail_after(&raw, 0);
+    q2_io_mem_fail_after(&raw, 0);
     EXPECT_EQ_INT(qcow2_flush(img), -EIO);
-    qcow2_io_mem_fail_after(&raw, -1);
+    q2_io_mem_fail_after(&raw, -1);
     EXPECT_EQ_INT(qcow2_pwrite(img, buf, sizeof(buf), 0), -EIO);
     EXPECT_EQ_INT(qcow2_close(img), -EIO);
 }
@@ -156,7 +156,7 @@ TEST(read_only_refuses_writes)
 
     REQUIRE_EQ_INT(qcow2_io_open_mem(NULL, 0, &raw), 0);
     REQUIRE_EQ_INT(qcow2_create_io(&raw, "m", &o, err, sizeof(err)), 0);
-    data = qcow2_io_mem_data(&raw, &len);
+    data = q2_io_mem_data(&raw, &len);
     REQUIRE_EQ_INT(qcow2_io_open_mem(data, len, &copy), 0);
     raw.close(raw.ctx);
     img = qcow2_new();

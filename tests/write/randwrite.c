@@ -80,7 +80,7 @@ int main(int argc, char **argv)
         die("open", img);
     if (rebuild && qcow2_rebuild_refcounts(img) < 0)
         die("rebuild", img);
-    qcow2_get_info(img, &info);
+    qcow2_info_get(img, &info);
     size = info.virtual_size;
     cs = info.format == QCOW2_FORMAT_QCOW2 ? info.cluster_size : 4096;
     /* raw images ignore discards; qcow2 follows QEMU's rule */

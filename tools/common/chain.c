@@ -24,7 +24,7 @@ int cli_chain_load(struct qcow2_image *active, struct cli_chain *c)
     for (i = 0, l = active; l; l = qcow2_backing(l), i++) {
         struct qcow2_info info;
         struct cli_layer *y = &c->layers[i];
-        qcow2_get_info(l, &info);
+        qcow2_info_get(l, &info);
         y->img = l;
         y->name = qcow2_filename(l);
         y->format = info.format == QCOW2_FORMAT_QCOW2 ? "qcow2" : "raw";

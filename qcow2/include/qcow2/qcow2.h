@@ -1,6 +1,6 @@
 /*
- * qcow2.h - libqcow2, the qchain library: read (and later write) QEMU qcow2
- * and raw images and their backing chains, without QEMU.
+ * qcow2.h - libqcow2, the qchain library: read, write, check and commit
+ * QEMU qcow2 and raw images and their backing chains, without QEMU.
  *
  * Conventions of the whole API:
  *  - Functions returning int or int64_t return >= 0 on success and a negative
@@ -59,7 +59,7 @@ QCOW2_API const char *qcow2_strerror(int err);
 
 struct qcow2_image;
 
-#define QCOW2_OPEN_RDWR 0x01        /* open for writing (issue 3) */
+#define QCOW2_OPEN_RDWR 0x01        /* open for writing */
 #define QCOW2_OPEN_NO_BACKING 0x02  /* do not open the backing chain */
 #define QCOW2_OPEN_FORCE_SHARE 0x04 /* take no locks (qemu-img -U) */
 #define QCOW2_OPEN_CHECK 0x08       /* with RDWR, for qcow2_check repairs
@@ -187,12 +187,12 @@ struct qcow2_info {
 };
 
 /** Describe an open image.  @return 0 or -EINVAL. */
-QCOW2_API int qcow2_get_info(const struct qcow2_image *img,
+QCOW2_API int qcow2_info_get(const struct qcow2_image *img,
                              struct qcow2_info *out);
 
 /** The decoded header of a qcow2 image; NULL for raw images. */
 QCOW2_API const struct qcow2_header *
-qcow2_get_header(const struct qcow2_image *img);
+qcow2_header_get(const struct qcow2_image *img);
 
 /* Header extension magics (the spec's). */
 #define QCOW2_EXT_BACKING_FORMAT 0xe2792acaU
@@ -533,6 +533,16 @@ struct qcow2_commit_stats {
                                   (copy_file_range, reflinks) */
 };
 
+struct qcow2_commit_opts {
+    size_t size;                /* sizeof(struct qcow2_commit_opts) */
+    /* Gets the guest bytes handled so far and the total the layers hold
+     * (data and zeros: qcow2_commit_estimate's data_bytes + zero_bytes,
+     * walked first from metadata), at least once at the end with done
+     * equal to total; a non-zero return cancels the commit.  NULL: none. */
+    qcow2_progress_fn progress;
+    void *progress_ctx;
+};
+
 /**
  * Copy into `base` everything the layers of `top`'s chain above depth
  * `stop` hold: data (holes of their files inside data clusters become
@@ -540,17 +550,17 @@ struct qcow2_commit_stats {
  * backing file; grow the base to the top's size first; flush at the end.
  * `base` is a read-write handle on the image at depth `stop` of `top`'s
  * chain.  The guest view through `top` never changes, and running it
- * again after an interruption writes the same bytes.  `progress`, when
- * not NULL, gets the guest bytes handled so far and the total the layers
- * hold (data and zeros: qcow2_commit_estimate's data_bytes + zero_bytes,
- * walked first from metadata), at least once at the end with done equal
- * to total; a non-zero return cancels the commit.
- * @return 0, -EINVAL, -EROFS, -ECANCELED, or an error of either image;
- *         qcow2_errmsg(top) explains.
+ * again after an interruption writes the same bytes.  A base on a device
+ * (which cannot grow) too small for what the commit allocates is refused
+ * before anything is written (-ENOSPC).
+ * @param[in]  opts  options, or NULL for none
+ * @param[out] out   what was done (written on success only), or NULL
+ * @return 0, -EINVAL, -EROFS, -ENOSPC, -ECANCELED, or an error of either
+ *         image; qcow2_errmsg(top) explains.
  */
 QCOW2_API int qcow2_commit(struct qcow2_image *top, unsigned stop,
                            struct qcow2_image *base,
-                           qcow2_progress_fn progress, void *ctx,
+                           const struct qcow2_commit_opts *opts,
                            struct qcow2_commit_stats *out);
 
 /* What a commit would do (qchain-delta), from metadata alone. */

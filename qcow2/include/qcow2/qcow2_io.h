@@ -125,16 +125,6 @@ QCOW2_API int qcow2_io_lock_probe(const char *path);
 QCOW2_API int qcow2_io_open_mem(const void *buf, size_t len,
                                 struct qcow2_io *io);
 
-/**
- * Make the in-memory backend fail every call after the next `calls` calls
- * with -EIO (fault injection for tests).  A negative count disables it.
- */
-QCOW2_API void qcow2_io_mem_fail_after(struct qcow2_io *io, long calls);
-
-/** Current content of an in-memory backend (valid until its next write). */
-QCOW2_API const uint8_t *qcow2_io_mem_data(const struct qcow2_io *io,
-                                           size_t *len);
-
 #ifdef __cplusplus
 }
 #endif
