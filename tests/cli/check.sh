@@ -317,36 +317,9 @@ case_missing_backing() {
 tcase "check: missing backing file fails as in qemu-img" case_missing_backing
 # ------------------------------------------------------------ locks
 
-# A stopped qemu-io holding the image (read-write, or read-only with -r),
-# as in locking.sh; HOLDER its pid, released by kill -CONT.
-HOLDER=""
-release() {
-    if [ -n "$HOLDER" ]; then
-        kill -CONT "$HOLDER" 2>/dev/null
-        wait "$HOLDER" 2>/dev/null
-        HOLDER=""
-    fi
-}
-hold() {
-    local ro="" i st
-    if [ "$1" = -r ]; then ro=-r; shift; fi
-    if [ -n "$ro" ]; then
-        "$QEMU_IO" -r -c "sigraise $(kill -l STOP)" -c 'read 0 512' "$1" > holder.log 2>&1 &
-    else
-        "$QEMU_IO" -c "sigraise $(kill -l STOP)" -c 'write -P 0x33 0 512' "$1" > holder.log 2>&1 &
-    fi
-    HOLDER=$!
-    trap release EXIT
-    for i in $(seq 1 200); do
-        st=$(ps -o stat= -p "$HOLDER" 2>/dev/null)
-        case $st in
-        T*) return 0 ;;
-        "") diag "qemu-io exited before stopping"; diag_file holder.log; HOLDER=""; return 1 ;;
-        esac
-        sleep 0.05
-    done
-    diag "qemu-io did not stop"; return 1
-}
+# A stopped qemu-io holding the image (read-write, or read-only with -r):
+# hold and release (tests/holder.sh)
+HOLDER_LOG=holder.log
 
 # check takes only read locks (none with -U): a writer blocks it, -U
 # reads past the writer; a read-only holder lets a check run but not a

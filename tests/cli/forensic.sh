@@ -290,32 +290,13 @@ tcase "forensic commands open read-only, read locks only, none with -U" case_rea
 
 # a writer holding the top: refused ("in use"); -U reads; a read-only
 # holder blocks nothing
-HOLDER=""
-release() {
-    if [ -n "$HOLDER" ]; then kill -CONT "$HOLDER" 2>/dev/null; wait "$HOLDER" 2>/dev/null; HOLDER=""; fi
-}
+HOLDER_LOG=$TESTTMP/holder.log
 trap 'release; cleanup' EXIT
-hold() {
-    local ro=$1 img=$2 i state
-    if [ "$ro" = ro ]; then
-        "$QEMU_IO" -r -c "sigraise $(kill -l STOP)" -c 'read 0 512' "$img" > "$TESTTMP/holder.log" 2>&1 &
-    else
-        "$QEMU_IO" -c "sigraise $(kill -l STOP)" -c 'write -P 0x33 0 512' "$img" > "$TESTTMP/holder.log" 2>&1 &
-    fi
-    HOLDER=$!
-    trap release EXIT
-    for i in $(seq 1 200); do
-        state=$(ps -o stat= -p "$HOLDER" 2>/dev/null)
-        case $state in T*) return 0 ;; "") HOLDER=""; return 1 ;; esac
-        sleep 0.05
-    done
-    return 1
-}
 case_locks() {
     cd "$V" || return 1
     cp c64k.qcow2 held.qcow2 || return 1
     local rc=0
-    hold rw held.qcow2 || { diag "holder did not stop"; return 1; }
+    hold held.qcow2 || { diag "holder did not stop"; return 1; }
     rm -f out.raw
     qc map --all-layers held.qcow2; expect_failure map held.qcow2 || rc=1
     expect_stderr_match "in use" || rc=1
@@ -326,7 +307,7 @@ case_locks() {
     qc export -U --vmstate vm1 held.qcow2 out.raw; expect_rc 0 || rc=1
     expect_same_bytes c64k.vm1.vmstate out.raw || rc=1
     release
-    hold ro held.qcow2 || { diag "read-only holder did not stop"; return 1; }
+    hold -r held.qcow2 || { diag "read-only holder did not stop"; return 1; }
     rm -f out.raw
     qc map --all-layers held.qcow2; expect_rc 0 || rc=1
     qc export --vmstate vm1 held.qcow2 out.raw; expect_rc 0 || rc=1

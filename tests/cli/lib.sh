@@ -29,10 +29,9 @@ QEMU_IMG=${QEMU_IMG:-$(command -v qemu-img || true)}
 QEMU_IO=${QEMU_IO:-$(command -v qemu-io || true)}
 CLI_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 INFO_COMPARE="$CLI_DIR/info_compare.py"
-# Debian's python3 where there is one: a version manager's shim first on
-# PATH (pyenv's) costs 0.18 s a call against 0.06 s, and the suite makes
-# thousands of calls (477 in commit/delta.sh alone)
-if [ -x /usr/bin/python3 ]; then python3() { /usr/bin/python3 "$@"; }; fi
+. "$CLI_DIR/../python3.sh"
+. "$CLI_DIR/../holder.sh"
+HOLD_TRAP=1
 # isolated, no site packages: starts in a third of the time
 PY="python3 -I -S"
 

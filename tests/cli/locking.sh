@@ -9,43 +9,8 @@
 . "$(dirname "$0")/lib.sh"
 need_qemu
 
-HOLDER=""
-release() {
-    if [ -n "$HOLDER" ]; then
-        kill -CONT "$HOLDER" 2>/dev/null
-        wait "$HOLDER" 2>/dev/null
-        HOLDER=""
-    fi
-}
+HOLDER_LOG=$TESTTMP/holder.log
 trap 'release; cleanup' EXIT
-
-# hold [-r] IMAGE: start a qemu-io that stops itself with IMAGE open
-# (read-write, or read-only with -r); sets HOLDER.  Returns 1 if it did
-# not stop within 10 s.
-hold() {
-    local ro=""
-    if [ "$1" = -r ]; then ro=-r; shift; fi
-    if [ -n "$ro" ]; then
-        "$QEMU_IO" -r -c "sigraise $(kill -l STOP)" -c 'read -P 0 1M 512' "$1" > "$TESTTMP/holder.log" 2>&1 &
-    else
-        "$QEMU_IO" -c "sigraise $(kill -l STOP)" -c 'write -P 0x33 0 512' "$1" > "$TESTTMP/holder.log" 2>&1 &
-    fi
-    HOLDER=$!
-    # cases run in subshells: release the holder whatever way this one ends
-    trap release EXIT
-    local i state
-    for i in $(seq 1 200); do
-        state=$(ps -o stat= -p "$HOLDER" 2>/dev/null)
-        case $state in
-        T*) return 0 ;;
-        "") echo "# qemu-io exited before stopping:"; sed 's/^/#   /' "$TESTTMP/holder.log"
-            HOLDER=""; return 1 ;;
-        esac
-        sleep 0.05
-    done
-    echo "# qemu-io did not stop within 10 s"
-    return 1
-}
 
 mkimgs() {
     qimg create -q -f qcow2 -o cluster_size=4k base.qcow2 1M &&

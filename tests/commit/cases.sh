@@ -452,11 +452,9 @@ locks_case() { # base-format
     qemu-img create -q -f "$fmt" l-base.img 1G
     qemu-io -f "$fmt" -c 'write -P 0x11 0 8M' -c 'write -P 0x12 900M 8M' l-base.img >/dev/null
     # the oracle: QEMU's own writer on BASE
-    qemu-io -f "$fmt" -c "sigraise $(kill -l STOP)" -c 'read 0 512' l-base.img >/dev/null 2>&1 &
-    pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
-    for _ in $(seq 100); do stopped $pid && break; sleep 0.05; done
+    hold -n l-base.img -f "$fmt"
     base_probes "premise, qemu-io writing" "$fmt" l-base.img "$([ "$fmt" = raw ] && echo ok || echo lock)"
-    kill -CONT $pid; wait $pid
+    release
     qemu-img create -q -f qcow2 -b l-base.img -F "$fmt" l-low.qcow2
     qemu-io -c 'write -P 0x21 4M 400M' -c 'write -z 600M 16M' -c 'write -P 0x22 904M 1M' \
         l-low.qcow2 >/dev/null

@@ -156,16 +156,12 @@ refuse "usage" 2 --bogus r-top.qcow2
 qemu-img create -q -f qcow2 -b r-base.raw -F raw r-clone.qcow2
 refuse "a sibling uses BASE" 1 --top r-mid.qcow2 r-top.qcow2
 rm -f r-clone.qcow2
-qemu-io -f raw -c "sigraise $(kill -l STOP)" -c 'read 0 512' r-base.raw >/dev/null 2>&1 &
-pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
-for _ in $(seq 50); do [ "$(ps -o stat= -p $pid)" = T ] && break; sleep 0.1; done
+hold -n r-base.raw -f raw
 refuse "BASE held by a VM (even read-only)" 1 --top r-mid.qcow2 r-top.qcow2
-kill -CONT $pid; wait $pid
-qemu-io -c "sigraise $(kill -l STOP)" -c 'read 0 512' r-top.qcow2 >/dev/null 2>&1 &
-pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
-for _ in $(seq 50); do [ "$(ps -o stat= -p $pid)" = T ] && break; sleep 0.1; done
+release
+hold -n r-top.qcow2
 refuse "ACTIVE written by a VM" 1 --top r-mid.qcow2 r-top.qcow2
-kill -CONT $pid; wait $pid
+release
 printf 'qchain-commit journal 1\nuuid 00000000-0000-0000-0000-000000000001\nactive 1:1 x\ntop 1:2 y\nbase 1:3 z\n' > r-base.raw.qchain-commit
 refuse "another job's journal" 1 --top r-mid.qcow2 r-top.qcow2
 rm -f r-base.raw.qchain-commit

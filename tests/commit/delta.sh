@@ -216,9 +216,7 @@ plan "no growth" 1G 0 0.01
 
 # --- live images: -U reads what a VM holds; without it, the lock refuses
 "$D" --json top.qcow2 > offline.json
-qemu-io -c "sigraise $(kill -l STOP)" -c 'read 0 512' top.qcow2 >/dev/null 2>&1 &
-pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
-for _ in $(seq 50); do [ "$(ps -o stat= -p $pid)" = T ] && break; sleep 0.1; done
+hold -n top.qcow2
 if "$D" top.qcow2 >/dev/null 2>err; then bad "held by qemu-io, no -U" "accepted"
 elif ! grep -qi "lock\|in use" err; then bad "held by qemu-io, no -U" "message: $(cat err)"
 else ok "held by qemu-io: refused without -U ($(head -c 100 err))"; fi
@@ -228,7 +226,7 @@ else ok "held by qemu-io: refused without -U ($(head -c 100 err))"; fi
     && [ "$(jget live.json approximate)" = true ] \
     && ok "held by qemu-io: -U gives the offline figures, marked approximate" \
     || bad "held by qemu-io, -U" "$(cat err live.json)"
-kill -CONT $pid; wait $pid
+release
 qemu-nbd -f qcow2 --socket="$work/nbd.sock" top.qcow2 >/dev/null 2>&1 &
 pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
 for _ in $(seq 50); do [ -S "$work/nbd.sock" ] && break; sleep 0.1; done

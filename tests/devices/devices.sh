@@ -301,9 +301,7 @@ no_state_under_dev "all-device chain"
 # 7. locks: a running qemu-io writing the raw device base
 qemu-img create -q -f qcow2 -b "$AB" -F raw lk.qcow2
 qemu-io -c 'write -P 0x72 0 64k' lk.qcow2 >/dev/null
-qemu-io -f raw -c "sigraise $(kill -l STOP)" -c 'read 0 512' "$AB" >/dev/null 2>&1 &
-holder=$!; cleanup_hooks+=("kill -9 $holder 2>/dev/null")
-for _ in $(seq 50); do [ "$(ps -o stat= -p $holder | cut -c1)" = T ] && break; sleep 0.1; done
+hold -n "$AB" -f raw
 sum=$(md5sum < "$AB")
 # (--state-dir: the record of test 6 says the overlay on $AT was committed
 # into $AB; it is no sibling)
@@ -312,7 +310,7 @@ sum=$(md5sum < "$AB")
     && ok "commit into a device a running qemu-io holds: refused (locks on the device node)" \
     || bad "locks" "exit $rc: $(cat err)"
 "$B/qchain-info" -U -f raw "$AB" > out 2>err && ok "info -U of the held device" || bad "info -U" "$(cat err)"
-kill -CONT $holder; wait $holder 2>/dev/null
+release
 "$B/qchain-commit" --state-dir "$work/state" lk.qcow2 > out 2>err && qemu-img compare -q -f raw -F qcow2 "$AB" lk.qcow2 \
     && ok "the holder gone, the commit into the device runs" || bad "after holder" "$(cat err)"
 

@@ -1,14 +1,13 @@
 # Shared helpers of the write-path tests (sourced).
 set -u
-# Debian's python3 where there is one: a version manager's shim first on
-# PATH (pyenv's) costs 0.18 s a call against 0.06 s, and the suite makes
-# thousands of calls (477 in commit/delta.sh alone)
-if [ -x /usr/bin/python3 ]; then python3() { /usr/bin/python3 "$@"; }; fi
+. "$(dirname "${BASH_SOURCE[0]}")/../python3.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../holder.sh"
 : "${QCHAIN_BIN:?}"
 work=$(mktemp -d); trap 'cleanup_all' EXIT
 cleanup_hooks=()
 cleanup_all() {
     local h
+    release
     for h in "${cleanup_hooks[@]+"${cleanup_hooks[@]}"}"; do eval "$h"; done
     rm -rf "$work"
 }

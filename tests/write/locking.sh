@@ -10,12 +10,6 @@
 RW=${RANDWRITE:?}
 M=$QCHAIN_BIN/qchain-map
 
-hold_io() { # args...: qemu-io stopped while holding its locks
-    qemu-io "$@" -c "sigraise $(kill -l STOP)" -c 'read 0 512' >/dev/null 2>&1 &
-    holder=$!; cleanup_hooks+=("kill -9 $holder 2>/dev/null")
-    for _ in $(seq 50); do [ "$(ps -o stat= -p $holder)" = T ] && break; sleep 0.1; done
-}
-release_io() { kill -CONT "$holder"; wait "$holder" 2>/dev/null; }
 nbd_start() { # args...
     qemu-nbd --fork --persistent -k "$work/nbd.sock" --pid-file="$work/nbd.pid" "$@"
     cleanup_hooks+=("kill \$(cat $work/nbd.pid 2>/dev/null) 2>/dev/null")
@@ -31,20 +25,20 @@ writer_refused() { # name image
 qemu-img create -q -f qcow2 img.qcow2 16M
 qemu-img create -q -f qcow2 -b img.qcow2 -F qcow2 ovl.qcow2
 
-hold_io -f qcow2 img.qcow2
+hold -n img.qcow2 -f qcow2
 writer_refused "writer refuses qemu-io read-write" img.qcow2
 "$M" img.qcow2 >/dev/null 2>err; rc=$?
 [ $rc -eq 1 ] && grep -q "in use" err && ok "reader refuses a qemu-io writer" \
     || bad "reader vs writer" "exit $rc $(cat err)"
 "$M" -U img.qcow2 >/dev/null 2>err && ok "-U reads past a qemu-io writer" \
     || bad "-U" "$(cat err)"
-release_io
+release
 
-hold_io -r -f qcow2 img.qcow2
+hold -r img.qcow2 -f qcow2
 writer_refused "writer refuses qemu-io read-only (stricter than QEMU)" img.qcow2
 "$M" img.qcow2 >/dev/null 2>err && ok "reader coexists with a qemu-io reader" \
     || bad "reader vs reader" "$(cat err)"
-release_io
+release
 
 nbd_start -f qcow2 img.qcow2
 writer_refused "writer refuses qemu-nbd read-write" img.qcow2

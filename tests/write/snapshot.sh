@@ -73,20 +73,16 @@ touch taken.qcow2
 
 # in use: a VM writing ACTIVE, and a VM only reading it
 qemu-img create -q -f qcow2 busy.qcow2 16M
-qemu-io -c "sigraise $(kill -l STOP)" -c 'write -P 1 0 512' busy.qcow2 >/dev/null 2>&1 &
-pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
-for _ in $(seq 50); do [ "$(ps -o stat= -p $pid)" = T ] && break; sleep 0.1; done
+hold busy.qcow2
 "$S" busy.qcow2 b1.qcow2 >/dev/null 2>err; rc=$?
 [ $rc -eq 1 ] && [ ! -e b1.qcow2 ] && grep -q "in use" err \
     && ok "refuses an ACTIVE a VM writes" || bad "in use (writer)" "exit $rc $(cat err)"
-kill -CONT $pid; wait $pid
-qemu-io -r -c "sigraise $(kill -l STOP)" -c 'read 0 512' busy.qcow2 >/dev/null 2>&1 &
-pid=$!; cleanup_hooks+=("kill -9 $pid 2>/dev/null")
-for _ in $(seq 50); do [ "$(ps -o stat= -p $pid)" = T ] && break; sleep 0.1; done
+release
+hold -r busy.qcow2
 "$S" busy.qcow2 b2.qcow2 >/dev/null 2>err; rc=$?
 [ $rc -eq 1 ] && [ ! -e b2.qcow2 ] && ok "refuses an ACTIVE a VM only reads" \
     || bad "in use (reader)" "exit $rc $(cat err)"
-kill -CONT $pid; wait $pid
+release
 "$S" busy.qcow2 b3.qcow2 >/dev/null 2>err && qemu-img check -q b3.qcow2 \
     && ok "works once the VM is gone" || bad "after release" "$(cat err)"
 finish
