@@ -184,25 +184,22 @@ static int check_backing(const char *file, bool have_size,
                                           QCOW2_OPEN_FORCE_SHARE,
                                  .format = o->backing_format,
                                  .warn = cli_warn_cb};
-    struct qcow2_image *b = qcow2_new();
-    const char *slash = strrchr(file, '/');
+    struct qcow2_image *b;
     char *path;
     int rc;
 
-    if (!b)
+    if (qcow2_name_is_protocol(o->backing_name)) {
+        cli_error_file(file, "backing file '%s' names a protocol, which "
+                       "qchain does not open", o->backing_name);
         return -1;
-    if (o->backing_name[0] == '/' || !slash) {
-        path = strdup(o->backing_name);
-    } else {
-        size_t d = (size_t)(slash - file) + 1;
-        path = malloc(d + strlen(o->backing_name) + 1);
-        if (path) {
-            memcpy(path, file, d);
-            strcpy(path + d, o->backing_name);
-        }
     }
-    if (!path)
+    path = qcow2_backing_resolve(file, o->backing_name);
+    b = qcow2_new();
+    if (!path || !b) {
+        free(path);
+        qcow2_close(b);
         return -1;
+    }
     rc = qcow2_open(b, path, &bo);
     if (rc < 0) {
         cli_error_file(file, "cannot open backing file '%s': %s", path,

@@ -39,3 +39,15 @@ char *q2_path_combine(const char *base_path, const char *name)
     memcpy(out + dirlen, name, nlen + 1);
     return out;
 }
+
+bool qcow2_name_is_protocol(const char *name)
+{
+    return name && q2_name_has_protocol(name);
+}
+
+char *qcow2_backing_resolve(const char *image, const char *name)
+{
+    if (!image || !name || !*name || q2_name_has_protocol(name))
+        return NULL;
+    return q2_path_combine(image, name);
+}

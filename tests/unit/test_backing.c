@@ -618,3 +618,20 @@ TEST(chain_unsupported_backing_format)
     qcow2_close(img);
     memfs_free(&fs);
 }
+
+TEST(public_resolve_and_protocol)
+{
+    char *p = qcow2_backing_resolve("dir/top.qcow2", "base.raw");
+
+    EXPECT_EQ_STR(p, "dir/base.raw");
+    free(p);
+    p = qcow2_backing_resolve("/vm/top.qcow2", "/abs/base");
+    EXPECT_EQ_STR(p, "/abs/base");
+    free(p);
+    EXPECT_TRUE(qcow2_backing_resolve("top.qcow2", "nbd:host:1") == NULL);
+    EXPECT_TRUE(qcow2_backing_resolve("top.qcow2", "") == NULL);
+    EXPECT_TRUE(qcow2_name_is_protocol("json:{}"));
+    EXPECT_TRUE(qcow2_name_is_protocol("foo:bar.qcow2"));
+    EXPECT_TRUE(!qcow2_name_is_protocol("./foo:bar.qcow2"));
+    EXPECT_TRUE(!qcow2_name_is_protocol("/a:b"));
+}

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <qcow2/qcow2.h>
+
 #include "paths.h"
 
 static char *real_dir_of(const char *path)
@@ -49,14 +51,9 @@ static char *relative_to(const char *dir, const char *target)
 /* "./" in front of a relative name that QEMU would take for a protocol. */
 static char *not_a_protocol(char *name)
 {
-    const char *colon, *slash;
     char *out;
 
-    if (!name)
-        return NULL;
-    colon = strchr(name, ':');
-    slash = strchr(name, '/');
-    if (!colon || (slash && slash < colon) || name[0] == '/')
+    if (!name || !qcow2_name_is_protocol(name))
         return name;
     out = malloc(strlen(name) + 3);
     if (out)

@@ -287,6 +287,19 @@ QCOW2_API int qcow2_bitmap_get(const struct qcow2_image *img, unsigned i,
  *  not opened. */
 QCOW2_API struct qcow2_image *qcow2_backing(const struct qcow2_image *img);
 
+/** True when QEMU reads `name` as a protocol ("nbd:...", "json:{...}",
+ *  even "foo:bar.qcow2": a ':' before any '/'), not as a file name. */
+QCOW2_API bool qcow2_name_is_protocol(const char *name);
+
+/**
+ * The file a backing name stored in `image` names, resolved as QEMU
+ * resolves it: relative to the directory of `image` as given (no realpath,
+ * no symlinks followed), absolute names as they are.
+ * @return a malloc'd path (the caller frees it), or NULL for a protocol
+ *         name, an empty name or no memory.
+ */
+QCOW2_API char *qcow2_backing_resolve(const char *image, const char *name);
+
 /** The name the image was opened by. */
 QCOW2_API const char *qcow2_filename(const struct qcow2_image *img);
 
