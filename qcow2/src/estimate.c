@@ -196,28 +196,25 @@ static int q_write(struct est *s, uint64_t gc, uint64_t in, uint64_t len,
                    bool zeros)
 {
     struct qcow2_image *b = s->base;
-    uint64_t l1e, e, bm, host;
-    bool whole = in == 0 && len == b->cluster_size, ours;
+    uint64_t l1e, e, bm;
+    bool whole = in == 0 && len == b->cluster_size;
     int rc;
 
     rc = base_entry(s, gc, &l1e, &e, &bm);
     if (rc < 0)
         return rc;
-    /* the L2 table: allocated, or copied from a snapshot's, once */
+    /* the L2 table: allocated, or copied from a snapshot's, once; then
+     * the cluster, as the write path decides it */
     if (s->last_l1 != (gc >> b->l2_bits) + 1) {
         s->last_l1 = (gc >> b->l2_bits) + 1;
-        if (!(l1e & Q2_L1E_OFFSET_MASK) || !(l1e & Q2_OFLAG_COPIED))
+        if (q2_l2_write_allocates(l1e))
             s->new_clusters++;
     }
-    if (zeros && whole && (b->extended_l2 || b->hp.h.version >= 3 ||
-                           !b->backing))
-        return 0; /* metadata only */
     if (s->last_gc == gc + 1)
         return 0; /* made ours by the previous write */
-    host = e & Q2_L2E_OFFSET_MASK;
-    ours = !(e & Q2_OFLAG_COMPRESSED) && host && (e & Q2_OFLAG_COPIED);
-    if (!ours)
-        s->new_clusters++;
+    if (!q2_write_allocates(b, e, zeros && whole))
+        return 0; /* metadata only, or a cluster of ours */
+    s->new_clusters++;
     s->last_gc = gc + 1;
     return 0;
 }

@@ -386,6 +386,14 @@ Q2_HIDDEN int q2_header_write(struct qcow2_image *img, uint64_t off,
                               const void *buf, size_t len);
 
 /* ---- write.c ---- */
+/* The write path's allocation decisions, which qchain-delta's model
+ * (estimate.c) asks too: does a write into a guest cluster whose L2 entry
+ * is e allocate a new cluster (whole_zeros: the write is a whole cluster of
+ * zeros); does a write under an L1 entry l1e need a new L2 table (none, or
+ * one shared with a snapshot)? */
+Q2_HIDDEN bool q2_write_allocates(const struct qcow2_image *img, uint64_t e,
+                                  bool whole_zeros);
+Q2_HIDDEN bool q2_l2_write_allocates(uint64_t l1e);
 /* Replace the snapshot table (old_len bytes at snapshots_offset) with
  * buf[0..len) holding count entries, crash-safely (write.c). */
 Q2_HIDDEN int q2_snap_table_switch(struct qcow2_image *img,

@@ -299,6 +299,25 @@ static int l1_write(struct qcow2_image *img, uint64_t idx, uint64_t v)
 
 /* The L2 table for l1 index idx, allocated or copied so that it can be
  * written (COPIED set in the L1 entry).  *l2_off receives its offset. */
+bool q2_write_allocates(const struct qcow2_image *img, uint64_t e,
+                        bool whole_zeros)
+{
+    /* whole clusters of zeros are an entry: the v3 zero flag, all-zero
+     * subclusters, or (version 2 without a backing file) unallocated */
+    if (whole_zeros && (img->extended_l2 || img->hp.h.version >= 3 ||
+                        !img->backing))
+        return false;
+    /* a cluster of ours is written in place; a shared, compressed or
+     * missing one is replaced by a new cluster */
+    return (e & Q2_OFLAG_COMPRESSED) || !(e & Q2_L2E_OFFSET_MASK) ||
+           !(e & Q2_OFLAG_COPIED);
+}
+
+bool q2_l2_write_allocates(uint64_t l1e)
+{
+    return !(l1e & Q2_L1E_OFFSET_MASK) || !(l1e & Q2_OFLAG_COPIED);
+}
+
 static int l2_for_write(struct qcow2_image *img, uint64_t idx,
                         uint64_t *l2_off)
 {
@@ -311,7 +330,7 @@ static int l2_for_write(struct qcow2_image *img, uint64_t idx,
     if (rc < 0)
         return rc;
     old = e & Q2_L1E_OFFSET_MASK;
-    if (old && (e & Q2_OFLAG_COPIED)) {
+    if (!q2_l2_write_allocates(e)) {
         *l2_off = old;
         return 0;
     }
@@ -472,8 +491,7 @@ static int write_std(struct qcow2_image *img, uint64_t gc, uint64_t in,
     if (rc < 0)
         return rc;
     host = e & Q2_L2E_OFFSET_MASK;
-    in_place = !(e & Q2_OFLAG_COMPRESSED) && host &&
-               (e & Q2_OFLAG_COPIED);
+    in_place = !q2_write_allocates(img, e, false);
     if (in_place && !(e & Q2_OFLAG_ZERO)) {
         /* our own cluster: overwrite in place */
         if (src) {
@@ -552,7 +570,7 @@ static int write_ext(struct qcow2_image *img, uint64_t gc, uint64_t in,
         return free_entry_later(img, e);
     }
 
-    if ((e & Q2_OFLAG_COMPRESSED) || !host || !(e & Q2_OFLAG_COPIED)) {
+    if (q2_write_allocates(img, e, false)) {
         /* give the cluster a host cluster of its own */
         uint32_t keep_zero = (uint32_t)(bm >> 32);
         uint32_t keep_alloc = (uint32_t)bm;
