@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -46,7 +47,8 @@ static void usage(void)
            "  -h, --help           this help\n"
            "  -V, --version        version\n\n"
            "OUTPUT is never overwritten; it is sparse where the guest sees "
-           "zeros.\n",
+           "zeros.  A block\ndevice as OUTPUT is written over, as qemu-img "
+           "convert does.\n",
            cli_progname());
 }
 
@@ -259,6 +261,7 @@ static int open_source(const struct args *a, struct qcow2_image **img,
 static int copy(const struct args *a, struct source *src, uint8_t *buf,
                 struct qcow2_io *out, uint64_t *written)
 {
+    bool device = (out->caps & QCOW2_IO_CAP_FIXED_SIZE) != 0;
     uint64_t pos = 0;
     int rc;
 
@@ -274,7 +277,13 @@ static int copy(const struct args *a, struct source *src, uint8_t *buf,
         end = pos + ext.length;
         if ((ext.flags & QCOW2_EXTENT_ZERO) ||
             !(ext.flags & QCOW2_EXTENT_DATA)) {
-            pos = end; /* a hole in the output */
+            /* a hole in a file; a device gets zeros (its own zeroing) */
+            if (device && (rc = out->punch(out->ctx, pos, end - pos)) < 0) {
+                cli_error_file(a->outfile, "cannot write zeros: %s",
+                               qcow2_strerror(rc));
+                return -1;
+            }
+            pos = end;
             continue;
         }
         while (pos < end) {
@@ -289,7 +298,13 @@ static int copy(const struct args *a, struct source *src, uint8_t *buf,
                                pos);
                 return -1;
             }
-            rc = write_sparse(out, buf, n, pos, written);
+            if (device) {
+                int64_t w = out->pwrite(out->ctx, buf, n, pos);
+                rc = w < 0 ? (int)w : 0;
+                *written += n;
+            } else {
+                rc = write_sparse(out, buf, n, pos, written);
+            }
             if (rc < 0) {
                 cli_error_file(a->outfile, "write failed: %s",
                                qcow2_strerror(rc));
@@ -298,7 +313,8 @@ static int copy(const struct args *a, struct source *src, uint8_t *buf,
             pos += n;
         }
     }
-    rc = out->truncate(out->ctx, src->size);
+    /* a device keeps its size (bytes past the image stay as they were) */
+    rc = device ? 0 : out->truncate(out->ctx, src->size);
     if (rc == 0)
         rc = out->flush(out->ctx);
     if (rc < 0) {
@@ -307,6 +323,28 @@ static int copy(const struct args *a, struct source *src, uint8_t *buf,
         return -1;
     }
     return 0;
+}
+
+/* A device OUTPUT (opened, nothing written yet) must hold the image. */
+static int device_fits(const struct args *a, const struct source *src,
+                       struct qcow2_io *out)
+{
+    int64_t cap;
+    char x[32], y[32];
+
+    if (!(out->caps & QCOW2_IO_CAP_FIXED_SIZE))
+        return 0;
+    cap = out->size(out->ctx);
+    if (cap >= 0 && (uint64_t)cap >= src->size)
+        return 0;
+    if (cap < 0)
+        cli_error_file(a->outfile, "cannot get the size of the device: %s",
+                       qcow2_strerror((int)cap));
+    else
+        cli_error_file(a->outfile, "is %s; the export needs %s (%" PRIu64
+                       " bytes)", cli_size_str((uint64_t)cap, x, sizeof(x)),
+                       cli_size_str(src->size, y, sizeof(y)), src->size);
+    return -1;
 }
 
 static void report_json(const struct args *a, const struct source *src,
@@ -344,11 +382,14 @@ int main(int argc, char **argv)
     uint8_t *buf = NULL;
     void *mem = NULL;
     char err[512];
+    struct stat st;
+    bool device;
     int status = QCHAIN_EXIT_FAILURE;
 
     cli_init("qchain-export", argv);
     parse_args(argc, argv, &a);
-    if (access(a.outfile, F_OK) == 0) {
+    device = stat(a.outfile, &st) == 0 && S_ISBLK(st.st_mode);
+    if (!device && access(a.outfile, F_OK) == 0) {
         cli_error_file(a.outfile, "already exists; qchain-export never "
                        "overwrites a file");
         return QCHAIN_EXIT_FAILURE;
@@ -359,17 +400,20 @@ int main(int argc, char **argv)
     if (!buf)
         cli_error("out of memory");
     else if (open_source(&a, &img, &src) == 0) {
-        if (qcow2_io_open_file(a.outfile, QCOW2_IO_CREATE, &out, err,
-                               sizeof(err)) < 0) {
-            cli_error_file(a.outfile, "cannot create: %s", err);
+        if (qcow2_io_open_file(a.outfile, device ? QCOW2_IO_RDWR
+                                                 : QCOW2_IO_CREATE,
+                               &out, err, sizeof(err)) < 0) {
+            cli_error_file(a.outfile, "cannot %s: %s",
+                           device ? "open the device" : "create", err);
         } else {
-            if (copy(&a, &src, buf, &out, &written) == 0) {
+            if (device_fits(&a, &src, &out) == 0 &&
+                copy(&a, &src, buf, &out, &written) == 0) {
                 status = QCHAIN_EXIT_OK;
                 if (common.output == CLI_OUTPUT_JSON)
                     report_json(&a, &src, written);
             }
             out.close(out.ctx);
-            if (status != QCHAIN_EXIT_OK)
+            if (status != QCHAIN_EXIT_OK && !device)
                 unlink(a.outfile); /* we made it */
         }
     }

@@ -2,7 +2,7 @@
 # Images on block devices (LVM volumes; loop devices attached here play
 # them), against qemu-img as the oracle:
 #   1. a raw base on a device under a qcow2 overlay in a file: info, map,
-#      export and delta see the device's bytes (st_size is 0 for a device:
+#      export (from and onto devices) and delta see the device's bytes (st_size is 0 for a device:
 #      they used to see an empty image), the commit writes into it, and
 #      nothing lands under /dev;
 #   2. a raw device smaller than the top: refused before writing, with the
@@ -100,6 +100,22 @@ no_state_under_dev "commit into a raw device"
 "$B/qchain-commit" --json ov.qcow2 > c2.json 2>err && [ "$(json_get c2.json completed)" = true ] \
     && ok "re-run of the finished commit into a device: already completed" \
     || bad "re-run" "$(cat err c2.json)"
+
+# export onto a device (as qemu-img convert writes one): the device's first
+# bytes are the guest view, zeros written where the guest sees zeros (the
+# device held random bytes); a device smaller than the view is refused
+head -c $((80 << 20)) /dev/urandom > lo/ex.img
+attach ex.img; EX=$dev
+"$B/qchain-export" ov.qcow2 "$EX" > out 2>err && cmp -n $((64 << 20)) want.raw "$EX" \
+    && ok "export onto a device: its first 64 MiB are the guest view" \
+    || bad "export onto a device" "$(cat err)"
+head -c $((16 << 20)) /dev/urandom > lo/ex2.img
+attach ex2.img; EX2=$dev
+sum=$(md5sum < "$EX2")
+"$B/qchain-export" ov.qcow2 "$EX2" > out 2>err; rc=$?
+[ $rc = 1 ] && grep -q "is 16 MiB; the export needs 64 MiB" err && [ "$sum" = "$(md5sum < "$EX2")" ] \
+    && ok "export onto a device too small: refused, device unchanged" \
+    || bad "export too small" "exit $rc: $(cat err)"
 
 # ----------------------------------------------------------------------
 # 2. a raw device smaller than the top
