@@ -52,18 +52,6 @@ static void usage(void)
            cli_progname());
 }
 
-static bool all_zero(const uint8_t *p, size_t n)
-{
-    static const uint8_t zeros[ZERO_BLOCK];
-    while (n >= ZERO_BLOCK) {
-        if (memcmp(p, zeros, ZERO_BLOCK) != 0)
-            return false;
-        p += ZERO_BLOCK;
-        n -= ZERO_BLOCK;
-    }
-    return n == 0 || memcmp(p, zeros, n) == 0;
-}
-
 /* Write buf (guest offset off) skipping 4 KiB-aligned zero blocks. */
 static int write_sparse(struct qcow2_io *out, const uint8_t *buf, size_t len,
                         uint64_t off, uint64_t *written)
@@ -74,7 +62,7 @@ static int write_sparse(struct qcow2_io *out, const uint8_t *buf, size_t len,
         size_t n = ZERO_BLOCK - (size_t)((off + i) % ZERO_BLOCK), j;
         if (n > len - i)
             n = len - i;
-        if (all_zero(buf + i, n)) {
+        if (qcow2_buffer_is_zero(buf + i, n)) {
             i += n;
             continue;
         }
@@ -82,7 +70,7 @@ static int write_sparse(struct qcow2_io *out, const uint8_t *buf, size_t len,
         j = i + n;
         while (j < len) {
             size_t m = len - j < ZERO_BLOCK ? len - j : ZERO_BLOCK;
-            if (all_zero(buf + j, m))
+            if (qcow2_buffer_is_zero(buf + j, m))
                 break;
             j += m;
         }

@@ -54,6 +54,14 @@ void q2_cache_free(struct q2_cache *c)
     c->nslots = 0;
 }
 
+bool qcow2_buffer_is_zero(const void *buf, size_t len)
+{
+    const uint8_t *b = buf;
+
+    /* the first byte is zero and every byte equals the one before it */
+    return len == 0 || (b[0] == 0 && memcmp(b, b + 1, len - 1) == 0);
+}
+
 void *q2_buf_alloc(size_t len)
 {
     void *p;

@@ -82,11 +82,6 @@ static int write_base(struct qcow2_image *top, struct qcow2_image *base,
 #define COMPARE_PROBE (32u << 20)
 #define COMPARE_MIN_SAME 8
 
-static bool all_zero(const uint8_t *b, size_t n)
-{
-    return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
-}
-
 /* Write the blocks of buf[0, len) (guest offset start) that need it: over
  * a hole (cmp NULL) the blocks not all zero, over data those that differ
  * from cmp. */
@@ -104,7 +99,7 @@ static int write_blocks(struct qcow2_image *top, struct qcow2_image *base,
         if (b > len - i)
             b = len - i;
         needed = cmp ? memcmp(buf + i, cmp + i, b) != 0
-                     : !all_zero(buf + i, b);
+                     : !qcow2_buffer_is_zero(buf + i, b);
         if (cmp && !needed)
             p->same += b;
         if (needed && !in_run) {

@@ -287,6 +287,9 @@ QCOW2_API int qcow2_bitmap_get(const struct qcow2_image *img, unsigned i,
  *  not opened. */
 QCOW2_API struct qcow2_image *qcow2_backing(const struct qcow2_image *img);
 
+/** True when buf[0..len) is all zero bytes (len 0: true). */
+QCOW2_API bool qcow2_buffer_is_zero(const void *buf, size_t len);
+
 /** True when QEMU reads `name` as a protocol ("nbd:...", "json:{...}",
  *  even "foo:bar.qcow2": a ':' before any '/'), not as a file name. */
 QCOW2_API bool qcow2_name_is_protocol(const char *name);
