@@ -7,17 +7,19 @@
  *               end marker
  *               backing file name at backing_file_offset
  *
- * The switch is made crash safe where the layout allows it: the new name is
- * written into unused space of cluster 0 and synced first; then sector 0,
- * which holds both the name's offset and length (bytes 8..19) and the
- * backing format extension, is rewritten in one 512-byte write (the unit a
- * disk writes atomically) and synced.  A crash leaves either the old or the
- * new pair of name and format, never a mix.  When the format extension is
- * missing or lies past sector 0, or the name does not fit beside the old
- * one, cluster 0 is rebuilt and written in one write, as QEMU always does.
+ * The switch is crash safe under the model of a power loss the project
+ * tests against (a write reaches the disk sector by sector; nothing is
+ * durable before a flush): the new name is written into unused space of
+ * cluster 0 and synced first; then sector 0, which holds both the name's
+ * offset and length (bytes 8..19) and the backing format extension, is
+ * rewritten in one 512-byte write and synced.  A crash leaves either the
+ * old or the new pair of name and format, never a mix.  When the format
+ * extension is missing or lies past sector 0, the extensions are laid out
+ * anew in steps that keep that promise (rewrite_cluster0).
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,53 +48,107 @@ static int write_sync(struct qcow2_image *img, const void *buf, size_t len,
                            qcow2_strerror(rc)) : 0;
 }
 
-/* Cluster 0 rebuilt: header, format extension, the other extensions, end
- * marker, name. */
-static int rebuild_cluster0(struct qcow2_image *img, uint8_t *buf,
-                            const struct q2_hdr_parsed *p, const char *name,
-                            const char *fmt)
+/* Cluster 0's header and extensions laid out anew in out (which holds the
+ * old cluster's bytes): header, format extension, the other extensions
+ * (without the feature name table when `lean`), end marker.  Returns where
+ * the end marker ends, or 0 when that passes `room`. */
+static uint64_t layout_exts(uint8_t *out, uint64_t room,
+                            const struct q2_hdr_parsed *p, const char *fmt,
+                            bool lean)
 {
-    uint64_t cs = img->cluster_size, pos = p->h.header_length;
-    size_t nlen = strlen(name), flen = strlen(fmt);
-    uint8_t *out = calloc(1, cs);
+    uint64_t pos = p->h.header_length;
+    size_t flen = strlen(fmt);
     unsigned i;
-    int rc;
 
-    if (!out)
-        return -ENOMEM;
-    memcpy(out, buf, p->h.header_length);
+    if (pos + 8 + pad8(flen) + 8 > room)
+        return 0;
     q2_store_be32(out + pos, Q2_EXT_BACKING_FORMAT);
     q2_store_be32(out + pos + 4, (uint32_t)flen);
+    memset(out + pos + 8, 0, pad8(flen));
     memcpy(out + pos + 8, fmt, flen);
     pos += 8 + pad8(flen);
     for (i = 0; i < p->n_exts; i++) {
         const struct q2_ext *e = &p->exts[i];
-        if (e->type == Q2_EXT_BACKING_FORMAT)
+        if (e->type == Q2_EXT_BACKING_FORMAT ||
+            (lean && e->type == Q2_EXT_FEATURE_TABLE))
             continue;
-        if (pos + 8 + pad8(e->len) > cs) {
-            free(out);
-            return q2_err(img, -ENOSPC, "the header extensions and the "
-                          "backing file name do not fit in the first "
-                          "cluster");
-        }
+        if (pos + 8 + pad8(e->len) + 8 > room)
+            return 0;
         q2_store_be32(out + pos, e->type);
         q2_store_be32(out + pos + 4, e->len);
-        memcpy(out + pos + 8, e->data, e->len);
+        memset(out + pos + 8, 0, pad8(e->len));
+        memmove(out + pos + 8, e->data, e->len);
         pos += 8 + pad8(e->len);
     }
-    pos += 8; /* end marker */
-    if (pos + nlen > cs) {
-        free(out);
-        return q2_err(img, -ENOSPC, "backing file name does not fit in the "
-                      "first cluster");
-    }
-    memcpy(out + pos, name, nlen);
-    q2_store_be64(out + 8, pos);
+    memset(out + pos, 0, 8); /* end marker */
+    return pos + 8;
+}
+
+static void place_name(uint8_t *out, const char *name, uint64_t off)
+{
+    size_t nlen = strlen(name);
+
+    memcpy(out + off, name, nlen);
+    q2_store_be64(out + 8, off);
     q2_store_be32(out + 16, (uint32_t)nlen);
-    rc = write_sync(img, out, cs, 0);
+}
+
+/* The extensions must be rewritten (no format extension in sector 0 to
+ * edit in place), which takes several sectors: done in steps that each
+ * leave a header naming either the old or the new backing file whole:
+ *   1. the new name past everything cluster 0 uses today and will use;
+ *   2. sector 0 alone as a lean header (without the feature name table,
+ *      which only names features) whose extensions all lie in sector 0
+ *      and which names the new file;
+ *   3. the full layout's bytes between sector 0 and the name, which the
+ *      lean header does not read;
+ *   4. the full layout's sector 0;
+ * each synced before the next.  A header whose extensions fill sector 0
+ * even without the feature table, or a first cluster too full to hold the
+ * name apart, gets cluster 0 written whole as QEMU writes it: the one case
+ * a torn write could spoil. */
+static int rewrite_cluster0(struct qcow2_image *img, uint8_t *buf,
+                            const struct q2_hdr_parsed *p, uint64_t used,
+                            const char *name, const char *fmt)
+{
+    uint64_t cs = img->cluster_size, lean_end = 0, full_end, at;
+    size_t nlen = strlen(name);
+    uint8_t *lean = malloc(cs), *full = malloc(cs);
+    int rc = 0;
+
+    if (!lean || !full) {
+        free(lean);
+        free(full);
+        return -ENOMEM;
+    }
+    memcpy(full, buf, cs);
+    memcpy(lean, buf, cs);
+    full_end = layout_exts(full, cs, p, fmt, false);
+    at = pad8(used > full_end ? used : full_end);
+    if (full_end && cs >= SECTOR && at + nlen <= cs)
+        lean_end = layout_exts(lean, SECTOR, p, fmt, true);
+    if (lean_end) {
+        place_name(lean, name, at);
+        place_name(full, name, at);
+        rc = write_sync(img, name, nlen, at);
+        if (rc == 0 && full_end > SECTOR) {
+            rc = write_sync(img, lean, SECTOR, 0);
+            if (rc == 0)
+                rc = write_sync(img, full + SECTOR, at - SECTOR, SECTOR);
+        }
+        if (rc == 0)
+            rc = write_sync(img, full, SECTOR, 0);
+    } else if (full_end && full_end + nlen <= cs) {
+        place_name(full, name, full_end);
+        rc = write_sync(img, full, cs, 0);
+    } else {
+        rc = q2_err(img, -ENOSPC, "the header extensions and the backing "
+                    "file name do not fit in the first cluster");
+    }
     if (rc == 0)
-        memcpy(buf, out, cs);
-    free(out);
+        memcpy(buf, full, cs);
+    free(lean);
+    free(full);
     return rc;
 }
 
@@ -175,7 +231,7 @@ int qcow2_set_backing(struct qcow2_image *img, const char *name,
             rc = write_sync(img, buf, SECTOR, 0);
         }
     } else {
-        rc = rebuild_cluster0(img, buf, &p, name, fmt);
+        rc = rewrite_cluster0(img, buf, &p, used, name, fmt);
     }
     free(p.exts);
     if (rc < 0) {
