@@ -918,18 +918,29 @@ int q2_resize(struct qcow2_image *img, uint64_t size)
     need = size / bytes_per_l2 + (size % bytes_per_l2 != 0);
     if (need > img->l1_size && (rc = grow_l1(img, need)) < 0)
         return rc;
+    /* QEMU: data a larger backing file holds past the old end must not
+     * show through the new range; the zeros that hide it are durable
+     * before the size that would expose it */
+    back = img->backing ? img->backing->virtual_size : 0;
+    if (back > old && vs > old) {
+        img->virtual_size = vs;
+        rc = qcow2_pwrite_zeroes(img, old, (back < vs ? back : vs) - old);
+        if (rc == 0)
+            rc = q2_flush(img);
+        if (rc < 0) {
+            img->virtual_size = old;
+            return rc;
+        }
+    }
     q2_store_be64(b, size);
     rc = q2_header_write(img, 24, b, 8);
-    if (rc < 0)
+    if (rc < 0) {
+        img->virtual_size = old;
         return rc;
+    }
     img->hp.h.size = size;
     img->virtual_size = vs;
-    /* QEMU: data a larger backing file holds past the old end must not
-     * show through the new range */
-    back = img->backing ? img->backing->virtual_size : 0;
-    if (back > old && vs > old)
-        rc = qcow2_pwrite_zeroes(img, old, (back < vs ? back : vs) - old);
-    return rc;
+    return 0;
 }
 
 int qcow2_resize(struct qcow2_image *img, uint64_t size)
