@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -369,10 +370,10 @@ int main(int argc, char **argv)
     uint64_t written = 0;
     uint8_t *buf = NULL;
     void *mem = NULL;
-    char err[512];
+    char err[512], tmp[PATH_MAX + 32];
     struct stat st;
     bool device;
-    int status = QCHAIN_EXIT_FAILURE;
+    int status = QCHAIN_EXIT_FAILURE, rc;
 
     cli_init("qchain-export", argv);
     parse_args(argc, argv, &a);
@@ -388,21 +389,30 @@ int main(int argc, char **argv)
     if (!buf)
         cli_error("out of memory");
     else if (open_source(&a, &img, &src) == 0) {
-        if (qcow2_io_open_file(a.outfile, device ? QCOW2_IO_RDWR
-                                                 : QCOW2_IO_CREATE,
-                               &out, err, sizeof(err)) < 0) {
+        /* a file is written under a temporary name and named when whole:
+         * a power loss leaves the whole output or none */
+        if ((device ? qcow2_io_open_file(a.outfile, QCOW2_IO_RDWR, &out, err,
+                                         sizeof(err))
+                    : qcow2_io_create_temp(a.outfile, 0, &out, tmp,
+                                           sizeof(tmp), err,
+                                           sizeof(err))) < 0) {
             cli_error_file(a.outfile, "cannot %s: %s",
                            device ? "open the device" : "create", err);
         } else {
             if (device_fits(&a, &src, &out) == 0 &&
-                copy(&a, &src, buf, &out, &written) == 0) {
+                copy(&a, &src, buf, &out, &written) == 0)
                 status = QCHAIN_EXIT_OK;
-                if (common.output == CLI_OUTPUT_JSON)
-                    report_json(&a, &src, written);
-            }
             out.close(out.ctx);
+            if (status == QCHAIN_EXIT_OK && !device &&
+                (rc = qcow2_io_publish(tmp, a.outfile)) < 0) {
+                cli_error_file(a.outfile, "cannot name the output: %s",
+                               strerror(-rc));
+                status = QCHAIN_EXIT_FAILURE;
+            }
             if (status != QCHAIN_EXIT_OK && !device)
-                unlink(a.outfile); /* we made it */
+                unlink(tmp); /* we made it */
+            if (status == QCHAIN_EXIT_OK && common.output == CLI_OUTPUT_JSON)
+                report_json(&a, &src, written);
         }
     }
     free(buf);

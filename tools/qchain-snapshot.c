@@ -41,7 +41,9 @@ struct pair {
     char *backing_name;      /* what OVERLAY will store */
     const char *format;      /* ACTIVE's format */
     uint64_t size;
-    bool created;
+    bool created;            /* made: under tmp, or on the device */
+    bool published;          /* tmp renamed to OVERLAY */
+    char tmp[PATH_MAX + 32]; /* where a file OVERLAY is made first */
     bool device;             /* OVERLAY is a block device */
     uint8_t *saved;          /* its first saved_len bytes before */
     size_t saved_len;
@@ -182,6 +184,34 @@ static int prepare(struct pair *p, enum backing_path_mode mode,
     return p->device ? prepare_device(p) : 0;
 }
 
+/* OVERLAY made whole: a file under its temporary name (named once every
+ * overlay is made), a device in place. */
+static int make_overlay(struct pair *p)
+{
+    struct qcow2_create_opts o = create_opts(p);
+    struct qcow2_io io;
+    char err[512];
+    int rc;
+
+    if (p->device) {
+        rc = qcow2_create(p->overlay, &o, err, sizeof(err));
+    } else {
+        rc = qcow2_io_create_temp(p->overlay, 0, &io, p->tmp, sizeof(p->tmp),
+                                  err, sizeof(err));
+        if (rc == 0) {
+            p->created = true;
+            rc = qcow2_create_io(&io, p->overlay, &o, err, sizeof(err));
+            io.close(io.ctx);
+        }
+    }
+    if (rc < 0) {
+        cli_error_file(p->overlay, "%s", err);
+        return rc;
+    }
+    p->created = true;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -193,7 +223,6 @@ int main(int argc, char **argv)
     struct pair *pairs;
     size_t n = 0, i, k;
     int opt, status = QCHAIN_EXIT_FAILURE;
-    char err[512];
 
     cli_init("qchain-snapshot", argv);
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS, longopts,
@@ -249,27 +278,35 @@ int main(int argc, char **argv)
         if (prepare(&pairs[i], mode, &common) < 0)
             goto out;
 
-    for (i = 0; i < n; i++) {
-        struct pair *p = &pairs[i];
-        struct qcow2_create_opts o = create_opts(p);
-        if (qcow2_create(p->overlay, &o, err, sizeof(err)) < 0) {
-            cli_error_file(p->overlay, "%s", err);
+    for (i = 0; i < n; i++)
+        if (make_overlay(&pairs[i]) < 0)
             goto out;
-        }
-        p->created = true;
-    }
     /* each new chain must open: the overlay names its backing correctly */
     for (i = 0; i < n; i++) {
         struct qcow2_open_opts o = {.size = sizeof(o), .format = "qcow2",
                                     .warn = cli_warn_cb};
         struct qcow2_image *img = qcow2_new();
-        if (!img || qcow2_open(img, pairs[i].overlay, &o) < 0) {
+        const char *made = pairs[i].device ? pairs[i].overlay : pairs[i].tmp;
+        if (!img || qcow2_open(img, made, &o) < 0) {
             cli_error_file(pairs[i].overlay, "the new overlay does not open: "
                            "%s", img ? qcow2_errmsg(img) : "out of memory");
             qcow2_close(img);
             goto out;
         }
         qcow2_close(img);
+    }
+    /* every overlay complete and durable before the first takes its name */
+    for (i = 0; i < n; i++) {
+        int rc;
+        if (pairs[i].device)
+            continue;
+        rc = qcow2_io_publish(pairs[i].tmp, pairs[i].overlay);
+        if (rc < 0) {
+            cli_error_file(pairs[i].overlay, "cannot name the new overlay: "
+                           "%s", strerror(-rc));
+            goto out;
+        }
+        pairs[i].published = true;
     }
     status = QCHAIN_EXIT_OK;
 
@@ -313,8 +350,10 @@ out:
         if (status != QCHAIN_EXIT_OK && pairs[i].created) {
             if (pairs[i].device)
                 restore_device(&pairs[i]);
-            else
+            else if (pairs[i].published)
                 unlink(pairs[i].overlay);
+            else
+                unlink(pairs[i].tmp);
         }
         qcow2_close(pairs[i].img);
         free(pairs[i].backing_name);

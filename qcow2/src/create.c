@@ -385,6 +385,7 @@ static int create(const char *path, const struct qcow2_create_opts *o,
 {
     struct qcow2_io io;
     struct stat st;
+    char tmp[4096 + 32];
     int rc;
 
     rc = check_opts(o, err, errlen);
@@ -392,13 +393,21 @@ static int create(const char *path, const struct qcow2_create_opts *o,
         return rc;
     if (stat(path, &st) == 0 && S_ISBLK(st.st_mode))
         return create_on_device(path, o, err, errlen);
-    rc = qcow2_io_open_file(path, QCOW2_IO_CREATE, &io, err, errlen);
+    /* made under a temporary name, then named: a power loss leaves the
+     * whole image or no file, never a half-written one under its name */
+    rc = qcow2_io_create_temp(path, 0, &io, tmp, sizeof(tmp), err, errlen);
     if (rc < 0)
         return rc;
     rc = create_io(&io, path, o, err, errlen);
     io.close(io.ctx);
+    if (rc == 0) {
+        rc = qcow2_io_publish(tmp, path);
+        if (rc < 0)
+            cfail(err, errlen, rc, "cannot name the new image: %s",
+                  qcow2_strerror(rc));
+    }
     if (rc < 0)
-        unlink(path); /* we made it: a failed create leaves no file */
+        unlink(tmp); /* we made it: a failed create leaves no file */
     return rc;
 }
 

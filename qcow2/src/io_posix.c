@@ -697,3 +697,90 @@ int qcow2_io_open_file(const char *path, unsigned flags, struct qcow2_io *io,
     io->caps = f->blockdev ? QCOW2_IO_CAP_FIXED_SIZE : 0;
     return 0;
 }
+
+/* ---- new files, crash-atomic ----
+ * A new image is written under a temporary name in its directory, made
+ * durable, and only then given its name (rename, then the directory
+ * synced): after a power loss the name holds the whole image or nothing. */
+
+/* "DIR/.NAME.qchain-tmp" for "DIR/NAME". */
+static int temp_name(const char *path, char *tmp, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    int dirlen = slash ? (int)(slash - path + 1) : 0, n;
+
+    if (!*base)
+        return -EISDIR;
+    n = snprintf(tmp, len, "%.*s.%s.qchain-tmp", dirlen, path, base);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+static int sync_dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    int fd, rc = 0;
+
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == path)
+        snprintf(dir, sizeof(dir), "/");
+    else if ((size_t)(slash - path) >= sizeof(dir))
+        return -ENAMETOOLONG;
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd) < 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+int qcow2_io_create_temp(const char *path, unsigned flags, struct qcow2_io *io,
+                         char *tmp, size_t tmplen, char *err, size_t errlen)
+{
+    int rc;
+
+    if (!path || !io || !tmp)
+        return -EINVAL;
+    if (access(path, F_OK) == 0 || errno != ENOENT) {
+        rc = errno == ENOENT ? -EEXIST : -errno;
+        if (err && errlen)
+            snprintf(err, errlen, "%s", strerror(-rc));
+        return rc;
+    }
+    rc = temp_name(path, tmp, tmplen);
+    if (rc < 0) {
+        if (err && errlen)
+            snprintf(err, errlen, "%s", strerror(-rc));
+        return rc;
+    }
+    /* a leftover of a creation interrupted by a crash: nobody holds it */
+    if (access(tmp, F_OK) == 0 && qcow2_io_lock_probe(tmp) == 0)
+        unlink(tmp);
+    return qcow2_io_open_file(tmp, (flags & ~QCOW2_IO_CREATE) |
+                                       QCOW2_IO_CREATE | QCOW2_IO_RDWR,
+                              io, err, errlen);
+}
+
+int qcow2_io_publish(const char *tmp, const char *path)
+{
+    int rc;
+
+    if (!tmp || !path)
+        return -EINVAL;
+    /* never replaces: an image that appeared meanwhile wins */
+    rc = renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE);
+    if (rc < 0 && (errno == EINVAL || errno == ENOSYS)) {
+        /* a file system without RENAME_NOREPLACE: link, then unlink */
+        rc = link(tmp, path);
+        if (rc == 0)
+            unlink(tmp);
+    }
+    if (rc < 0)
+        return -errno;
+    return sync_dir_of(path);
+}

@@ -110,6 +110,30 @@ QCOW2_API int qcow2_io_open_file(const char *path, unsigned flags,
                                  size_t errlen);
 
 /**
+ * Create the file that will become `path` under a temporary name in the
+ * same directory (".NAME.qchain-tmp"), opened for writing as with
+ * QCOW2_IO_CREATE plus `flags` (QCOW2_IO_NOLOCK).  Write it whole, flush
+ * it, close it, then give it its name with qcow2_io_publish(), or unlink
+ * tmp to drop it.  A leftover temporary file of an interrupted creation
+ * (no process holds its locks) is replaced.
+ *
+ * @param[in]  path    the name the file will have
+ * @param[out] tmp     receives the temporary name
+ * @return 0, -EEXIST when path exists, or as qcow2_io_open_file().
+ */
+QCOW2_API int qcow2_io_create_temp(const char *path, unsigned flags,
+                                   struct qcow2_io *io, char *tmp,
+                                   size_t tmplen, char *err, size_t errlen);
+
+/**
+ * Give a complete, flushed temporary file its name, crash-atomically: it is
+ * renamed only when `path` does not exist, then path's directory is synced,
+ * so that after a power loss the name holds the whole file or nothing.
+ * @return 0, -EEXIST when path appeared meanwhile (tmp is left), or -errno.
+ */
+QCOW2_API int qcow2_io_publish(const char *tmp, const char *path);
+
+/**
  * Report QEMU lock bytes held on a file by other processes.
  * @return a bitmask: bit n set when byte 100+n is held, bit 8+n when byte
  *         200+n is held (n = 0..4), or -errno.
