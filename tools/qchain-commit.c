@@ -69,7 +69,9 @@ struct job {
     char uuid[37];
     bool resuming;
     struct qcow2_image *base_img; /* BASE, read-write */
-    struct qcow2_image *above;    /* the image to re-point, read-write */
+    struct qcow2_io above_lock;   /* the image to re-point, write-locked */
+    bool above_locked;            /* above_lock is open */
+    struct qcow2_image *above;    /* it, opened for the re-point only */
     struct qcow2_io *locks;       /* read locks on the other layers */
     unsigned nlocks;
     char *rebase_name;            /* what `above` names BASE by */
@@ -423,17 +425,35 @@ static void report_done(const char *active, const char *top, const char *base)
     }
 }
 
-static void record_committed(const struct job *j)
+/* The record with this job's layers added, replaced whole (a temporary
+ * file made durable, renamed over it, the directory synced): after a
+ * power loss it is the old record or the new one. */
+static int record_committed(const struct job *j)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], tmp[PATH_MAX + 8], line[PATH_MAX + 128];
+    FILE *old, *f;
     unsigned i;
-    FILE *f;
+    int fd, rc = 0;
 
     if (state_path(j, j->base, ".qchain-committed", path, sizeof(path)) < 0)
-        return;
-    f = fopen(path, "a");
-    if (!f)
-        return;
+        return -ENAMETOOLONG;
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+              0644);
+    if (fd < 0)
+        return -errno;
+    f = fdopen(fd, "w");
+    if (!f) {
+        rc = -errno;
+        close(fd);
+        unlink(tmp);
+        return rc;
+    }
+    if ((old = fopen(path, "r")) != NULL) {
+        while (fgets(line, sizeof(line), old))
+            fputs(line, f);
+        fclose(old);
+    }
     for (i = j->top; i < j->base; i++) {
         struct stat st;
         if (stat(j->layers[i].name, &st) == 0)
@@ -444,7 +464,17 @@ static void record_committed(const struct job *j)
                         (uint64_t)st.st_mtim.tv_nsec,
                     j->layers[i].name);
     }
-    fclose(f);
+    if (ferror(f) || fflush(f) != 0 || fsync(fileno(f)) < 0)
+        rc = -(errno ? errno : EIO);
+    if (fclose(f) != 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && rename(tmp, path) < 0)
+        rc = -errno;
+    if (rc < 0) {
+        unlink(tmp);
+        return rc;
+    }
+    return fsync_dir_of(path);
 }
 
 /* ---- siblings ---- */
@@ -753,17 +783,17 @@ static int take_locks(struct job *j)
                        qcow2_errmsg(j->base_img));
         return STEP_FAIL;
     }
+    /* the image to re-point: locked for writing now, opened as an image
+     * only for the re-point (opened read-write, an image flags its
+     * persistent bitmaps in use until it is closed: a kill during the
+     * copy would cost the VM's incremental backups) */
     if (j->top > 0) {
-        j->above = qcow2_new();
-        if (!j->above)
-            return STEP_FAIL;
-        cli_open_opts(&common, &o, QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING);
-        o.format = "qcow2";
-        if (qcow2_open(j->above, j->layers[j->top - 1].name, &o) < 0) {
-            cli_error_file(j->layers[j->top - 1].name, "%s",
-                           qcow2_errmsg(j->above));
+        if (qcow2_io_open_file(j->layers[j->top - 1].name, QCOW2_IO_RDWR,
+                               &j->above_lock, err, sizeof(err)) < 0) {
+            cli_error_file(j->layers[j->top - 1].name, "%s", err);
             return STEP_FAIL;
         }
+        j->above_locked = true;
     }
     j->locks = calloc(j->n, sizeof(*j->locks));
     if (!j->locks)
@@ -779,6 +809,27 @@ static int take_locks(struct job *j)
         j->nlocks++;
     }
     return STEP_ON;
+}
+
+/* The image to re-point, opened read-write over the lock held since
+ * take_locks (the handle owns it from here). */
+static int open_above(struct job *j)
+{
+    struct qcow2_open_opts o;
+
+    j->above = qcow2_new();
+    if (!j->above)
+        return -ENOMEM;
+    cli_open_opts(&common, &o, QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING);
+    o.format = "qcow2";
+    j->above_locked = false;
+    if (qcow2_open_io(j->above, &j->above_lock, j->layers[j->top - 1].name,
+                      &o) < 0) {
+        cli_error_file(j->layers[j->top - 1].name, "%s",
+                       qcow2_errmsg(j->above));
+        return -EIO;
+    }
+    return 0;
 }
 
 /* 6. the journal (or, resuming, the clusters the interrupted run leaked
@@ -822,6 +873,15 @@ static int run(struct job *j)
         cli_error_file(j->layers[j->base].name, "cannot flush the base");
         return STEP_FAIL;
     }
+    /* 9. the layers committed recorded, durably, before the re-point
+     * takes TOP out of the chain: a re-run then knows the job is done */
+    if ((rc = record_committed(j)) < 0) {
+        cli_error_file(j->layers[j->base].name, "cannot record the "
+                       "committed layers: %s", strerror(-rc));
+        return STEP_FAIL;
+    }
+    if (j->above_locked && (rc = open_above(j)) < 0)
+        return STEP_FAIL;
     if (j->above) {
         j->rebase_name = cli_backing_name(j->layers[j->top - 1].name,
                                           j->layers[j->base].name,
@@ -843,10 +903,13 @@ static int run(struct job *j)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     j->secs = (double)(t1.tv_sec - t0.tv_sec) +
               (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    /* 9. done: the layers recorded, then the journal removed */
-    record_committed(j);
-    unlink(j->journal);
-    fsync_dir_of(j->journal);
+    /* 10. done: the journal removed */
+    rc = unlink(j->journal) < 0 ? -errno : fsync_dir_of(j->journal);
+    if (rc < 0) {
+        cli_error_file(j->journal, "cannot remove the finished job's "
+                       "journal: %s", strerror(-rc));
+        return STEP_FAIL;
+    }
     return STEP_ON;
 }
 
@@ -914,6 +977,8 @@ static void job_free(struct job *j)
     for (i = 0; i < j->nlocks; i++)
         j->locks[i].close(j->locks[i].ctx);
     free(j->locks);
+    if (j->above_locked)
+        j->above_lock.close(j->above_lock.ctx);
     qcow2_close(j->above);
     qcow2_close(j->base_img);
     qcow2_close(j->chain);
