@@ -219,6 +219,40 @@ crash() { # base-format base-opts
         && ok "crash $fmt${bo:+ $bo}: $caught of $kills kills interrupted the job" \
         || bad "crash $fmt${bo:+ $bo}" "only $caught of $kills kills interrupted the job"
 }
+# --- the image to re-point keeps its persistent bitmaps consistent while the
+# copy runs: it is opened as an image only for the re-point, so a job killed
+# in the copy leaves the active image's bitmaps as they were (opened
+# read-write for the whole copy, they were flagged in use until the end)
+rm -f b-*
+qemu-img create -q -f raw b-base.img 64M
+qemu-img create -q -f qcow2 -b b-base.img -F raw b-s1.qcow2
+qemu-io -c 'write -P 5 0 48M' b-s1.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b b-s1.qcow2 -F qcow2 b-active.qcow2
+qemu-img bitmap --add b-active.qcow2 backup0
+view b-active.qcow2 b-before.raw
+bitmap_flags() { qemu-img info -U --output=json "$1" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(" ".join(",".join(b["flags"]) for b in d["format-specific"]["data"].get("bitmaps", [])))'; }
+"$C" --top b-s1.qcow2 b-active.qcow2 >/dev/null 2>&1 &
+pid=$!
+signal_when_exists $pid b-base.img.qchain-commit STOP || kill -STOP $pid 2>/dev/null
+during=$(bitmap_flags b-active.qcow2)
+kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
+after=$(bitmap_flags b-active.qcow2)
+[ "$during" = auto ] && [ "$after" = auto ] \
+    && ok "re-point target's bitmap consistent during the copy and after a kill" \
+    || bad "re-point bitmaps" "flags during the copy '$during', after the kill '$after' (want auto)"
+if "$C" --top b-s1.qcow2 b-active.qcow2 >out 2>err \
+    && qemu-img compare -q -f raw -F qcow2 b-before.raw b-active.qcow2 \
+    && [ "$(bitmap_flags b-active.qcow2)" = auto ] \
+    && qemu-img info -U --output=json b-active.qcow2 >b-info.json \
+    && [ "$(json_get b-info.json backing-filename)" = '"b-base.img"' ]; then
+    ok "the killed --top job re-run: re-pointed, view intact, bitmap consistent"
+else
+    bad "re-point bitmaps re-run" "$(cat err)"
+fi
+
 crash raw ""
 crash qcow2 cluster_size=64k
 crash qcow2 cluster_size=4k,refcount_bits=64
