@@ -177,20 +177,21 @@ static void parse_args(int argc, char **argv, struct args *a)
 /* The backing file, resolved as QEMU will resolve it, must open; its size
  * is the default.  Prints and returns -1 when it does not open. */
 static int check_backing(const char *file, bool have_size,
-                         struct qcow2_create_opts *o)
+                         struct qcow2_create_opts *o, bool quiet)
 {
     struct qcow2_open_opts bo = {.size = sizeof(bo),
                                  .flags = QCOW2_OPEN_NO_BACKING |
                                           QCOW2_OPEN_FORCE_SHARE,
                                  .format = o->backing_format,
-                                 .warn = cli_warn_cb};
+                                 .warn = quiet ? NULL : cli_warn_cb};
     struct qcow2_image *b;
     char *path;
     int rc;
 
     if (qcow2_name_is_protocol(o->backing_name)) {
-        cli_error_file(file, "backing file '%s' names a protocol, which "
-                       "qchain does not open", o->backing_name);
+        if (!quiet)
+            cli_error_file(file, "backing file '%s' names a protocol, "
+                           "which qchain does not open", o->backing_name);
         return -1;
     }
     path = qcow2_backing_resolve(file, o->backing_name);
@@ -202,8 +203,9 @@ static int check_backing(const char *file, bool have_size,
     }
     rc = qcow2_open(b, path, &bo);
     if (rc < 0) {
-        cli_error_file(file, "cannot open backing file '%s': %s", path,
-                       qcow2_errmsg(b));
+        if (!quiet)
+            cli_error_file(file, "cannot open backing file '%s': %s", path,
+                           qcow2_errmsg(b));
         qcow2_close(b);
         free(path);
         return -1;
@@ -277,11 +279,20 @@ int main(int argc, char **argv)
     /* a block device (an LVM volume) is written over, as qemu-img create
      * does: the library refuses it when it is too small, writing nothing */
     if (stat(a.file, &st) == 0 && !S_ISBLK(st.st_mode)) {
+        /* the very image this command makes, named by a run a crash
+         * interrupted before it reported: made */
+        if ((!a.o.backing_name ||
+             check_backing(a.file, a.have_size, &a.o, true) == 0) &&
+            cli_made_already(a.file, &a.o)) {
+            report(&a);
+            return QCHAIN_EXIT_OK;
+        }
         cli_error_file(a.file, "already exists; qchain-create never "
                        "overwrites a file");
         return QCHAIN_EXIT_FAILURE;
     }
-    if (a.o.backing_name && check_backing(a.file, a.have_size, &a.o) < 0)
+    if (a.o.backing_name &&
+        check_backing(a.file, a.have_size, &a.o, false) < 0)
         return QCHAIN_EXIT_FAILURE;
     if (qcow2_create(a.file, &a.o, err, sizeof(err)) < 0) {
         cli_error_file(a.file, "%s", err);

@@ -43,6 +43,7 @@ struct pair {
     uint64_t size;
     bool created;            /* made: under tmp, or on the device */
     bool published;          /* tmp renamed to OVERLAY */
+    bool existed;            /* OVERLAY made already by an interrupted run */
     char tmp[PATH_MAX + 32]; /* where a file OVERLAY is made first */
     bool device;             /* OVERLAY is a block device */
     uint8_t *saved;          /* its first saved_len bytes before */
@@ -146,11 +147,10 @@ static int prepare(struct pair *p, enum backing_path_mode mode,
     int rc, locks;
 
     if (stat(p->overlay, &st) == 0) {
-        if (!S_ISBLK(st.st_mode)) {
-            cli_error_file(p->overlay, "already exists");
-            return -1;
-        }
-        p->device = true; /* written over, as qemu-img create does */
+        if (!S_ISBLK(st.st_mode))
+            p->existed = true; /* unless it is not what we would make */
+        else
+            p->device = true; /* written over, as qemu-img create does */
     }
     locks = qcow2_io_lock_probe(p->active);
     if (locks > 0) {
@@ -180,6 +180,16 @@ static int prepare(struct pair *p, enum backing_path_mode mode,
         cli_error_file(p->overlay, "cannot resolve the directories of '%s' "
                        "and '%s'", p->active, p->overlay);
         return -1;
+    }
+    if (p->existed) {
+        /* a run killed while naming the overlays of several disks named
+         * some: an overlay exactly as this run would make it, which nobody
+         * holds, is taken as made */
+        struct qcow2_create_opts co = create_opts(p);
+        if (!cli_made_already(p->overlay, &co)) {
+            cli_error_file(p->overlay, "already exists");
+            return -1;
+        }
     }
     return p->device ? prepare_device(p) : 0;
 }
@@ -279,14 +289,15 @@ int main(int argc, char **argv)
             goto out;
 
     for (i = 0; i < n; i++)
-        if (make_overlay(&pairs[i]) < 0)
+        if (!pairs[i].existed && make_overlay(&pairs[i]) < 0)
             goto out;
     /* each new chain must open: the overlay names its backing correctly */
     for (i = 0; i < n; i++) {
         struct qcow2_open_opts o = {.size = sizeof(o), .format = "qcow2",
                                     .warn = cli_warn_cb};
         struct qcow2_image *img = qcow2_new();
-        const char *made = pairs[i].device ? pairs[i].overlay : pairs[i].tmp;
+        const char *made = pairs[i].device || pairs[i].existed
+                               ? pairs[i].overlay : pairs[i].tmp;
         if (!img || qcow2_open(img, made, &o) < 0) {
             cli_error_file(pairs[i].overlay, "the new overlay does not open: "
                            "%s", img ? qcow2_errmsg(img) : "out of memory");
@@ -298,7 +309,7 @@ int main(int argc, char **argv)
     /* every overlay complete and durable before the first takes its name */
     for (i = 0; i < n; i++) {
         int rc;
-        if (pairs[i].device)
+        if (pairs[i].device || pairs[i].existed)
             continue;
         rc = qcow2_io_publish(pairs[i].tmp, pairs[i].overlay);
         if (rc < 0) {

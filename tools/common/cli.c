@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 
@@ -226,4 +227,35 @@ char *cli_size_str(uint64_t v, char *buf, unsigned len)
     snprintf(buf, len, "%0.3g %sB", (double)v / (double)(1ull << (i * 10)),
              suffix[i]);
     return buf;
+}
+
+bool cli_made_already(const char *path, const struct qcow2_create_opts *o)
+{
+    struct qcow2_io mem, file;
+    struct stat st;
+    uint8_t *a = NULL, *b = NULL;
+    int64_t len;
+    bool same = false;
+    char err[256];
+
+    if (o->format != QCOW2_FORMAT_QCOW2 || stat(path, &st) < 0 ||
+        !S_ISREG(st.st_mode) ||
+        st.st_size > (off_t)64 << 20 || qcow2_io_lock_probe(path) != 0)
+        return false;
+    if (qcow2_io_open_mem(NULL, 0, &mem) < 0)
+        return false;
+    if (qcow2_create_io(&mem, path, o, err, sizeof(err)) == 0 &&
+        (len = mem.size(mem.ctx)) == (int64_t)st.st_size &&
+        qcow2_io_open_file(path, 0, &file, err, sizeof(err)) == 0) {
+        a = malloc(len ? (size_t)len : 1);
+        b = malloc(len ? (size_t)len : 1);
+        same = a && b && mem.pread(mem.ctx, a, (size_t)len, 0) == len &&
+               file.pread(file.ctx, b, (size_t)len, 0) == len &&
+               memcmp(a, b, (size_t)len) == 0;
+        file.close(file.ctx);
+    }
+    free(a);
+    free(b);
+    mem.close(mem.ctx);
+    return same;
 }

@@ -76,4 +76,9 @@ int cli_parse_u64(const char *s, uint64_t *out);
  * ("336 KiB", "2.19 MiB", "0 B").  Returns buf. */
 char *cli_size_str(uint64_t v, char *buf, unsigned len);
 
+/* Is `path` a regular file that nobody holds and that is byte for byte the
+ * image qcow2_create would make with `o` (made by an earlier run of the
+ * same command that a crash interrupted after naming it)? */
+bool cli_made_already(const char *path, const struct qcow2_create_opts *o);
+
 #endif
