@@ -435,9 +435,15 @@ def cmd_record(argv):
         st = os.stat(os.path.join(root, rel))
         real0[rel] = (st.st_dev, st.st_ino)
     log = out + '.strace'
+    # LeakSanitizer cannot run under ptrace; the untraced re-runs of the
+    # same command check for leaks
+    env = dict(os.environ)
+    env['ASAN_OPTIONS'] = (env.get('ASAN_OPTIONS', '') +
+                           ':detect_leaks=0').lstrip(':')
     rc = subprocess.call(['strace', '-f', '-qq', '-xx', '-y',
                           '-s', str(STRACE_MAX), '-o', log,
-                          '-e', 'trace=' + TRACE, '--'] + cmd, cwd=root)
+                          '-e', 'trace=' + TRACE, '--'] + cmd, cwd=root,
+                         env=env)
     rec = Recorder(root, files, dirs)
     # real (dev, ino) of the initial files -> our inode ids
     real = {}

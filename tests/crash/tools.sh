@@ -15,14 +15,14 @@
 #     may say "had already completed"), after which `qemu-img check`
 #     reports no leaks, the guest view is right, and a commit's base holds
 #     the committed content.
-# CRASH_STATES caps the states per scenario (default 30); CRASH_ONLY runs
+# CRASH_STATES caps the states per scenario (default 50); CRASH_ONLY runs
 # the scenarios whose name contains it.  A failing state is kept (its
 # directory is printed) with the point, seed and what failed.
 . "$(dirname "$0")/../write/lib.sh"
 command -v strace >/dev/null || { echo "strace not installed: skipped"; exit 77; }
 CRASH=(python3 "$(cd "$(dirname "$0")" && pwd)/crash.py")
 B=$QCHAIN_BIN
-MAX=${CRASH_STATES:-30}
+MAX=${CRASH_STATES:-50}
 keep=""   # where failing states are kept (made on the first failure)
 
 fmt_of() { qemu-img info -U --output=json "$1" 2>/dev/null | python3 -c \
