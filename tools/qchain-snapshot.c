@@ -222,6 +222,48 @@ static int make_overlay(struct pair *p)
     return 0;
 }
 
+static void report(const struct pair *pairs, size_t n,
+                   const struct cli_common *common)
+{
+    size_t i;
+
+    if (common->output == CLI_OUTPUT_JSON) {
+        struct json j;
+        json_init(&j, stdout, true);
+        json_array_begin(&j, NULL);
+        for (i = 0; i < n; i++) {
+            struct qcow2_image *l;
+            json_object_begin(&j, NULL);
+            json_string(&j, "filename", pairs[i].overlay);
+            json_string(&j, "backing-filename", pairs[i].backing_name);
+            json_string(&j, "backing-filename-format", pairs[i].format);
+            json_u64(&j, "virtual-size", pairs[i].size);
+            json_array_begin(&j, "chain");
+            json_string(&j, NULL, pairs[i].overlay);
+            for (l = pairs[i].img; l; l = qcow2_backing(l))
+                json_string(&j, NULL, qcow2_filename(l));
+            json_array_end(&j);
+            json_object_end(&j);
+        }
+        json_array_end(&j);
+        json_end(&j);
+    } else {
+        for (i = 0; i < n; i++) {
+            struct qcow2_image *l, *chain[QCOW2_DEFAULT_MAX_DEPTH + 1];
+            size_t depth = 0, d;
+            for (l = pairs[i].img; l && depth < QCOW2_DEFAULT_MAX_DEPTH;
+                 l = qcow2_backing(l))
+                chain[depth++] = l;
+            printf("Created '%s' (backing file '%s', %s)\n", pairs[i].overlay,
+                   pairs[i].backing_name, pairs[i].format);
+            printf("  chain: ");
+            for (d = depth; d-- > 0;)
+                printf("%s <- ", qcow2_filename(chain[d]));
+            printf("%s\n", pairs[i].overlay);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -321,41 +363,7 @@ int main(int argc, char **argv)
     }
     status = QCHAIN_EXIT_OK;
 
-    if (common.output == CLI_OUTPUT_JSON) {
-        struct json j;
-        json_init(&j, stdout, true);
-        json_array_begin(&j, NULL);
-        for (i = 0; i < n; i++) {
-            struct qcow2_image *l;
-            json_object_begin(&j, NULL);
-            json_string(&j, "filename", pairs[i].overlay);
-            json_string(&j, "backing-filename", pairs[i].backing_name);
-            json_string(&j, "backing-filename-format", pairs[i].format);
-            json_u64(&j, "virtual-size", pairs[i].size);
-            json_array_begin(&j, "chain");
-            json_string(&j, NULL, pairs[i].overlay);
-            for (l = pairs[i].img; l; l = qcow2_backing(l))
-                json_string(&j, NULL, qcow2_filename(l));
-            json_array_end(&j);
-            json_object_end(&j);
-        }
-        json_array_end(&j);
-        json_end(&j);
-    } else {
-        for (i = 0; i < n; i++) {
-            struct qcow2_image *l, *chain[QCOW2_DEFAULT_MAX_DEPTH + 1];
-            size_t depth = 0, d;
-            for (l = pairs[i].img; l && depth < QCOW2_DEFAULT_MAX_DEPTH;
-                 l = qcow2_backing(l))
-                chain[depth++] = l;
-            printf("Created '%s' (backing file '%s', %s)\n", pairs[i].overlay,
-                   pairs[i].backing_name, pairs[i].format);
-            printf("  chain: ");
-            for (d = depth; d-- > 0;)
-                printf("%s <- ", qcow2_filename(chain[d]));
-            printf("%s\n", pairs[i].overlay);
-        }
-    }
+    report(pairs, n, &common);
 out:
     for (i = 0; i < n; i++) {
         if (status != QCHAIN_EXIT_OK && pairs[i].created) {
