@@ -164,7 +164,9 @@ static struct plan make_plan(double d0, double rate, double growth,
             p.converges = true;
             break;
         }
-        if (k == MAX_ROUNDS)
+        /* a guest that writes as fast as the commit copies (or faster)
+         * leaves at least as much after each round: no live round helps */
+        if (k == MAX_ROUNDS || growth >= rate)
             break;
         d = growth * d / rate;
     }
@@ -172,6 +174,31 @@ static struct plan make_plan(double d0, double rate, double growth,
     p.final_bytes = d;
     p.final_seconds = d / rate;
     return p;
+}
+
+/* Seconds in JSON: rounded to microseconds (at most 6 decimals). */
+static void json_seconds(struct json *js, const char *key, double v)
+{
+    json_double(js, key, round(v * 1e6) / 1e6);
+}
+
+/* Seconds for people: three significant digits, at least one decimal
+ * (4096.0, 40.0, 1.25, 0.005), at most six; 0 is "0". */
+static const char *secs_str(double v, char *buf, unsigned len)
+{
+    int dec = v > 0 ? 2 - (int)floor(log10(v)) : 0;
+    size_t n;
+
+    if (v == 0) {
+        snprintf(buf, len, "0");
+        return buf;
+    }
+    dec = dec < 1 ? 1 : dec > 6 ? 6 : dec;
+    snprintf(buf, len, "%.*f", dec, v);
+    n = strlen(buf);
+    while (n > 2 && buf[n - 1] == '0' && buf[n - 2] != '.')
+        buf[--n] = 0;
+    return buf;
 }
 
 struct args {
@@ -305,27 +332,30 @@ static int measure(struct delta *d, const struct args *a)
     return 0;
 }
 
-/* The guest's growth rate (measured with --sample) and the live rounds. */
-static int plan_rounds(struct delta *d, const struct args *a)
+/* Sleep for secs seconds (whole and fractional). */
+static void sleep_seconds(double secs)
 {
-    if (a->have_sample) {
-        uint64_t d1, d2;
-        struct timespec w;
-        if (sample_data(a->active, &d1) < 0)
-            return -1;
-        w.tv_sec = (time_t)a->sample_secs;
-        w.tv_nsec = (long)((a->sample_secs - (double)w.tv_sec) * 1e9);
-        while (nanosleep(&w, &w) < 0)
-            ;
-        if (sample_data(a->active, &d2) < 0)
-            return -1;
-        d->growth_bps = d2 > d1 ? (double)(d2 - d1) / a->sample_secs : 0;
-    } else {
-        d->growth_bps = (double)a->growth;
-    }
-    if (a->have_downtime)
-        d->plan = make_plan((double)d->est.data_bytes, (double)a->rate,
-                            d->growth_bps, a->downtime);
+    struct timespec w;
+
+    w.tv_sec = (time_t)secs;
+    w.tv_nsec = (long)((secs - (double)w.tv_sec) * 1e9);
+    while (nanosleep(&w, &w) < 0)
+        ;
+}
+
+/* --sample: the data ACTIVE itself holds, read twice secs apart.  Done
+ * before the chain is measured, so that the figures reported are the
+ * ones at the end of the sample. */
+static int sample_growth(const char *active, double secs, double *out)
+{
+    uint64_t d1, d2;
+
+    if (sample_data(active, &d1) < 0)
+        return -1;
+    sleep_seconds(secs);
+    if (sample_data(active, &d2) < 0)
+        return -1;
+    *out = d2 > d1 ? (double)(d2 - d1) / secs : 0;
     return 0;
 }
 
@@ -362,7 +392,7 @@ static void report_json(const struct delta *d, const struct args *a)
     json_bool(&js, "base-fits", d->fit.fits);
     if (a->have_rate) {
         json_u64(&js, "rate-bytes-per-second", a->rate);
-        json_double(&js, "estimated-seconds",
+        json_seconds(&js, "estimated-seconds",
                     (double)d->est.data_bytes / (double)a->rate);
     }
     if (a->have_downtime) {
@@ -371,15 +401,41 @@ static void report_json(const struct delta *d, const struct args *a)
         json_bool(&js, "converges", d->plan.converges);
         json_u64(&js, "final-data-bytes",
                  (uint64_t)llround(d->plan.final_bytes));
-        json_double(&js, "final-seconds", d->plan.final_seconds);
+        json_seconds(&js, "final-seconds", d->plan.final_seconds);
         json_u64(&js, "growth-bytes-per-second",
                  (uint64_t)llround(d->growth_bps));
-        json_double(&js, "downtime-seconds", a->downtime);
+        json_seconds(&js, "downtime-seconds", a->downtime);
         json_object_end(&js);
     }
     json_bool(&js, "approximate", common.force_share);
     json_object_end(&js);
     json_end(&js);
+}
+
+/* The plan in a sentence. */
+static void print_plan(const struct plan *p, double growth_bps,
+                       const struct args *a)
+{
+    char g[32], t[32], f[32], b[32];
+
+    printf("Guest growth %s/s, downtime %s s: ",
+           cli_size_str((uint64_t)growth_bps, g, sizeof(g)),
+           secs_str(a->downtime, t, sizeof(t)));
+    secs_str(p->final_seconds, f, sizeof(f));
+    if (p->converges && p->iterations == 0)
+        printf("commit offline now: %s s.\n", f);
+    else if (p->converges)
+        printf("%u live round%s, then an offline commit of %s in %s s.\n",
+               p->iterations, p->iterations > 1 ? "s" : "",
+               cli_size_str((uint64_t)llround(p->final_bytes), b, sizeof(b)),
+               f);
+    else if (growth_bps >= (double)a->rate)
+        printf("the guest writes as fast as the commit copies or faster, so "
+               "live rounds would only make the delta larger: commit "
+               "offline now, in %s s (more than the downtime).\n", f);
+    else
+        printf("live rounds do not converge (after %u rounds the offline "
+               "commit still takes %s s).\n", p->iterations, f);
 }
 
 static void report_human(const struct delta *d, const struct args *a)
@@ -435,26 +491,12 @@ static void report_human(const struct delta *d, const struct args *a)
                d->fit.fits ? "the growth fits"
                         : "the growth does not fit, make room first");
     if (a->have_rate)
-        printf("At %s/s the commit takes about %.1f s.\n",
+        printf("At %s/s the commit takes about %s s.\n",
                cli_size_str(a->rate, sa, sizeof(sa)),
-               (double)d->est.data_bytes / (double)a->rate);
-    if (a->have_downtime) {
-        printf("Guest growth %s/s, downtime %.1f s: ",
-               cli_size_str((uint64_t)d->growth_bps, sa, sizeof(sa)),
-               a->downtime);
-        if (d->plan.converges && d->plan.iterations == 0)
-            printf("commit offline now: %.1f s.\n", d->plan.final_seconds);
-        else if (d->plan.converges)
-            printf("%u live round%s, then an offline commit of %s in "
-                   "%.1f s.\n", d->plan.iterations,
-                   d->plan.iterations > 1 ? "s" : "",
-                   cli_size_str((uint64_t)llround(d->plan.final_bytes), sb,
-                                sizeof(sb)), d->plan.final_seconds);
-        else
-            printf("live rounds do not converge (after %u rounds the "
-                   "offline commit still takes %.1f s).\n",
-                   d->plan.iterations, d->plan.final_seconds);
-    }
+               secs_str((double)d->est.data_bytes / (double)a->rate, f,
+                        sizeof(f)));
+    if (a->have_downtime)
+        print_plan(&d->plan, d->growth_bps, a);
 }
 
 int main(int argc, char **argv)
@@ -465,13 +507,21 @@ int main(int argc, char **argv)
 
     cli_init("qchain-delta", argv);
     parse_args(argc, argv, &a);
-    if (measure(&d, &a) == 0 && plan_rounds(&d, &a) == 0) {
-        if (common.output == CLI_OUTPUT_JSON)
-            report_json(&d, &a);
-        else
-            report_human(&d, &a);
-        status = QCHAIN_EXIT_OK;
-    }
+    d.growth_bps = (double)a.growth;
+    if (a.have_sample &&
+        sample_growth(a.active, a.sample_secs, &d.growth_bps) < 0)
+        goto out;
+    if (measure(&d, &a) < 0)
+        goto out;
+    if (a.have_downtime)
+        d.plan = make_plan((double)d.est.data_bytes, (double)a.rate,
+                           d.growth_bps, a.downtime);
+    if (common.output == CLI_OUTPUT_JSON)
+        report_json(&d, &a);
+    else
+        report_human(&d, &a);
+    status = QCHAIN_EXIT_OK;
+out:
     free(d.ls);
     cli_chain_free(&d.c);
     qcow2_close(d.chain);

@@ -172,37 +172,63 @@ rm -rf ./*.qcow2 ./*.raw cc
 qemu-img create -q -f raw base.raw 64M
 qemu-img create -q -f qcow2 -b base.raw -F raw top.qcow2
 qemu-io -c 'write -P 1 0 40M' top.qcow2 >/dev/null
-plan() { # name rate growth downtime
+plan() { # name rate growth downtime: the JSON plan against the model, from
+          # qemu-img map's data sum; times rounded to microseconds; the
+          # human sentence with the same figures
     local n=$1
-    if ! "$D" --json --rate "$2" --growth-rate "$3" --downtime "$4" top.qcow2 > p.json 2>err; then
+    if ! "$D" --json --rate "$2" --growth-rate "$3" --downtime "$4" top.qcow2 > p.json 2>err ||
+       ! "$D" --rate "$2" --growth-rate "$3" --downtime "$4" top.qcow2 > p.txt 2>>err; then
         bad "plan $n" "$(cat err)"; return; fi
-    if python3 - "$2" "$3" "$4" p.json <<'PY'
-import json, sys
+    if python3 - "$2" "$3" "$4" p.json p.txt "$(map_sums top.qcow2 1)" <<'PY'
+import json, math, re, sys
+from decimal import Decimal
 def size(s):
     m = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     return int(s[:-1]) * m[s[-1]] if s[-1] in m and s[-1] != "" else int(s)
+def us(v):  # the tool's rounding: to microseconds
+    return math.floor(v * 1e6 + 0.5) / 1e6
+def human(v):  # three significant digits, 1 to 6 decimals, "0" for 0
+    if v == 0:
+        return "0"
+    dec = min(max(2 - math.floor(math.log10(v)), 1), 6)
+    t = "%.*f" % (dec, v)
+    while t[-1] == "0" and t[-2] != ".":
+        t = t[:-1]
+    return t
 rate, growth, down = size(sys.argv[1]), size(sys.argv[2]), float(sys.argv[3])
-j = json.load(open(sys.argv[4]))
-d = j["data-bytes"]
+text = open(sys.argv[4]).read()
+j = json.loads(text)
+txt = open(sys.argv[5]).read()
+d = int(sys.argv[6].split()[0])
+assert j["data-bytes"] == d, (j["data-bytes"], d)
+# every seconds value has at most 6 decimals as printed
+for k, v in re.findall(r'"([a-z-]*seconds)": ([-0-9.e+]+)', text):
+    assert Decimal(v).as_tuple().exponent >= -6, (k, v)
 assert j["rate-bytes-per-second"] == rate, j
-assert j["estimated-seconds"] == d / rate, (j["estimated-seconds"], d / rate)
+assert j["estimated-seconds"] == us(d / rate), (j["estimated-seconds"], d / rate)
 k = 0
 while True:
     if d / rate <= down:
         conv = True; break
-    if k == 10:
+    if k == 10 or growth >= rate:
         conv = False; break
     d = growth * d / rate; k += 1
 p = j["plan"]
 assert p["iterations"] == k and p["converges"] == conv, (p, k, conv)
 assert p["final-data-bytes"] == round(d), (p, d)
-assert p["final-seconds"] == d / rate, (p, d / rate)
+assert p["final-seconds"] == us(d / rate), (p, d / rate)
+assert p["downtime-seconds"] == us(down), p
 assert p["growth-bytes-per-second"] == growth, p
 if growth >= rate and j["data-bytes"] / rate > down:
-    assert not conv
+    assert not conv and k == 0 and p["final-data-bytes"] == j["data-bytes"], p
+    want = "commit offline now, in %s s (more than the downtime)" % human(d / rate)
+    assert "would only make the delta larger" in txt and want in txt, txt
+assert "downtime %s s:" % human(down) in txt, txt
+assert "about %s s." % human(j["data-bytes"] / rate) in txt, txt
+assert re.search(r" %s s[.) ]" % re.escape(human(d / rate)), txt), txt
 PY
-    then ok "plan $n: $(jget p.json plan iterations) rounds, converges $(jget p.json plan converges)"
-    else bad "plan $n" "$(cat p.json)"; fi
+    then ok "plan $n: $(jget p.json plan iterations) rounds, converges $(jget p.json plan converges): $(tail -1 p.txt)"
+    else bad "plan $n" "$(cat p.json p.txt)"; fi
 }
 plan "fits now" 100M 10M 1
 plan "two rounds" 100M 10M 0.005
@@ -210,6 +236,12 @@ plan "many rounds" 1G 500M 0.001
 plan "growth equal to rate" 100M 100M 0.1
 plan "growth above rate" 100M 200M 0.1
 plan "no growth" 1G 0 0.01
+plan "downtime 0, no growth" 1G 0 0
+plan "downtime 0, some growth" 1G 1M 0
+plan "sub-millisecond downtime" 3M 1M 0.00025
+plan "sub-second downtime, 7 rounds" 1G 700M 0.0004
+plan "a third of a second" 3M 1M 0.333333333
+plan "growth twice the rate, 1 s" 10M 20M 1
 "$D" --json --rate 1M top.qcow2 > r.json 2>err && [ "$(jget r.json plan)" = '<absent>' ] \
     && [ "$(jget r.json estimated-seconds)" = 40 ] \
     && ok "--rate alone: estimated-seconds = data / rate" || bad "--rate alone" "$(cat err r.json)"
@@ -246,6 +278,13 @@ qemu-io -c 'write -P 9 48M 4M' top.qcow2 >/dev/null
 wait $spid && [ "$(jget s.json plan growth-bytes-per-second)" = $((2 << 20)) ] \
     && ok "--sample 2 with 4 MiB written meanwhile: 2 MiB/s" \
     || bad "--sample" "$(cat err s.json)"
+# the figures reported are the ones at the end of the sample (qemu-img map
+# of the image as it is after the write)
+want=$(map_sums top.qcow2 1)
+[ "$(jget s.json data-bytes) $(jget s.json zero-bytes)" = "$want" ] \
+    && [ "$(jget s.json plan final-data-bytes)" = "$(jget s.json data-bytes)" ] \
+    && ok "--sample: data-bytes measured at the end of the sample ($want)" \
+    || bad "--sample figures" "data/zero $(jget s.json data-bytes) $(jget s.json zero-bytes), qemu-img map says $want"
 
 # --- bad input: exit 1 (images) or 2 (usage), with a message
 refuse() { # name want args...
