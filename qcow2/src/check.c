@@ -1179,6 +1179,34 @@ static int pass_setup(struct chk *c)
     return 0;
 }
 
+/* Clusters past the end of the file that nothing references but whose
+ * refcount is set: an allocation a crash interrupted before its cluster
+ * was written leaves one.  Not counted (QEMU's check stops at the end of
+ * the file too), but a repair that then grows the file, or any later
+ * allocation, would bring them inside as leaks; repairing leaks, the
+ * refcounts of the clusters the file could grow into next are cleared,
+ * uncounted. */
+#define PAST_END_WINDOW 65536 /* clusters */
+
+static int clear_past_end(struct chk *c)
+{
+    uint64_t i = c->used_clusters > c->file_clusters ? c->used_clusters
+                                                      : c->file_clusters;
+    uint64_t end = i + PAST_END_WINDOW, stored;
+    int rc;
+
+    for (; i < end; i++) {
+        rc = get_rc(c, i, &stored);
+        if (rc == -QCOW2_ECORRUPT)
+            continue;
+        if (rc < 0)
+            return rc;
+        if (stored && (rc = set_rc(c, i, 0)) < 0 && rc != -QCOW2_ECORRUPT)
+            return rc;
+    }
+    return 0;
+}
+
 /* One check (with the repairs of c->fix_*); fills c->r. */
 static int run(struct chk *c)
 {
@@ -1243,7 +1271,9 @@ static int run(struct chk *c)
                       "be rebuilt; repair with -r all");
     }
     if (c->fix_leaks) {
-        if ((rc = q2_flush(img)) < 0)
+        /* (a rebuild put fresh structures past the old end: skipped) */
+        if ((!c->r->rebuilt && (rc = clear_past_end(c)) < 0) ||
+            (rc = q2_flush(img)) < 0)
             return rc;
         q2_cache_clear(&img->cache);
         /* QEMU fixes COPIED with -r leaks only when nothing else is wrong:
