@@ -794,6 +794,20 @@ static int take_locks(struct job *j)
             return STEP_FAIL;
         }
         j->above_locked = true;
+        /* the re-point must be possible, crash safe, before any write */
+        j->rebase_name = cli_backing_name(j->layers[j->top - 1].name,
+                                          j->layers[j->base].name,
+                                          BACKING_PATH_AUTO);
+        if (!j->rebase_name ||
+            qcow2_set_backing_check(j->layers[j->top - 1].img,
+                                    j->rebase_name,
+                                    j->layers[j->base].format) < 0) {
+            cli_error_file(j->layers[j->top - 1].name, "cannot be re-pointed "
+                           "at the base: %s", j->rebase_name
+                           ? qcow2_errmsg(j->layers[j->top - 1].img)
+                           : "out of memory");
+            return STEP_FAIL;
+        }
     }
     j->locks = calloc(j->n, sizeof(*j->locks));
     if (!j->locks)
@@ -883,11 +897,7 @@ static int run(struct job *j)
     if (j->above_locked && (rc = open_above(j)) < 0)
         return STEP_FAIL;
     if (j->above) {
-        j->rebase_name = cli_backing_name(j->layers[j->top - 1].name,
-                                          j->layers[j->base].name,
-                                          BACKING_PATH_AUTO);
-        if (!j->rebase_name ||
-            qcow2_set_backing(j->above, j->rebase_name,
+        if (qcow2_set_backing(j->above, j->rebase_name,
                               j->layers[j->base].format) < 0) {
             cli_error_file(j->layers[j->top - 1].name, "cannot re-point it "
                            "at the base: %s", qcow2_errmsg(j->above));

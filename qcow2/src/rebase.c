@@ -15,7 +15,9 @@
  * rewritten in one 512-byte write and synced.  A crash leaves either the
  * old or the new pair of name and format, never a mix.  When the format
  * extension is missing or lies past sector 0, the extensions are laid out
- * anew in steps that keep that promise (rewrite_cluster0).
+ * anew in steps that keep that promise (rewrite_cluster0).  A header that
+ * leaves no room for either is refused: QEMU would rewrite the whole first
+ * cluster at once, which a torn write can spoil.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -93,9 +95,78 @@ static void place_name(uint8_t *out, const char *name, uint64_t off)
     q2_store_be32(out + 16, (uint32_t)nlen);
 }
 
-/* The extensions must be rewritten (no format extension in sector 0 to
- * edit in place), which takes several sectors: done in steps that each
- * leave a header naming either the old or the new backing file whole:
+/* How the switch is made (each way keeps a whole old or new header on the
+ * disk at every moment under sector-by-sector tearing):
+ *  SW_SECTOR: the format extension sits in sector 0 with room for the new
+ *    format: 1. the new name where nothing reads it yet, 2. sector 0 with
+ *    offset, length and format together;
+ *  SW_STEPS: the extensions are laid out anew, in steps (rewrite_cluster0);
+ *  SW_NONE: even the lean header overflows sector 0, or the first cluster
+ *    cannot hold the new name apart from what it holds: refused, since
+ *    only a torn-prone rewrite of cluster 0 (what QEMU does) would do. */
+enum sw_kind { SW_SECTOR, SW_STEPS, SW_NONE };
+
+struct sw_plan {
+    enum sw_kind kind;
+    uint64_t used; /* end of what cluster 0 uses today */
+    uint64_t at;   /* where the new name goes */
+};
+
+/* Where the header and extensions of the new layout end (lean: without the
+ * feature name table); 0 when they pass `room`. */
+static uint64_t exts_end(const struct q2_hdr_parsed *p, const char *fmt,
+                         bool lean, uint64_t room)
+{
+    uint64_t pos = p->h.header_length + 8 + pad8(strlen(fmt));
+    unsigned i;
+
+    for (i = 0; i < p->n_exts; i++) {
+        const struct q2_ext *e = &p->exts[i];
+        if (e->type == Q2_EXT_BACKING_FORMAT ||
+            (lean && e->type == Q2_EXT_FEATURE_TABLE))
+            continue;
+        pos += 8 + pad8(e->len);
+    }
+    pos += 8;
+    return pos <= room ? pos : 0;
+}
+
+static struct sw_plan sw_plan(const struct q2_hdr_parsed *p, uint64_t cs,
+                              const char *name, const char *fmt)
+{
+    struct sw_plan w = {.kind = SW_NONE};
+    size_t nlen = strlen(name), flen = strlen(fmt);
+    uint64_t full_end;
+
+    w.used = p->h.header_length;
+    if (p->n_exts) {
+        const struct q2_ext *last = &p->exts[p->n_exts - 1];
+        w.used = last->off + 8 + pad8(last->len);
+    }
+    w.used += 8;
+    if (p->h.backing_file_offset &&
+        p->h.backing_file_offset + p->h.backing_file_size > w.used)
+        w.used = p->h.backing_file_offset + p->h.backing_file_size;
+    if (cs < SECTOR)
+        return w;
+    if (p->ext_backing_format >= 0) {
+        const struct q2_ext *e = &p->exts[p->ext_backing_format];
+        w.at = pad8(w.used);
+        if (e->off + 8 + pad8(e->len) <= SECTOR && pad8(e->len) >= flen &&
+            w.at + nlen <= cs) {
+            w.kind = SW_SECTOR;
+            return w;
+        }
+    }
+    full_end = exts_end(p, fmt, false, cs);
+    w.at = pad8(w.used > full_end ? w.used : full_end);
+    if (full_end && w.at + nlen <= cs && exts_end(p, fmt, true, SECTOR))
+        w.kind = SW_STEPS;
+    return w;
+}
+
+/* SW_STEPS: the extensions laid out anew in steps that each leave a
+ * header naming either the old or the new backing file whole:
  *   1. the new name past everything cluster 0 uses today and will use;
  *   2. sector 0 alone as a lean header (without the feature name table,
  *      which only names features) whose extensions all lie in sector 0
@@ -103,18 +174,16 @@ static void place_name(uint8_t *out, const char *name, uint64_t off)
  *   3. the full layout's bytes between sector 0 and the name, which the
  *      lean header does not read;
  *   4. the full layout's sector 0;
- * each synced before the next.  A header whose extensions fill sector 0
- * even without the feature table, or a first cluster too full to hold the
- * name apart, gets cluster 0 written whole as QEMU writes it: the one case
- * a torn write could spoil. */
+ * each synced before the next. */
 static int rewrite_cluster0(struct qcow2_image *img, uint8_t *buf,
-                            const struct q2_hdr_parsed *p, uint64_t used,
-                            const char *name, const char *fmt)
+                            const struct q2_hdr_parsed *p,
+                            const struct sw_plan *w, const char *name,
+                            const char *fmt)
 {
-    uint64_t cs = img->cluster_size, lean_end = 0, full_end, at;
+    uint64_t cs = img->cluster_size, full_end;
     size_t nlen = strlen(name);
     uint8_t *lean = malloc(cs), *full = malloc(cs);
-    int rc = 0;
+    int rc;
 
     if (!lean || !full) {
         free(lean);
@@ -124,27 +193,17 @@ static int rewrite_cluster0(struct qcow2_image *img, uint8_t *buf,
     memcpy(full, buf, cs);
     memcpy(lean, buf, cs);
     full_end = layout_exts(full, cs, p, fmt, false);
-    at = pad8(used > full_end ? used : full_end);
-    if (full_end && cs >= SECTOR && at + nlen <= cs)
-        lean_end = layout_exts(lean, SECTOR, p, fmt, true);
-    if (lean_end) {
-        place_name(lean, name, at);
-        place_name(full, name, at);
-        rc = write_sync(img, name, nlen, at);
-        if (rc == 0 && full_end > SECTOR) {
-            rc = write_sync(img, lean, SECTOR, 0);
-            if (rc == 0)
-                rc = write_sync(img, full + SECTOR, at - SECTOR, SECTOR);
-        }
+    layout_exts(lean, SECTOR, p, fmt, true);
+    place_name(lean, name, w->at);
+    place_name(full, name, w->at);
+    rc = write_sync(img, name, nlen, w->at);
+    if (rc == 0 && full_end > SECTOR) {
+        rc = write_sync(img, lean, SECTOR, 0);
         if (rc == 0)
-            rc = write_sync(img, full, SECTOR, 0);
-    } else if (full_end && full_end + nlen <= cs) {
-        place_name(full, name, full_end);
-        rc = write_sync(img, full, cs, 0);
-    } else {
-        rc = q2_err(img, -ENOSPC, "the header extensions and the backing "
-                    "file name do not fit in the first cluster");
+            rc = write_sync(img, full + SECTOR, w->at - SECTOR, SECTOR);
     }
+    if (rc == 0)
+        rc = write_sync(img, full, SECTOR, 0);
     if (rc == 0)
         memcpy(buf, full, cs);
     free(lean);
@@ -152,23 +211,38 @@ static int rewrite_cluster0(struct qcow2_image *img, uint8_t *buf,
     return rc;
 }
 
-int qcow2_set_backing(struct qcow2_image *img, const char *name,
-                      const char *fmt)
+/* SW_SECTOR: the format extension edited in place. */
+static int edit_sector0(struct qcow2_image *img, uint8_t *buf,
+                        const struct q2_hdr_parsed *p,
+                        const struct sw_plan *w, const char *name,
+                        const char *fmt)
 {
-    struct q2_hdr_parsed p;
-    uint64_t cs, used, x;
+    const struct q2_ext *e = &p->exts[p->ext_backing_format];
+    size_t nlen = strlen(name), flen = strlen(fmt);
+    int rc = write_sync(img, name, nlen, w->at);
+
+    if (rc < 0)
+        return rc;
+    q2_store_be64(buf + 8, w->at);
+    q2_store_be32(buf + 16, (uint32_t)nlen);
+    q2_store_be32(buf + e->off + 4, (uint32_t)flen);
+    memset(buf + e->off + 8, 0, pad8(e->len));
+    memcpy(buf + e->off + 8, fmt, flen);
+    memcpy(buf + w->at, name, nlen);
+    return write_sync(img, buf, SECTOR, 0);
+}
+
+/* The checks both entry points make; cluster 0 read and parsed into
+ * *buf and *p (the caller frees both) and the plan made. */
+static int sw_prepare(struct qcow2_image *img, const char *name,
+                      const char *fmt, uint8_t **buf,
+                      struct q2_hdr_parsed *p, struct sw_plan *w)
+{
     size_t nlen, flen;
-    uint8_t *buf = NULL;
     char err[512];
     int64_t n;
     int rc;
 
-    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN ||
-        !name || !fmt)
-        return -EINVAL;
-    q2_err_clear(img);
-    if (!img->writable)
-        return q2_err(img, -EROFS, "image is open read-only");
     if (img->format != QCOW2_FORMAT_QCOW2)
         return q2_err(img, -EINVAL, "only qcow2 images have a backing file");
     nlen = strlen(name);
@@ -180,67 +254,76 @@ int qcow2_set_backing(struct qcow2_image *img, const char *name,
     if (img->hp.h.autoclear_features & Q2_AUTOCLEAR_DATA_FILE_RAW)
         return q2_err(img, -EINVAL, "an image with a raw external data file "
                       "cannot have a backing file");
-    rc = qcow2_flush(img);
-    if (rc < 0)
-        return rc;
-    cs = img->cluster_size;
-    buf = calloc(1, cs);
-    if (!buf)
+    *buf = calloc(1, img->cluster_size);
+    if (!*buf)
         return -ENOMEM;
-    n = q2_pread_full(&img->io, buf, cs, 0);
-    if (n < 0) {
-        free(buf);
+    n = q2_pread_full(&img->io, *buf, img->cluster_size, 0);
+    if (n < 0)
         return q2_err(img, (int)n, "cannot read the header");
-    }
-    rc = q2_hdr_parse(buf, cs, (uint64_t)img->file_size, &p, err,
-                      sizeof(err));
-    if (rc < 0) {
-        free(buf);
+    rc = q2_hdr_parse(*buf, img->cluster_size, (uint64_t)img->file_size, p,
+                      err, sizeof(err));
+    if (rc < 0)
         return q2_err(img, rc, "%s", err);
-    }
+    *w = sw_plan(p, img->cluster_size, name, fmt);
+    if (w->kind == SW_NONE)
+        return q2_err(img, -ENOTSUP, "the header's extensions leave no room "
+                      "to change the backing file safely (a power loss "
+                      "during the change could spoil the header): the "
+                      "first sector or the first cluster is full");
+    return 0;
+}
 
-    /* end of what cluster 0 uses today */
-    used = p.h.header_length;
-    if (p.n_exts) {
-        const struct q2_ext *last = &p.exts[p.n_exts - 1];
-        used = last->off + 8 + pad8(last->len);
-    }
-    used += 8;
-    if (p.h.backing_file_offset &&
-        p.h.backing_file_offset + p.h.backing_file_size > used)
-        used = p.h.backing_file_offset + p.h.backing_file_size;
-    x = pad8(used);
+int qcow2_set_backing_check(struct qcow2_image *img, const char *name,
+                            const char *fmt)
+{
+    struct q2_hdr_parsed p = {0};
+    struct sw_plan w;
+    uint8_t *buf = NULL;
+    int rc;
 
-    if (p.ext_backing_format >= 0 &&
-        p.exts[p.ext_backing_format].off + 8 +
-                pad8(p.exts[p.ext_backing_format].len) <= SECTOR &&
-        pad8(p.exts[p.ext_backing_format].len) >= flen && x + nlen <= cs &&
-        cs >= SECTOR) {
-        const struct q2_ext *e = &p.exts[p.ext_backing_format];
-        uint64_t room = pad8(e->len);
-        /* 1. the name where nothing reads it yet */
-        rc = write_sync(img, name, nlen, x);
-        if (rc == 0) {
-            /* 2. offset, length and format together, in sector 0 */
-            q2_store_be64(buf + 8, x);
-            q2_store_be32(buf + 16, (uint32_t)nlen);
-            q2_store_be32(buf + e->off + 4, (uint32_t)flen);
-            memset(buf + e->off + 8, 0, room);
-            memcpy(buf + e->off + 8, fmt, flen);
-            memcpy(buf + x, name, nlen);
-            rc = write_sync(img, buf, SECTOR, 0);
-        }
-    } else {
-        rc = rewrite_cluster0(img, buf, &p, used, name, fmt);
-    }
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN ||
+        !name || !fmt)
+        return -EINVAL;
+    q2_err_clear(img);
+    rc = sw_prepare(img, name, fmt, &buf, &p, &w);
+    free(p.exts);
+    free(buf);
+    return rc;
+}
+
+int qcow2_set_backing(struct qcow2_image *img, const char *name,
+                      const char *fmt)
+{
+    struct q2_hdr_parsed p = {0};
+    struct sw_plan w;
+    uint64_t cs;
+    uint8_t *buf = NULL;
+    char err[512];
+    int rc;
+
+    if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN ||
+        !name || !fmt)
+        return -EINVAL;
+    q2_err_clear(img);
+    if (!img->writable)
+        return q2_err(img, -EROFS, "image is open read-only");
+    rc = qcow2_flush(img);
+    if (rc == 0)
+        rc = sw_prepare(img, name, fmt, &buf, &p, &w);
+    if (rc == 0)
+        rc = w.kind == SW_SECTOR ? edit_sector0(img, buf, &p, &w, name, fmt)
+                                 : rewrite_cluster0(img, buf, &p, &w, name,
+                                                    fmt);
     free(p.exts);
     if (rc < 0) {
         free(buf);
-        img->write_err = rc;
+        if (rc != -EINVAL && rc != -ENOTSUP && rc != -ENOMEM)
+            img->write_err = rc;
         return rc;
     }
 
     /* the handle now describes the new header */
+    cs = img->cluster_size;
     free(img->hp.exts);
     free(img->hdr_buf);
     img->hdr_buf = buf;

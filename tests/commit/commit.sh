@@ -253,6 +253,44 @@ else
     bad "re-point bitmaps re-run" "$(cat err)"
 fi
 
+# --- a header the re-point cannot change crash-safely (no backing format
+# extension, and an unknown extension that fills sector 0): refused before
+# anything is written, instead of rewriting the first cluster at once
+rm -f f-*
+qemu-img create -q -f raw f-base.img 16M
+qemu-img create -q -f qcow2 -b f-base.img -F raw f-s1.qcow2
+qemu-io -c 'write -P 7 0 1M' f-s1.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b f-s1.qcow2 -F qcow2 f-act.qcow2
+python3 - f-act.qcow2 <<'PY'
+import struct, sys
+p = sys.argv[1]
+d = bytearray(open(p, 'rb').read())
+hl = struct.unpack('>I', d[100:104])[0]
+off, exts = hl, [struct.pack('>II', 0x7c0ffee7, 400) + bytes(range(200)) * 2]
+while True:
+    t, l = struct.unpack('>II', d[off:off + 8])
+    if t == 0:
+        break
+    if t != 0xe2792aca:
+        exts.append(bytes(d[off:off + 8 + ((l + 7) & ~7)]))
+    off += 8 + ((l + 7) & ~7)
+bo, bl = struct.unpack('>QI', d[8:20])
+name = bytes(d[bo:bo + bl])
+out = b''.join(exts) + bytes(8)
+d[hl:4096] = bytes(4096 - hl)
+d[hl:hl + len(out)] = out
+d[hl + len(out):hl + len(out) + bl] = name
+d[8:20] = struct.pack('>QI', hl + len(out), bl)
+open(p, 'wb').write(d)
+PY
+md5_before=$(md5sum f-base.img f-s1.qcow2 f-act.qcow2)
+"$C" --top f-s1.qcow2 f-act.qcow2 >out 2>err; rc=$?
+[ $rc -eq 1 ] && grep -q "cannot be re-pointed" err && grep -q "no room" err \
+    && [ "$md5_before" = "$(md5sum f-base.img f-s1.qcow2 f-act.qcow2)" ] \
+    && [ ! -e f-base.img.qchain-commit ] && qemu-img check -q f-act.qcow2 \
+    && ok "a header without room for a crash-safe re-point: refused, nothing written" \
+    || bad "re-point refusal" "rc=$rc $(cat err)"
+
 crash raw ""
 crash qcow2 cluster_size=64k
 crash qcow2 cluster_size=4k,refcount_bits=64

@@ -438,13 +438,26 @@ QCOW2_API int qcow2_resize(struct qcow2_image *img, uint64_t size);
 /**
  * Name another backing file (qemu-img rebase -u): store `name` (as given;
  * it resolves against this image's directory) and its format.  The switch
- * is one atomic sector write where the header layout allows it.  The open
- * backing chain of the handle is not changed; reopen to follow the new one.
- * @return 0, -EROFS, -EINVAL (bad name/format, raw image), -ENOSPC (does
- *         not fit in the first cluster), backend errors.
+ * is crash safe: under sector-by-sector tearing the header names the old
+ * or the new file, whole, at every moment (one sector write where the
+ * backing format extension lies in sector 0, else synced steps).  A header
+ * whose extensions leave no room for that is refused (-ENOTSUP) rather
+ * than rewritten at once.  The open backing chain of the handle is not
+ * changed; reopen to follow the new one.
+ * @return 0, -EROFS, -EINVAL (bad name/format, raw image), -ENOTSUP (no
+ *         crash-safe way), backend errors.
  */
 QCOW2_API int qcow2_set_backing(struct qcow2_image *img, const char *name,
                                 const char *format);
+
+/**
+ * Could qcow2_set_backing(img, name, fmt) make its switch?  Reads the
+ * header only; the image may be open read-only.
+ * @return 0, or the error qcow2_set_backing would return before writing
+ *         (-ENOTSUP, -EINVAL, ...) with its message.
+ */
+QCOW2_API int qcow2_set_backing_check(struct qcow2_image *img,
+                                      const char *name, const char *fmt);
 
 /**
  * Rebuild the refcount structures from the references the metadata makes
