@@ -53,6 +53,65 @@ Q2_HIDDEN void q2_io_mem_fail_after(struct qcow2_io *io, long calls);
 Q2_HIDDEN const uint8_t *q2_io_mem_data(const struct qcow2_io *io,
                                         size_t *len);
 
+/* ---- The crash-simulating backend (io_crash.c): test hooks ----
+ * One simulated machine holds several in-memory files; every change
+ * (write, truncate, punch) and flush of any of them is recorded as an
+ * event in one global order, and the content a file would have after a
+ * power loss just before any event is rebuilt from the record.  The model:
+ * a change is durable once its file is flushed after it; at a power loss
+ * each change not yet durable may or may not have reached the disk,
+ * independently (applied in their original order), and a write of several
+ * 512-byte sectors may have reached it sector by sector. */
+struct q2_crash;
+
+enum q2_crash_kind {
+    Q2_CRASH_WRITE = 1,
+    Q2_CRASH_TRUNCATE, /* len: the new size */
+    Q2_CRASH_PUNCH,    /* zeros over [off, off+len), size unchanged */
+    Q2_CRASH_FLUSH
+};
+
+struct q2_crash_event {
+    unsigned file;
+    enum q2_crash_kind kind;
+    uint64_t off;
+    uint64_t len;
+};
+
+/* A machine with no file; NULL on ENOMEM.  q2_crash_free frees it with
+ * every file (after the ios opened on it are closed). */
+Q2_HIDDEN struct q2_crash *q2_crash_new(void);
+Q2_HIDDEN void q2_crash_free(struct q2_crash *c);
+/* A new file of the machine with content buf[0..len) (copied): *io reads
+ * and writes its live copy and records every pwrite, truncate, punch and
+ * flush; io->close leaves the file (and its record) to the machine.
+ * *file gets its index (0, 1, ... in opening order).  0 or -errno. */
+Q2_HIDDEN int q2_crash_open(struct q2_crash *c, const void *buf, size_t len,
+                            struct qcow2_io *io, unsigned *file);
+/* Another io on file `file` of the machine (its live copy, recorded like
+ * the first one).  0 or -EINVAL. */
+Q2_HIDDEN int q2_crash_io(struct q2_crash *c, unsigned file,
+                          struct qcow2_io *io);
+/* Events recorded so far; a crash point `at` is 0 .. q2_crash_events(). */
+Q2_HIDDEN uint64_t q2_crash_events(const struct q2_crash *c);
+/* Event idx (to find the flushes: the barrier points).  0 or -EINVAL. */
+Q2_HIDDEN int q2_crash_event_get(const struct q2_crash *c, uint64_t idx,
+                                 struct q2_crash_event *out);
+/* Changes of file f before event `at` that no flush of f has made
+ * durable yet. */
+Q2_HIDDEN uint64_t q2_crash_pending(const struct q2_crash *c, unsigned f,
+                                    uint64_t at);
+/* The content of file f after a power loss just before event `at`: every
+ * change a flush of f made durable before `at`, and of the later ones
+ * before `at` a subset chosen from `seed`: 0, none of them; 1, all of them
+ * (what SIGKILL leaves); any other seed, each dropped or kept with even
+ * odds and a kept multi-sector write torn (each of its sectors kept or
+ * not) one time in two, deterministically.  *buf (malloc'd, the caller
+ * frees it) and *len get the content.  0, -EINVAL or -ENOMEM. */
+Q2_HIDDEN int q2_crash_state(const struct q2_crash *c, unsigned f,
+                             uint64_t at, uint64_t seed, uint8_t **buf,
+                             size_t *len);
+
 /* ---- Errors (err.c) ---- */
 /* Record a message on the handle (the first one of a failing call wins)
  * and return err.  Corruption is reported as -QCOW2_ECORRUPT. */
