@@ -869,6 +869,38 @@ TEST(write_l1_growth)
     run_free(&r);
 }
 
+/* Growing over a larger backing file: the grown range reads as zeros, not
+ * as the backing file's data past the old end, in every state (the zeros
+ * must be durable before the new size). */
+TEST(resize_over_larger_backing)
+{
+    struct qcow2_create_opts o = {.size = sizeof(o), .virtual_size = 1 << 20,
+                                  .cluster_size = 16384,
+                                  .backing_name = "base.raw",
+                                  .backing_format = "raw"};
+    struct run r = {.name = "resize_over_larger_backing"};
+    uint8_t *img, *base = malloc(4 << 20);
+    size_t len;
+
+    reseed(&r);
+    REQUIRE_TRUE(base != NULL);
+    pattern(base, 4 << 20, 11);
+    img = make_qcow2(&o, NULL, 0, 0, &len);
+    REQUIRE_TRUE(img != NULL);
+    r.m.c = q2_crash_new();
+    mfs_add(&r.m, "top.qcow2", "qcow2", img, len);
+    mfs_add(&r.m, "base.raw", "raw", base, 4 << 20);
+    free(img);
+    free(base);
+    add_op(&r, OP_WRITE, 4096, 8192, 1);
+    add_op(&r, OP_FLUSH, 0, 0, 0);
+    add_op(&r, OP_RESIZE, 0, 3 << 20, 0);
+    add_op(&r, OP_WRITE, (2 << 20) + 512, 4096, 2);
+    add_op(&r, OP_FLUSH, 0, 0, 0);
+    write_scenario(&r, 4 << 20);
+    run_free(&r);
+}
+
 /* Copy on write: partial-cluster writes, zeroes and discards over a raw
  * backing file (16 KiB clusters). */
 TEST(write_cow)
