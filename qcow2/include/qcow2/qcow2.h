@@ -656,8 +656,10 @@ QCOW2_API int qcow2_create_check(const struct qcow2_create_opts *opts,
                                  char *err, size_t errlen);
 
 /**
- * Create a new image file.  Fails with -EEXIST when path exists; on any
- * failure the file is removed.  A path that names a block device (an LVM
+ * Create a new image file.  Fails with -EEXIST when path exists.  The
+ * image is made under a temporary name beside path, flushed, then named
+ * (qcow2_io_create_temp, qcow2_io_publish): after a power loss path holds
+ * the whole image or nothing; on any failure the file is removed.  A path that names a block device (an LVM
  * volume) is written over instead, as qemu-img create does: the device
  * keeps its size; a raw image is the device itself (nothing is written); a
  * qcow2 image's metadata (qcow2_create_size bytes) is written over the
