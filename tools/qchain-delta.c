@@ -17,6 +17,7 @@
  * smallest k >= 0 with D(k)/rate <= downtime; when no k up to MAX_ROUNDS
  * reaches it the plan does not converge and describes D(MAX_ROUNDS).
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
@@ -24,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <qcow2/qcow2_io.h>
 
 #include "chain.h"
 #include "cli.h"
@@ -201,6 +204,226 @@ static const char *secs_str(double v, char *buf, unsigned len)
     return buf;
 }
 
+/* ------------------------------------------------------------------------ */
+/* A dirty base: the refcount rebuild the commit starts with                 */
+/* ------------------------------------------------------------------------ */
+/*
+ * A qcow2 base with the dirty bit set (lazy refcounts, and the QEMU that
+ * wrote it did not close it) has refcounts that may be lower than the
+ * references: opening it for writing, the commit first rebuilds them
+ * (qcow2_rebuild_refcounts: new refcount blocks and table written past the
+ * end of the file, the old ones left free), and only then allocates,
+ * reusing the clusters the rebuild freed.  qcow2_commit_estimate reads the
+ * base as it is, so it neither counts what the rebuild writes nor knows
+ * which clusters are really free.
+ *
+ * So delta does the rebuild itself, on a shadow of the base: a backend
+ * that reads the file (read-only, unlocked: the chain's handle holds the
+ * locks) and keeps every write in memory.  The library rebuilds into it
+ * exactly as the commit will; the growth of the shadow is what the rebuild
+ * allocates (base-rebuild-bytes), and qcow2_commit_estimate over the chain
+ * with the base served from the shadow gives the commit's allocations
+ * after it.  Nothing reaches the file.  Memory: the rebuild's own (4 bytes
+ * per cluster of the file) and the new refcount structures (the refcount
+ * bits of every cluster, e.g. 32 MiB for 1 TiB of 64 KiB clusters with
+ * 16-bit refcounts).  A base on a device does not grow: its rebuilt
+ * structures go after the last cluster in use, which base-required-bytes
+ * then counts.
+ */
+struct shadow_write {
+    uint64_t off;
+    size_t len;
+    uint8_t *data;
+};
+
+struct shadow {
+    struct qcow2_io file;        /* the base, open while a handle uses it */
+    struct shadow_write *writes; /* in the order made */
+    size_t n, cap;
+    uint64_t size;
+    uint64_t dev, ino;           /* the base's identity */
+};
+
+static int64_t shadow_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+    struct shadow *sh = ctx;
+    int64_t n;
+    size_t i;
+
+    if (off >= sh->size)
+        return 0;
+    if (len > sh->size - off)
+        len = (size_t)(sh->size - off);
+    n = sh->file.pread(sh->file.ctx, buf, len, off);
+    if (n < 0)
+        return n;
+    memset((uint8_t *)buf + n, 0, len - (size_t)n);
+    for (i = 0; i < sh->n; i++) {
+        const struct shadow_write *w = &sh->writes[i];
+        uint64_t lo = w->off > off ? w->off : off;
+        uint64_t hi = w->off + w->len < off + len ? w->off + w->len
+                                                   : off + len;
+        if (lo < hi)
+            memcpy((uint8_t *)buf + (lo - off), w->data + (lo - w->off),
+                   (size_t)(hi - lo));
+    }
+    return (int64_t)len;
+}
+
+static int64_t shadow_pwrite(void *ctx, const void *buf, size_t len,
+                             uint64_t off)
+{
+    struct shadow *sh = ctx;
+    struct shadow_write *w;
+
+    if (sh->n == sh->cap) {
+        size_t cap = sh->cap ? sh->cap * 2 : 64;
+        w = realloc(sh->writes, cap * sizeof(*w));
+        if (!w)
+            return -ENOMEM;
+        sh->writes = w;
+        sh->cap = cap;
+    }
+    w = &sh->writes[sh->n];
+    w->data = malloc(len ? len : 1);
+    if (!w->data)
+        return -ENOMEM;
+    memcpy(w->data, buf, len);
+    w->off = off;
+    w->len = len;
+    sh->n++;
+    if (off + len > sh->size)
+        sh->size = off + len;
+    return (int64_t)len;
+}
+
+static int shadow_flush(void *ctx)
+{
+    (void)ctx;
+    return 0;
+}
+
+static int shadow_truncate(void *ctx, uint64_t size)
+{
+    ((struct shadow *)ctx)->size = size;
+    return 0;
+}
+
+static int64_t shadow_size(void *ctx)
+{
+    return (int64_t)((struct shadow *)ctx)->size;
+}
+
+static int shadow_identity(void *ctx, uint64_t *dev, uint64_t *ino)
+{
+    const struct shadow *sh = ctx;
+
+    *dev = sh->dev;
+    *ino = sh->ino;
+    return 0;
+}
+
+/* The handle is done with it: the file closes, the writes stay. */
+static void shadow_close(void *ctx)
+{
+    struct shadow *sh = ctx;
+
+    if (sh->file.close)
+        sh->file.close(sh->file.ctx);
+    memset(&sh->file, 0, sizeof(sh->file));
+}
+
+static void shadow_free(struct shadow *sh)
+{
+    size_t i;
+
+    for (i = 0; i < sh->n; i++)
+        free(sh->writes[i].data);
+    free(sh->writes);
+}
+
+/* The shadow as a backend over a freshly opened `file`. */
+static struct qcow2_io shadow_io(struct shadow *sh, const struct qcow2_io *file)
+{
+    struct qcow2_io io = {0};
+
+    sh->file = *file;
+    io.version = QCOW2_IO_VERSION;
+    io.ctx = sh;
+    io.pread = shadow_pread;
+    io.pwrite = shadow_pwrite;
+    io.flush = shadow_flush;
+    io.truncate = shadow_truncate;
+    io.size = shadow_size;
+    io.close = shadow_close;
+    io.identity = shadow_identity;
+    io.caps = file->caps;
+    return io;
+}
+
+/* open_file of the chain read through the shadow: the base (by identity)
+ * comes from the shadow, every other file from the file system. */
+static int shadow_open_file(void *ctx, const char *name, unsigned io_flags,
+                            struct qcow2_io *out, char *err, size_t errlen)
+{
+    struct shadow *sh = ctx;
+    struct qcow2_io f;
+    uint64_t dev, ino;
+    int rc = qcow2_io_open_file(name, io_flags | QCOW2_IO_NOLOCK, &f, err,
+                                errlen);
+
+    if (rc < 0)
+        return rc;
+    if (f.identity && f.identity(f.ctx, &dev, &ino) == 0 &&
+        dev == sh->dev && ino == sh->ino) {
+        *out = shadow_io(sh, &f);
+        return 0;
+    }
+    *out = f;
+    return 0;
+}
+
+/* Rebuild the base's refcounts into the shadow, as the commit's open does;
+ * returns the bytes the file grows by, or -1 (printed). */
+static int64_t shadow_rebuild(struct shadow *sh, const char *base)
+{
+    struct qcow2_image *img = qcow2_new();
+    struct qcow2_open_opts o = {0};
+    struct qcow2_io f, io;
+    char err[256];
+    int64_t before;
+    int rc;
+
+    if (!img)
+        return -1;
+    rc = qcow2_io_open_file(base, QCOW2_IO_NOLOCK, &f, err, sizeof(err));
+    if (rc < 0) {
+        cli_error_file(base, "%s", err);
+        qcow2_close(img);
+        return -1;
+    }
+    before = f.size(f.ctx);
+    sh->size = before > 0 ? (uint64_t)before : 0;
+    io = shadow_io(sh, &f);
+    /* QCOW2_OPEN_CHECK: opened for writing without the open's own rebuild
+     * and without touching bitmaps (the commit's writer flags them, which
+     * the estimate models); then the rebuild itself */
+    o.size = sizeof(o);
+    o.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_CHECK | QCOW2_OPEN_NO_BACKING;
+    o.format = "qcow2";
+    rc = qcow2_open_io(img, &io, base, &o);
+    if (rc == 0)
+        rc = qcow2_rebuild_refcounts(img);
+    if (rc < 0) {
+        cli_error_file(base, "cannot model the refcount rebuild: %s",
+                       qcow2_errmsg(img));
+        qcow2_close(img);
+        return -1;
+    }
+    qcow2_close(img);
+    return (int64_t)sh->size - before;
+}
+
 struct args {
     const char *active, *top, *base;
     bool have_rate, have_growth, have_sample, have_downtime;
@@ -216,6 +439,8 @@ struct delta {
     struct layer_stats *ls;    /* per committed layer, TOP first */
     struct qcow2_commit_estimate est;
     struct cli_fit fit;
+    bool dirty;                /* the base's dirty bit: refcounts rebuilt */
+    int64_t rebuild_bytes;     /* what the rebuild allocates */
     double growth_bps;
     struct plan plan;
 };
@@ -285,6 +510,56 @@ static void parse_args(int argc, char **argv, struct args *a)
                         "--rate)");
 }
 
+/*
+ * A dirty base: the estimate again, over a second open of the chain whose
+ * base is the shadow after the rebuild; the growth is the rebuild's plus
+ * the commit's after it (see the shadow above).
+ */
+static int dirty_estimate(struct delta *d, const struct args *a,
+                          unsigned est_flags)
+{
+    const struct cli_layer *b = &d->c.layers[d->c.base];
+    struct shadow sh = {.dev = b->dev, .ino = b->ino};
+    struct qcow2_image *chain = NULL, *t;
+    struct qcow2_commit_estimate est;
+    struct qcow2_open_opts o;
+    int64_t rebuilt = shadow_rebuild(&sh, b->name);
+    unsigned i;
+    int rc = -1;
+
+    if (rebuilt < 0)
+        goto out;
+    chain = qcow2_new();
+    if (!chain)
+        goto out;
+    cli_open_opts(&common, &o, QCOW2_OPEN_FORCE_SHARE);
+    o.warn = NULL; /* said by the first open */
+    o.open_file = shadow_open_file;
+    o.open_ctx = &sh;
+    if (qcow2_open(chain, a->active, &o) < 0) {
+        cli_error_file(a->active, "%s", qcow2_errmsg(chain));
+        goto out;
+    }
+    for (t = chain, i = 0; t && i < d->c.top; i++)
+        t = qcow2_backing(t);
+    if (!t || qcow2_commit_estimate(t, d->nl, est_flags, &est) < 0) {
+        cli_error_file(b->name, "cannot estimate the commit after the "
+                       "refcount rebuild: %s",
+                       t ? qcow2_errmsg(t) : "the chain changed");
+        goto out;
+    }
+    d->dirty = true;
+    d->rebuild_bytes = rebuilt;
+    d->est.base_growth_bytes = rebuilt + est.base_growth_bytes;
+    d->est.base_required_bytes = est.base_required_bytes;
+    d->est.new_clusters = est.new_clusters;
+    rc = 0;
+out:
+    qcow2_close(chain);
+    shadow_free(&sh);
+    return rc;
+}
+
 /* The layers alone, the commit's walk, and whether it fits. */
 static int measure(struct delta *d, const struct args *a)
 {
@@ -319,6 +594,14 @@ static int measure(struct delta *d, const struct args *a)
         return -1;
     }
     skipped += d->est.skipped_bytes;
+    if (!strcmp(d->c.layers[d->c.base].format, "qcow2")) {
+        struct qcow2_info bi;
+        qcow2_info_get(d->c.layers[d->c.base].img, &bi);
+        if (bi.dirty && !bi.corrupt &&
+            dirty_estimate(d, a, common.force_share ? QCOW2_ESTIMATE_TOLERANT
+                                                    : 0) < 0)
+            return -1;
+    }
     rc = cli_base_fit(d->c.layers[d->c.base].name, &d->est, &d->fit);
     if (rc < 0) {
         cli_error_file(d->c.layers[d->c.base].name, "cannot read the free "
@@ -388,6 +671,10 @@ static void report_json(const struct delta *d, const struct args *a)
     json_u64(&js, "compressed-bytes", d->est.compressed_bytes);
     json_i64(&js, "base-growth-bytes", d->est.base_growth_bytes);
     json_bool(&js, "base-grows", d->est.grows);
+    if (d->dirty) {
+        json_bool(&js, "base-dirty", true);
+        json_i64(&js, "base-rebuild-bytes", d->rebuild_bytes);
+    }
     json_u64(&js, "base-required-bytes", d->fit.required);
     json_bool(&js, "base-fits", d->fit.fits);
     if (a->have_rate) {
@@ -478,6 +765,13 @@ static void report_human(const struct delta *d, const struct args *a)
                cli_size_str((uint64_t)-d->est.base_growth_bytes, g,
                             sizeof(g)),
                d->est.base_growth_bytes);
+    if (d->dirty)
+        printf("The base's dirty bit is set (lazy refcounts, not closed "
+               "cleanly): the commit first rebuilds its refcounts, which "
+               "allocates %s (%" PRId64 " bytes), counted in the growth.\n",
+               cli_size_str((uint64_t)(d->rebuild_bytes > 0 ? d->rebuild_bytes
+                                                            : 0), g,
+                            sizeof(g)), d->rebuild_bytes);
     if (d->fit.device)
         printf("The base is a device of %s; the commit needs %s "
                "(%" PRIu64 " bytes): %s.\n",
