@@ -34,6 +34,7 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,12 +84,65 @@ struct job {
 #define STEP_ON 0
 #define STEP_DONE 1
 #define STEP_FAIL (-1)
+#define STEP_INTERRUPTED (-2) /* SIGINT or SIGTERM: stopped at a safe point */
 
 #define DEFAULT_STATE_DIR "/var/lib/qchain"
 
 static struct cli_common common;
 static bool show_progress;
 static const char *state_dir; /* --state-dir, NULL: the default rule */
+static volatile sig_atomic_t stop_signal; /* SIGINT or SIGTERM received */
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+static int cancel_cb(void *ctx)
+{
+    (void)ctx;
+    return stop_signal != 0;
+}
+
+/* Ctrl-C or a TERM stops the job at a safe point (between two chunks of
+ * the copy, or before anything is written) instead of killing it. */
+static void catch_stop_signals(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* "interrupted; run the same command again", with the command as typed
+ * (shell-quoted where needed); exit status 128 + the signal. */
+static int report_interrupted(int argc, char **argv)
+{
+    int i;
+
+    fprintf(stderr, "%s: interrupted; run the same command again to "
+            "finish: %s", cli_progname(), cli_progname());
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *q;
+        if (*a && !a[strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP"
+                               "QRSTUVWXYZ0123456789-_./=:,+@%")]) {
+            fprintf(stderr, " %s", a);
+            continue;
+        }
+        fputs(" '", stderr);
+        for (q = a; *q; q++)
+            if (*q == '\'')
+                fputs("'\\''", stderr);
+            else
+                fputc(*q, stderr);
+        fputc('\'', stderr);
+    }
+    fputc('\n', stderr);
+    return 128 + (stop_signal ? stop_signal : SIGINT);
+}
 
 static void usage(void)
 {
@@ -854,6 +908,8 @@ static int run(struct job *j)
     struct timespec t0, t1;
     int rc;
 
+    if (stop_signal)
+        return STEP_INTERRUPTED; /* nothing written yet */
     if (!j->resuming) {
         rc = journal_write(j);
         if (rc < 0) {
@@ -874,8 +930,14 @@ static int run(struct job *j)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     co.progress = show_progress ? progress_cb : NULL;
     co.progress_ctx = &t0;
+    co.cancel = cancel_cb;
     rc = qcow2_commit(j->layers[j->top].img, j->base - j->top, j->base_img,
                       &co, &j->st);
+    if (rc == -ECANCELED && stop_signal) {
+        if (show_progress)
+            fputc('\n', stderr);
+        return STEP_INTERRUPTED;
+    }
     if (rc < 0) {
         cli_error_file(j->layers[j->top].name, "%s",
                        qcow2_errmsg(j->layers[j->top].img));
@@ -1004,6 +1066,7 @@ int main(int argc, char **argv)
 
     cli_init("qchain-commit", argv);
     parse_args(argc, argv, &a);
+    catch_stop_signals();
     rc = open_chain(&j, &a);
     if (rc == STEP_ON)
         rc = job_state(&j);
@@ -1019,5 +1082,7 @@ int main(int argc, char **argv)
     if (rc == STEP_ON && (rc = run(&j)) == STEP_ON)
         report(&j);
     job_free(&j);
+    if (rc == STEP_INTERRUPTED)
+        return report_interrupted(argc, argv);
     return rc == STEP_FAIL ? QCHAIN_EXIT_FAILURE : QCHAIN_EXIT_OK;
 }

@@ -233,7 +233,15 @@ struct copy {
     struct pending p;
     bool offload;              /* try copy offload (raw base) */
     struct qcow2_commit_stats st;
+    int (*cancel)(void *ctx);  /* the caller's, asked every chunk */
+    void *cancel_ctx;
 };
+
+static int cancelled(const struct copy *c)
+{
+    return c->cancel && c->cancel(c->cancel_ctx)
+               ? q2_err(c->top, -ECANCELED, "commit interrupted") : 0;
+}
 
 /* A zero extent at pos: zero the base there (what GROW added reads as
  * zeros already). */
@@ -306,7 +314,8 @@ static int copy_data(struct copy *c, const struct qcow2_extent *e,
         p->len += n;
         done += n;
         if (p->len == COPY_CHUNK &&
-            (rc = flush_pending(top, c->base, c->buf, p)) < 0)
+            ((rc = flush_pending(top, c->base, c->buf, p)) < 0 ||
+             (rc = cancelled(c)) < 0))
             return rc;
     }
     return 0;
@@ -358,6 +367,8 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
         return q2_err(top, -EROFS, "the base is open read-only");
     size = top->virtual_size;
     c.st.total_bytes = size;
+    c.cancel = o.cancel;
+    c.cancel_ctx = o.cancel_ctx;
     if ((progress || q2_fixed_size(base)) &&
         (rc = plan(top, stop, base, &work)) < 0)
         return rc;
@@ -395,6 +406,8 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
         else
             rc = copy_data(&c, &e, pos);
         if (rc < 0)
+            goto out;
+        if ((rc = cancelled(&c)) < 0)
             goto out;
         pos += e.length;
         /* done equals total once, when the base is flushed */

@@ -291,6 +291,44 @@ md5_before=$(md5sum f-base.img f-s1.qcow2 f-act.qcow2)
     && ok "a header without room for a crash-safe re-point: refused, nothing written" \
     || bad "re-point refusal" "rc=$rc $(cat err)"
 
+# --- SIGINT/SIGTERM at random moments of the copy: stopped at a safe point,
+# "interrupted; run the same command again" with the command, exit 130/143;
+# the view intact; the same command finishes the job
+rm -f i-*
+qemu-img create -q -f raw i-base.img 320M
+qemu-img create -q -f qcow2 -b i-base.img -F raw 'i-top 1.qcow2'
+qemu-io -c 'write -P 9 0 300M' 'i-top 1.qcow2' >/dev/null
+view 'i-top 1.qcow2' i-before.raw
+stopped=0
+for k in 1 2 3 4 5 6; do
+    sig=INT; want=130
+    [ $k = 6 ] && { sig=TERM; want=143; }
+    rm -f i-base.img.qchain-commit i-base.img.qchain-committed
+    qemu-img create -q -f raw i-base.img 320M
+    "$C" 'i-top 1.qcow2' >out 2>err &
+    pid=$!
+    signal_when_exists $pid i-base.img.qchain-commit $sig 60 || kill -$sig $pid 2>/dev/null
+    wait $pid; rc=$?
+    if [ $rc -eq $want ]; then
+        stopped=$((stopped + 1))
+        if ! grep -q "^qchain-commit: interrupted; run the same command again to finish: qchain-commit 'i-top 1.qcow2'$" err \
+            || [ ! -e i-base.img.qchain-commit ]; then
+            bad "SIG$sig $k" "message or journal missing: $(cat err)"; continue; fi
+    elif [ $rc -ne 0 ]; then
+        bad "SIG$sig $k" "exit $rc: $(cat err)"; continue
+    fi
+    if ! qemu-img compare -q -f raw -F qcow2 i-before.raw 'i-top 1.qcow2'; then
+        bad "SIG$sig $k" "guest view changed"; continue; fi
+    if "$C" 'i-top 1.qcow2' >out 2>err && qemu-img compare -q -f raw -F raw i-before.raw i-base.img \
+        && [ ! -e i-base.img.qchain-commit ]; then
+        ok "SIG$sig $k: exit $rc, view intact, the same command finished the job"
+    else
+        bad "SIG$sig $k" "re-run: $(cat err)"
+    fi
+done
+[ $stopped -ge 3 ] && ok "$stopped of 6 signals stopped the job mid-way" \
+    || bad "signals" "only $stopped of 6 signals stopped the job mid-way"
+
 crash raw ""
 crash qcow2 cluster_size=64k
 crash qcow2 cluster_size=4k,refcount_bits=64

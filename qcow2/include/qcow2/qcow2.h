@@ -570,6 +570,11 @@ struct qcow2_commit_opts {
      * equal to total; a non-zero return cancels the commit.  NULL: none. */
     qcow2_progress_fn progress;
     void *progress_ctx;
+    /* Asked between extents: non-zero stops the commit there with
+     * -ECANCELED (a safe point, as every point is: run again, the commit
+     * redoes what it had not made durable).  NULL: never. */
+    int (*cancel)(void *ctx);
+    void *cancel_ctx;
 };
 
 /**
