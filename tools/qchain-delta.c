@@ -5,7 +5,7 @@
  *
  *   qchain-delta [--top TOP] [--base BASE] [-U] [--rate RATE]
  *                [--growth-rate RATE | --sample SECONDS]
- *                [--downtime SECONDS] [--output=human|json] ACTIVE
+ *                [--downtime SECONDS] [--output=human|json] ACTIVE...
  *
  * ACTIVE, TOP and BASE mean what they mean for qchain-commit, and the
  * figures come from the walk the commit makes (qcow2_commit_estimate), so
@@ -15,7 +15,13 @@
  * D(i-1)/rate seconds, while the guest writes D(i) = growth x D(i-1)/rate
  * bytes into a new overlay; D(0) is today's data-bytes.  iterations is the
  * smallest k >= 0 with D(k)/rate <= downtime; when no k up to MAX_ROUNDS
- * reaches it the plan does not converge and describes D(MAX_ROUNDS).
+ * reaches it the plan does not converge and describes D(MAX_ROUNDS); a
+ * guest that writes as fast as the commit copies (or faster) gets 0 rounds
+ * and D(0) when D(0) does not fit.
+ *
+ * Several ACTIVEs are the disks of one VM: each is reported as it would be
+ * alone, then the totals, with the plan made over the summed delta and the
+ * VM's growth rate (the sum of the disks' with --sample).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -39,10 +45,13 @@ static struct cli_common common;
 
 static void usage(void)
 {
-    printf("Usage: %s [OPTIONS] ACTIVE\n"
+    printf("Usage: %s [OPTIONS] ACTIVE...\n"
            "Measure what `qchain-commit` with the same TOP and BASE would "
-           "copy, without\nwriting anything.\n\n"
-           "  --top=TOP            first layer to commit (default: ACTIVE)\n"
+           "copy, without\nwriting anything.  Several ACTIVEs (the disks "
+           "of one VM): each one's commit\ninto its backing file, and the "
+           "totals.\n\n"
+           "  --top=TOP            first layer to commit (default: ACTIVE; "
+           "one ACTIVE)\n"
            "  --base=BASE          image to commit into (default: TOP's "
            "backing file)\n"
            "  --rate=RATE          commit speed in bytes/s (K/M/G/T): "
@@ -425,7 +434,9 @@ static int64_t shadow_rebuild(struct shadow *sh, const char *base)
 }
 
 struct args {
-    const char *active, *top, *base;
+    char **actives;            /* ACTIVE... */
+    unsigned n;
+    const char *top, *base;
     bool have_rate, have_growth, have_sample, have_downtime;
     uint64_t rate, growth;
     double sample_secs, downtime;
@@ -433,6 +444,7 @@ struct args {
 
 /* What the delta found, for the report. */
 struct delta {
+    const char *active;
     struct qcow2_image *chain;
     struct cli_chain c;
     unsigned nl;               /* committed layers */
@@ -495,10 +507,13 @@ static void parse_args(int argc, char **argv, struct args *a)
         default: cli_usage_error("incorrect parameter");
         }
     }
-    if (optind != argc - 1)
-        cli_usage_error(optind >= argc ? "missing ACTIVE"
-                                       : "too many arguments");
-    a->active = argv[optind];
+    if (optind >= argc)
+        cli_usage_error("missing ACTIVE");
+    a->actives = argv + optind;
+    a->n = (unsigned)(argc - optind);
+    if (a->n > 1 && (a->top || a->base))
+        cli_usage_error("--top and --base need a single ACTIVE (several "
+                        "ACTIVEs commit each one's backing file)");
     if (a->have_growth && a->have_sample)
         cli_usage_error("--growth-rate and --sample exclude each other");
     if (a->have_downtime &&
@@ -515,8 +530,7 @@ static void parse_args(int argc, char **argv, struct args *a)
  * base is the shadow after the rebuild; the growth is the rebuild's plus
  * the commit's after it (see the shadow above).
  */
-static int dirty_estimate(struct delta *d, const struct args *a,
-                          unsigned est_flags)
+static int dirty_estimate(struct delta *d, unsigned est_flags)
 {
     const struct cli_layer *b = &d->c.layers[d->c.base];
     struct shadow sh = {.dev = b->dev, .ino = b->ino};
@@ -536,8 +550,8 @@ static int dirty_estimate(struct delta *d, const struct args *a,
     o.warn = NULL; /* said by the first open */
     o.open_file = shadow_open_file;
     o.open_ctx = &sh;
-    if (qcow2_open(chain, a->active, &o) < 0) {
-        cli_error_file(a->active, "%s", qcow2_errmsg(chain));
+    if (qcow2_open(chain, d->active, &o) < 0) {
+        cli_error_file(d->active, "%s", qcow2_errmsg(chain));
         goto out;
     }
     for (t = chain, i = 0; t && i < d->c.top; i++)
@@ -568,10 +582,10 @@ static int measure(struct delta *d, const struct args *a)
     unsigned i;
     int rc;
 
-    if (cli_chain_open(&common, a->active,
+    if (cli_chain_open(&common, d->active,
                        common.force_share ? QCOW2_OPEN_FORCE_SHARE : 0,
                        &d->chain, &d->c) < 0 ||
-        cli_chain_resolve(&d->c, a->active, a->top, a->base) < 0)
+        cli_chain_resolve(&d->c, d->active, a->top, a->base) < 0)
         return -1;
     d->nl = d->c.base - d->c.top;
     d->ls = calloc(d->nl, sizeof(*d->ls));
@@ -598,7 +612,7 @@ static int measure(struct delta *d, const struct args *a)
         struct qcow2_info bi;
         qcow2_info_get(d->c.layers[d->c.base].img, &bi);
         if (bi.dirty && !bi.corrupt &&
-            dirty_estimate(d, a, common.force_share ? QCOW2_ESTIMATE_TOLERANT
+            dirty_estimate(d, common.force_share ? QCOW2_ESTIMATE_TOLERANT
                                                     : 0) < 0)
             return -1;
     }
@@ -626,75 +640,125 @@ static void sleep_seconds(double secs)
         ;
 }
 
-/* --sample: the data ACTIVE itself holds, read twice secs apart.  Done
- * before the chain is measured, so that the figures reported are the
- * ones at the end of the sample. */
-static int sample_growth(const char *active, double secs, double *out)
+/* --sample: the data each ACTIVE itself holds, read before and after one
+ * sleep of secs seconds.  Done before the chains are measured, so that the
+ * figures reported are the ones at the end of the sample. */
+static int sample_growth(struct delta *disks, unsigned n, double secs)
 {
-    uint64_t d1, d2;
+    uint64_t *d1 = calloc(n, sizeof(*d1)), d2;
+    unsigned i;
+    int rc = -1;
 
-    if (sample_data(active, &d1) < 0)
+    if (!d1)
         return -1;
+    for (i = 0; i < n; i++) {
+        if (sample_data(disks[i].active, &d1[i]) < 0)
+            goto out;
+    }
     sleep_seconds(secs);
-    if (sample_data(active, &d2) < 0)
-        return -1;
-    *out = d2 > d1 ? (double)(d2 - d1) / secs : 0;
-    return 0;
+    for (i = 0; i < n; i++) {
+        if (sample_data(disks[i].active, &d2) < 0)
+            goto out;
+        disks[i].growth_bps = d2 > d1[i] ? (double)(d2 - d1[i]) / secs : 0;
+    }
+    rc = 0;
+out:
+    free(d1);
+    return rc;
 }
 
-static void report_json(const struct delta *d, const struct args *a)
+/* The disks of one VM together: sums, and the plan over the sums. */
+struct totals {
+    uint64_t data, zero;
+    int64_t growth;
+    double growth_bps;
+    struct plan plan;
+};
+
+static void json_plan(struct json *js, const struct plan *p,
+                      double growth_bps, double downtime)
+{
+    json_object_begin(js, "plan");
+    json_u64(js, "iterations", p->iterations);
+    json_bool(js, "converges", p->converges);
+    json_u64(js, "final-data-bytes", (uint64_t)llround(p->final_bytes));
+    json_seconds(js, "final-seconds", p->final_seconds);
+    json_u64(js, "growth-bytes-per-second", (uint64_t)llround(growth_bps));
+    json_seconds(js, "downtime-seconds", downtime);
+    json_object_end(js);
+}
+
+/* One disk: the whole document for a single ACTIVE. */
+static void json_disk(struct json *js, const struct delta *d,
+                      const struct args *a)
 {
     const struct cli_chain *c = &d->c;
+    unsigned i;
+
+    json_object_begin(js, NULL);
+    json_string(js, "active", d->active);
+    json_string(js, "top", c->layers[c->top].name);
+    json_string(js, "base", c->layers[c->base].name);
+    json_string(js, "base-format", c->layers[c->base].format);
+    json_array_begin(js, "layers");
+    for (i = 0; i < d->nl; i++) {
+        json_object_begin(js, NULL);
+        json_string(js, "filename", c->layers[c->top + i].name);
+        json_string(js, "format", c->layers[c->top + i].format);
+        json_i64(js, "file-size", d->ls[i].file_size);
+        json_u64(js, "data-bytes", d->ls[i].data);
+        json_u64(js, "zero-bytes", d->ls[i].zero);
+        json_u64(js, "compressed-bytes", d->ls[i].compressed);
+        json_object_end(js);
+    }
+    json_array_end(js);
+    json_u64(js, "data-bytes", d->est.data_bytes);
+    json_u64(js, "zero-bytes", d->est.zero_bytes);
+    json_u64(js, "compressed-bytes", d->est.compressed_bytes);
+    json_i64(js, "base-growth-bytes", d->est.base_growth_bytes);
+    json_bool(js, "base-grows", d->est.grows);
+    if (d->dirty) {
+        json_bool(js, "base-dirty", true);
+        json_i64(js, "base-rebuild-bytes", d->rebuild_bytes);
+    }
+    json_u64(js, "base-required-bytes", d->fit.required);
+    json_bool(js, "base-fits", d->fit.fits);
+    if (a->have_rate) {
+        json_u64(js, "rate-bytes-per-second", a->rate);
+        json_seconds(js, "estimated-seconds",
+                    (double)d->est.data_bytes / (double)a->rate);
+    }
+    if (a->have_downtime)
+        json_plan(js, &d->plan, d->growth_bps, a->downtime);
+    json_bool(js, "approximate", common.force_share);
+    json_object_end(js);
+}
+
+static void report_json(const struct delta *disks, unsigned n,
+                        const struct totals *t, const struct args *a)
+{
     struct json js;
     unsigned i;
 
     json_init(&js, stdout, true);
+    if (n == 1) {
+        json_disk(&js, &disks[0], a);
+        json_end(&js);
+        return;
+    }
     json_object_begin(&js, NULL);
-    json_string(&js, "active", a->active);
-    json_string(&js, "top", c->layers[c->top].name);
-    json_string(&js, "base", c->layers[c->base].name);
-    json_string(&js, "base-format", c->layers[c->base].format);
-    json_array_begin(&js, "layers");
-    for (i = 0; i < d->nl; i++) {
-        json_object_begin(&js, NULL);
-        json_string(&js, "filename", c->layers[c->top + i].name);
-        json_string(&js, "format", c->layers[c->top + i].format);
-        json_i64(&js, "file-size", d->ls[i].file_size);
-        json_u64(&js, "data-bytes", d->ls[i].data);
-        json_u64(&js, "zero-bytes", d->ls[i].zero);
-        json_u64(&js, "compressed-bytes", d->ls[i].compressed);
-        json_object_end(&js);
-    }
+    json_array_begin(&js, "disks");
+    for (i = 0; i < n; i++)
+        json_disk(&js, &disks[i], a);
     json_array_end(&js);
-    json_u64(&js, "data-bytes", d->est.data_bytes);
-    json_u64(&js, "zero-bytes", d->est.zero_bytes);
-    json_u64(&js, "compressed-bytes", d->est.compressed_bytes);
-    json_i64(&js, "base-growth-bytes", d->est.base_growth_bytes);
-    json_bool(&js, "base-grows", d->est.grows);
-    if (d->dirty) {
-        json_bool(&js, "base-dirty", true);
-        json_i64(&js, "base-rebuild-bytes", d->rebuild_bytes);
-    }
-    json_u64(&js, "base-required-bytes", d->fit.required);
-    json_bool(&js, "base-fits", d->fit.fits);
-    if (a->have_rate) {
-        json_u64(&js, "rate-bytes-per-second", a->rate);
+    json_u64(&js, "data-bytes", t->data);
+    json_u64(&js, "zero-bytes", t->zero);
+    json_i64(&js, "base-growth-bytes", t->growth);
+    if (a->have_rate)
         json_seconds(&js, "estimated-seconds",
-                    (double)d->est.data_bytes / (double)a->rate);
-    }
-    if (a->have_downtime) {
-        json_object_begin(&js, "plan");
-        json_u64(&js, "iterations", d->plan.iterations);
-        json_bool(&js, "converges", d->plan.converges);
-        json_u64(&js, "final-data-bytes",
-                 (uint64_t)llround(d->plan.final_bytes));
-        json_seconds(&js, "final-seconds", d->plan.final_seconds);
-        json_u64(&js, "growth-bytes-per-second",
-                 (uint64_t)llround(d->growth_bps));
-        json_seconds(&js, "downtime-seconds", a->downtime);
-        json_object_end(&js);
-    }
-    json_bool(&js, "approximate", common.force_share);
+                     (double)t->data / (double)a->rate);
+    if (a->have_downtime)
+        json_plan(&js, &t->plan, t->growth_bps, a->downtime);
     json_object_end(&js);
     json_end(&js);
 }
@@ -793,31 +857,97 @@ static void report_human(const struct delta *d, const struct args *a)
         print_plan(&d->plan, d->growth_bps, a);
 }
 
+/* Several disks: each one's report, then the totals. */
+static void report_human_disks(const struct delta *disks, unsigned n,
+                               const struct totals *t, const struct args *a)
+{
+    char sa[32], sb[32], f[32];
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        printf("Disk %u of %u, '%s':\n", i + 1, n, disks[i].active);
+        report_human(&disks[i], a);
+        printf("\n");
+    }
+    printf("Totals over %u disks: copies %s of data (%" PRIu64 " bytes), "
+           "zeroes %s (%" PRIu64 " bytes).\n", n,
+           cli_size_str(t->data, sa, sizeof(sa)), t->data,
+           cli_size_str(t->zero, sb, sizeof(sb)), t->zero);
+    printf("The bases %s by %s (%" PRId64 " bytes).\n",
+           t->growth >= 0 ? "grow" : "shrink",
+           cli_size_str((uint64_t)(t->growth >= 0 ? t->growth : -t->growth),
+                        sa, sizeof(sa)), t->growth);
+    if (a->have_rate)
+        printf("At %s/s the commits take about %s s.\n",
+               cli_size_str(a->rate, sa, sizeof(sa)),
+               secs_str((double)t->data / (double)a->rate, f, sizeof(f)));
+    if (a->have_downtime)
+        print_plan(&t->plan, t->growth_bps, a);
+}
+
+/* Measure every disk, plan each and the totals (growth: with --sample the
+ * sum of the disks' rates; --growth-rate is the VM's). */
+static int run(struct delta *disks, unsigned n, const struct args *a,
+               struct totals *t)
+{
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        disks[i].active = a->actives[i];
+        disks[i].growth_bps = (double)a->growth;
+    }
+    if (a->have_sample && sample_growth(disks, n, a->sample_secs) < 0)
+        return -1;
+    memset(t, 0, sizeof(*t));
+    t->growth_bps = a->have_sample ? 0 : (double)a->growth;
+    for (i = 0; i < n; i++) {
+        struct delta *d = &disks[i];
+        if (measure(d, a) < 0)
+            return -1;
+        if (a->have_downtime)
+            d->plan = make_plan((double)d->est.data_bytes, (double)a->rate,
+                                d->growth_bps, a->downtime);
+        t->data += d->est.data_bytes;
+        t->zero += d->est.zero_bytes;
+        t->growth += d->est.base_growth_bytes;
+        if (a->have_sample)
+            t->growth_bps += d->growth_bps;
+    }
+    if (a->have_downtime)
+        t->plan = make_plan((double)t->data, (double)a->rate, t->growth_bps,
+                            a->downtime);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct args a = {0};
-    struct delta d = {0};
+    struct delta *disks;
+    struct totals t;
     int status = QCHAIN_EXIT_FAILURE;
+    unsigned i;
 
     cli_init("qchain-delta", argv);
     parse_args(argc, argv, &a);
-    d.growth_bps = (double)a.growth;
-    if (a.have_sample &&
-        sample_growth(a.active, a.sample_secs, &d.growth_bps) < 0)
-        goto out;
-    if (measure(&d, &a) < 0)
-        goto out;
-    if (a.have_downtime)
-        d.plan = make_plan((double)d.est.data_bytes, (double)a.rate,
-                           d.growth_bps, a.downtime);
-    if (common.output == CLI_OUTPUT_JSON)
-        report_json(&d, &a);
-    else
-        report_human(&d, &a);
-    status = QCHAIN_EXIT_OK;
-out:
-    free(d.ls);
-    cli_chain_free(&d.c);
-    qcow2_close(d.chain);
+    disks = calloc(a.n, sizeof(*disks));
+    if (!disks) {
+        cli_error("out of memory");
+        return status;
+    }
+    if (run(disks, a.n, &a, &t) == 0) {
+        if (common.output == CLI_OUTPUT_JSON)
+            report_json(disks, a.n, &t, &a);
+        else if (a.n == 1)
+            report_human(&disks[0], &a);
+        else
+            report_human_disks(disks, a.n, &t, &a);
+        status = QCHAIN_EXIT_OK;
+    }
+    for (i = 0; i < a.n; i++) {
+        free(disks[i].ls);
+        cli_chain_free(&disks[i].c);
+        qcow2_close(disks[i].chain);
+    }
+    free(disks);
     return status;
 }

@@ -345,6 +345,101 @@ want=$(map_sums top.qcow2 1)
     && ok "--sample: data-bytes measured at the end of the sample ($want)" \
     || bad "--sample figures" "data/zero $(jget s.json data-bytes) $(jget s.json zero-bytes), qemu-img map says $want"
 
+# --- several ACTIVEs (the disks of one VM): each disk exactly as alone,
+# the totals against qemu-img map and the real commits, the plan over the
+# sums
+rm -f m-*
+qemu-img create -q -f raw m-a-base.raw 64M
+qemu-io -f raw -c 'write -P 1 0 16M' m-a-base.raw >/dev/null
+qemu-img create -q -f qcow2 -b m-a-base.raw -F raw m-a.qcow2
+qemu-io -c 'write -P 2 8M 12M' -c 'write -z 40M 4M' m-a.qcow2 >/dev/null
+qemu-img create -q -f qcow2 m-b-base.qcow2 128M
+qemu-io -c 'write -P 3 0 8M' m-b-base.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b m-b-base.qcow2 -F qcow2 m-b-mid.qcow2
+qemu-io -c 'write -P 4 20M 6M' m-b-mid.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b m-b-mid.qcow2 -F qcow2 m-b.qcow2 160M
+qemu-io -c 'write -P 5 100M 9M' -c 'write -z 2M 1M' m-b.qcow2 >/dev/null
+qemu-img create -q -f qcow2 m-c-base.qcow2 32M
+qemu-img create -q -f qcow2 -b m-c-base.qcow2 -F qcow2 m-c.qcow2
+qemu-io -c 'write -P 6 0 3M' m-c.qcow2 >/dev/null
+multi_opts=(--rate 20M --growth-rate 5M --downtime 0.2)
+if "$D" --json "${multi_opts[@]}" m-a.qcow2 m-b.qcow2 m-c.qcow2 > m.json 2>err &&
+   "$D" "${multi_opts[@]}" m-a.qcow2 m-b.qcow2 m-c.qcow2 > m.txt 2>>err &&
+   "$D" --json "${multi_opts[@]}" m-a.qcow2 > m-1.json 2>>err &&
+   "$D" --json "${multi_opts[@]}" m-b.qcow2 > m-2.json 2>>err &&
+   "$D" --json "${multi_opts[@]}" m-c.qcow2 > m-3.json 2>>err &&
+   "$D" "${multi_opts[@]}" m-a.qcow2 > m-1.txt 2>>err &&
+   "$D" "${multi_opts[@]}" m-b.qcow2 > m-2.txt 2>>err &&
+   "$D" "${multi_opts[@]}" m-c.qcow2 > m-3.txt 2>>err; then
+    sums="$(map_sums m-a.qcow2 1) $(map_sums m-b.qcow2 1) $(map_sums m-c.qcow2 1)"
+    # the commits, on copies: the real growth of each base
+    rm -rf cc && mkdir cc && cp --sparse=always m-* cc/
+    growth=$( cd cc && for p in "m-a.qcow2 m-a-base.raw raw" "m-b.qcow2 m-b-mid.qcow2 qcow2" \
+                                 "m-c.qcow2 m-c-base.qcow2 qcow2"; do
+        set -- $p; b0=$(alloc_of "$2" "$3"); "$C" "$1" >/dev/null || exit 1
+        echo $(( $(alloc_of "$2" "$3") - b0 )); done | paste -sd' ')
+    if python3 - m.json m.txt "$sums" "$growth" <<'PY'
+import json, math, sys
+j = json.load(open(sys.argv[1])); txt = open(sys.argv[2]).read()
+s = [int(x) for x in sys.argv[3].split()]; real = [int(x) for x in sys.argv[4].split()]
+singles = [json.load(open("m-%d.json" % i)) for i in (1, 2, 3)]
+assert j["disks"] == singles, "a disk differs from its single-ACTIVE output"
+assert list(j) == ["disks", "data-bytes", "zero-bytes", "base-growth-bytes",
+                   "estimated-seconds", "plan"], list(j)
+data, zero = sum(s[0::2]), sum(s[1::2])
+assert (j["data-bytes"], j["zero-bytes"]) == (data, zero), (j["data-bytes"], j["zero-bytes"], data, zero)
+g = j["base-growth-bytes"]
+assert g == sum(d["base-growth-bytes"] for d in j["disks"])
+assert abs(g - sum(real)) <= max(abs(sum(real)) * 0.02, 1 << 20), (g, real)
+rate, growth, down = 20 << 20, 5 << 20, 0.2
+us = lambda v: math.floor(v * 1e6 + 0.5) / 1e6
+assert j["estimated-seconds"] == us(data / rate)
+d, k = data, 0
+while d / rate > down and k < 10 and growth < rate:
+    d = growth * d / rate; k += 1
+p = j["plan"]
+assert p["iterations"] == k and p["final-data-bytes"] == round(d) and p["final-seconds"] == us(d / rate), (p, k, d)
+assert p["growth-bytes-per-second"] == growth and p["converges"] == (d / rate <= down), p
+# human: each disk's section is its single-ACTIVE output (the free-space
+# line aside: other writers may move it), then the totals
+strip = lambda t: [l for l in t.splitlines() if " free: " not in l]
+parts = txt.split("\n\n")
+for i in range(3):
+    head, body = parts[i].split("\n", 1)
+    assert head == "Disk %d of 3, 'm-%s.qcow2':" % (i + 1, "abc"[i]), head
+    assert strip(body) == strip(open("m-%d.txt" % (i + 1)).read()), (body,)
+assert "Totals over 3 disks: copies" in parts[3] and "(%d bytes)" % data in parts[3], parts[3]
+assert "The bases grow by" in parts[3] and "(%d bytes)" % g in parts[3], parts[3]
+assert "%d live round" % k in parts[3], parts[3]
+PY
+    then ok "three disks: each as alone, totals $(jget m.json data-bytes) data = qemu-img map's, growth $(jget m.json base-growth-bytes) est. vs $growth real, plan $(jget m.json plan iterations) rounds"
+    else bad "three disks" "$(cat m.json m.txt)"; fi
+else
+    bad "three disks" "$(cat err)"
+fi
+# one ACTIVE: the same bytes as before several were accepted (no totals)
+"$D" --json m-c.qcow2 > m-one.json && [ "$(jget m-one.json disks)" = '<absent>' ] \
+    && [ "$(jget m-one.json active)" = '"m-c.qcow2"' ] \
+    && ok "one ACTIVE: the single-disk object, no disks list" || bad "one ACTIVE" "$(cat m-one.json)"
+# --sample over two disks: one sleep, each disk's own rate, the sum for the
+# totals, and the figures at the end of the sample
+"$D" --json --rate 1G --sample 2 --downtime 1 m-a.qcow2 m-c.qcow2 > ms.json 2>err &
+spid=$!
+sleep 1
+qemu-io -c 'write -P 7 50M 2M' m-a.qcow2 >/dev/null
+qemu-io -c 'write -P 8 10M 4M' m-c.qcow2 >/dev/null
+if wait $spid && python3 - ms.json "$(map_sums m-a.qcow2 1) $(map_sums m-c.qcow2 1)" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1])); s = [int(x) for x in sys.argv[2].split()]
+r = [d["plan"]["growth-bytes-per-second"] for d in j["disks"]]
+assert r == [1 << 20, 2 << 20], r
+assert j["plan"]["growth-bytes-per-second"] == 3 << 20, j["plan"]
+assert [d["data-bytes"] for d in j["disks"]] == [s[0], s[2]], (j, s)
+assert j["data-bytes"] == s[0] + s[2]
+PY
+then ok "--sample over two disks: 1 and 2 MiB/s, 3 MiB/s in the totals, figures after the sample"
+else bad "--sample over two disks" "$(cat err ms.json)"; fi
+
 # --- bad input: exit 1 (images) or 2 (usage), with a message
 refuse() { # name want args...
     local n=$1 want=$2; shift 2
@@ -364,4 +459,7 @@ refuse "malformed downtime" 2 --rate 1M --growth-rate 1M --downtime soon top.qco
 refuse "downtime without a rate" 2 --growth-rate 1M --downtime 1 top.qcow2
 refuse "growth rate and sample" 2 --rate 1M --growth-rate 1M --sample 1 --downtime 1 top.qcow2
 refuse "bad option" 2 --bogus top.qcow2
+refuse "--top with two ACTIVEs" 2 --top top.qcow2 top.qcow2 lone.qcow2
+refuse "--base with two ACTIVEs" 2 --base base.raw top.qcow2 lone.qcow2
+refuse "one of two ACTIVEs without a backing file" 1 top.qcow2 lone.qcow2
 finish
