@@ -34,6 +34,7 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -461,22 +462,75 @@ static bool job_done(const struct job *j)
     return true;
 }
 
-static void report_done(const char *active, const char *top, const char *base)
+/* What a run reports, the same keys whether it committed now or found the
+ * job completed already. */
+struct outcome {
+    const char *active, *top, *base;
+    const char *rebased;              /* the image re-pointed, or NULL */
+    const char *const *unreferenced;  /* the committed layers */
+    unsigned n_unreferenced;
+    const char *job;                  /* the job's uuid, or NULL */
+    struct qcow2_commit_stats st;
+    double secs;
+    bool already;                     /* completed by an earlier run */
+};
+
+static void outcome_json(const struct outcome *o)
 {
-    if (common.output == CLI_OUTPUT_JSON) {
-        struct json js;
-        json_init(&js, stdout, true);
-        json_object_begin(&js, NULL);
-        json_string(&js, "active", active);
-        json_string(&js, "top", top);
-        json_string(&js, "base", base);
-        json_bool(&js, "completed", true);
-        json_object_end(&js);
-        json_end(&js);
-    } else {
+    struct json js;
+    unsigned i;
+
+    json_init(&js, stdout, true);
+    json_object_begin(&js, NULL);
+    json_string(&js, "active", o->active);
+    json_string(&js, "top", o->top);
+    json_string(&js, "base", o->base);
+    json_u64(&js, "data-bytes", o->st.data_bytes);
+    json_u64(&js, "zero-bytes", o->st.zero_bytes);
+    /* to the microsecond */
+    json_double(&js, "seconds", round(o->secs * 1e6) / 1e6);
+    json_u64(&js, "bytes-per-second",
+             o->secs > 0 ? (uint64_t)((double)o->st.data_bytes / o->secs)
+                         : 0);
+    if (o->rebased)
+        json_string(&js, "rebased", o->rebased);
+    else
+        json_null(&js, "rebased");
+    json_array_begin(&js, "unreferenced");
+    for (i = 0; i < o->n_unreferenced; i++)
+        json_string(&js, NULL, o->unreferenced[i]);
+    json_array_end(&js);
+    json_bool(&js, "base-grows", o->st.grown);
+    json_u64(&js, "offloaded-bytes", o->st.offloaded_bytes);
+    if (o->job)
+        json_string(&js, "job", o->job);
+    else
+        json_null(&js, "job");
+    json_bool(&js, "already-completed", o->already);
+    json_object_end(&js);
+    json_end(&js);
+}
+
+/* The job had completed: TOP (and the layers below it, down to BASE)
+ * committed, the image above re-pointed. */
+static void report_done(const struct job *j, const char *top,
+                        const char *base, const char *job)
+{
+    struct outcome o = {.active = j->active, .top = top, .base = base,
+                        .unreferenced = &top, .n_unreferenced = 1,
+                        .job = job, .already = true};
+    unsigned i;
+
+    /* the image above BASE in the chain now, if TOP had one above it */
+    for (i = 1; i < j->n; i++)
+        if (!strcmp(j->layers[i].name, base) &&
+            strcmp(j->layers[i - 1].name, top) != 0)
+            o.rebased = j->layers[i - 1].name;
+    if (common.output == CLI_OUTPUT_JSON)
+        outcome_json(&o);
+    else
         printf("The commit of '%s' into '%s' had already completed; nothing "
                "to do.\n", top, base);
-    }
 }
 
 /* The record with this job's layers added, replaced whole (a temporary
@@ -704,7 +758,7 @@ static int top_left_the_chain(struct job *j, const struct args *a)
 {
     struct journal jr;
     struct stat ts;
-    const char *done_base = NULL;
+    const char *done_base = NULL, *job = NULL;
     int b = a->base ? find_layer(j, a->base) : -1;
     unsigned i;
 
@@ -721,6 +775,7 @@ static int top_left_the_chain(struct job *j, const struct args *a)
             unlink(j->journal);
             fsync_dir_of(j->journal);
             done_base = a->base;
+            job = jr.uuid;
         }
     }
     if (!done_base && stat(a->top, &ts) == 0)
@@ -728,7 +783,7 @@ static int top_left_the_chain(struct job *j, const struct args *a)
             if (recorded_in(j, i, &ts))
                 done_base = j->layers[i].name;
     if (done_base) {
-        report_done(j->active, a->top, done_base);
+        report_done(j, a->top, done_base, job);
         return STEP_DONE;
     }
     cli_error_file(a->top, "is not in the backing chain of '%s'", j->active);
@@ -765,8 +820,8 @@ static int job_state(struct job *j)
         return STEP_FAIL;
     }
     if (access(j->journal, F_OK) != 0 && job_done(j)) {
-        report_done(j->active, j->layers[j->top].name,
-                    j->layers[j->base].name);
+        report_done(j, j->layers[j->top].name, j->layers[j->base].name,
+                    NULL);
         return STEP_DONE;
     }
     if (journal_read(j->journal, &jr) == 0) {
@@ -991,31 +1046,18 @@ static void report(const struct job *j)
     unsigned i;
 
     if (common.output == CLI_OUTPUT_JSON) {
-        struct json js;
-        json_init(&js, stdout, true);
-        json_object_begin(&js, NULL);
-        json_string(&js, "active", j->active);
-        json_string(&js, "top", j->layers[j->top].name);
-        json_string(&js, "base", j->layers[j->base].name);
-        json_u64(&js, "data-bytes", st->data_bytes);
-        json_u64(&js, "zero-bytes", st->zero_bytes);
-        json_double(&js, "seconds", j->secs);
-        json_u64(&js, "bytes-per-second",
-                 j->secs > 0 ? (uint64_t)((double)st->data_bytes / j->secs)
-                             : 0);
-        if (j->top > 0)
-            json_string(&js, "rebased", j->layers[j->top - 1].name);
-        else
-            json_null(&js, "rebased");
-        json_array_begin(&js, "unreferenced");
-        for (i = j->top; i < j->base; i++)
-            json_string(&js, NULL, j->layers[i].name);
-        json_array_end(&js);
-        json_bool(&js, "base-grown", st->grown);
-        json_u64(&js, "offloaded-bytes", st->offloaded_bytes);
-        json_string(&js, "job", j->uuid);
-        json_object_end(&js);
-        json_end(&js);
+        const char *names[QCOW2_DEFAULT_MAX_DEPTH + 1];
+        struct outcome o = {.active = j->active,
+                            .top = j->layers[j->top].name,
+                            .base = j->layers[j->base].name,
+                            .rebased = j->top > 0 ? j->layers[j->top - 1].name
+                                                  : NULL,
+                            .unreferenced = names, .job = j->uuid,
+                            .st = *st, .secs = j->secs};
+        for (i = j->top; i < j->base && o.n_unreferenced <
+                                            QCOW2_DEFAULT_MAX_DEPTH + 1; i++)
+            names[o.n_unreferenced++] = j->layers[i].name;
+        outcome_json(&o);
         return;
     }
     {

@@ -40,15 +40,24 @@ view s2.qcow2 before.raw
 
 # re-running a finished job says so and changes nothing
 sums=$(md5sum base.raw s2.qcow2)
-"$C" --json s2.qcow2 > j3.json 2>err && [ "$(json_get j3.json completed)" = true ] \
+keys() { python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))))' "$1"; }
+"$C" --json s2.qcow2 > j3.json 2>err && [ "$(json_get j3.json already-completed)" = true ] \
+    && [ "$(json_get j2.json already-completed)" = false ] \
+    && [ "$(keys j3.json)" = "$(keys j2.json)" ] \
+    && [ "$(json_get j3.json data-bytes)" = 0 ] \
+    && [ "$(json_get j3.json unreferenced)" = '["s2.qcow2"]' ] \
     && [ "$sums" = "$(md5sum base.raw s2.qcow2)" ] \
-    && ok "re-run of a finished TOP=ACTIVE job: already completed" \
+    && ok "re-run of a finished TOP=ACTIVE job: already completed, same keys as a commit" \
     || bad "finished job" "$(cat err j3.json)"
 "$C" --top s1.qcow2 --base base.raw s2.qcow2 > out 2>err && grep -q "already completed" out \
-    && ok "re-run of a finished job whose TOP left the chain: already completed" \
-    || bad "finished job (re-pointed)" "$(cat err out)"
+    && "$C" --json --top s1.qcow2 --base base.raw s2.qcow2 > j5.json 2>err \
+    && [ "$(keys j5.json)" = "$(keys j1.json)" ] \
+    && [ "$(json_get j5.json rebased)" = '"s2.qcow2"' ] \
+    && [ "$(json_get j5.json already-completed)" = true ] \
+    && ok "re-run of a finished job whose TOP left the chain: already completed, same keys" \
+    || bad "finished job (re-pointed)" "$(cat err out j5.json)"
 qemu-io -c 'write -P 0x55 0 64k' s2.qcow2 >/dev/null
-"$C" --json s2.qcow2 > j4.json 2>err && [ "$(json_get j4.json completed)" = '<absent>' ] \
+"$C" --json s2.qcow2 > j4.json 2>err && [ "$(json_get j4.json already-completed)" = false ] \
     && [ "$(json_get j4.json data-bytes)" != 0 ] \
     && ok "a layer written since is committed again" || bad "changed layer" "$(cat err)"
 

@@ -97,7 +97,7 @@ view ov.qcow2 want.raw
     && ok "commit into a raw device: the device holds the view, record beside the overlay" \
     || bad "commit raw device" "$(cat err c.json; ls)"
 no_state_under_dev "commit into a raw device"
-"$B/qchain-commit" --json ov.qcow2 > c2.json 2>err && [ "$(json_get c2.json completed)" = true ] \
+"$B/qchain-commit" --json ov.qcow2 > c2.json 2>err && [ "$(json_get c2.json already-completed)" = true ] \
     && ok "re-run of the finished commit into a device: already completed" \
     || bad "re-run" "$(cat err c2.json)"
 
