@@ -934,6 +934,22 @@ static int take_locks(struct job *j)
     return STEP_ON;
 }
 
+/* The copy failed: name the file that failed (the base being written, or
+ * the layer being read) and say that the job resumes. */
+static int copy_failed(const struct job *j, int rc)
+{
+    const char *bmsg = qcow2_errmsg(j->base_img);
+    bool base = bmsg && *bmsg;
+
+    cli_error_file(base ? j->layers[j->base].name : j->layers[j->top].name,
+                   "%s; the commit stopped at a safe point: %s, then run the "
+                   "same command again to resume", base ? bmsg
+                   : qcow2_errmsg(j->layers[j->top].img),
+                   rc == -ENOSPC || rc == -EDQUOT ? "free space"
+                   : "fix that");
+    return STEP_FAIL;
+}
+
 /* The image to re-point, opened read-write over the lock held since
  * take_locks (the handle owns it from here). */
 static int open_above(struct job *j)
@@ -993,11 +1009,8 @@ static int run(struct job *j)
             fputc('\n', stderr);
         return STEP_INTERRUPTED;
     }
-    if (rc < 0) {
-        cli_error_file(j->layers[j->top].name, "%s",
-                       qcow2_errmsg(j->layers[j->top].img));
-        return STEP_FAIL;
-    }
+    if (rc < 0)
+        return copy_failed(j, rc);
     rc = qcow2_close(j->base_img);
     j->base_img = NULL;
     if (rc < 0) {
