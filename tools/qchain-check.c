@@ -8,15 +8,24 @@
  *
  * -r leaks / -r all repair (qcow2_check); the image is then opened for
  * writing, with QEMU's write lock.  Without -r nothing is written.
+ *
+ * An unfinished qchain-commit job into the image or an image of its chain
+ * gets a warning on stderr (the check goes on: leaked clusters of the base
+ * are what an interrupted commit leaves, and its re-run reclaims them).
+ * A lock refusal names the image in use and the process holding it.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "chain.h"
 #include "cli.h"
+#include "holders.h"
 #include "json.h"
+#include "pending.h"
 
 #define EXIT_CHECK_ERRORS 1
 #define EXIT_CORRUPTIONS 2
@@ -215,6 +224,58 @@ static void dump_human(const struct qcow2_check_result *r)
         printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
 }
 
+/* Open `file` with its chain (for repairs `fix`, read-write).  NULL on
+ * failure (said). */
+static struct qcow2_image *open_image(const struct cli_common *common,
+                                      const char *file, unsigned fix)
+{
+    struct qcow2_open_opts opts;
+    struct qcow2_image *img = qcow2_new();
+    char *msg;
+    int rc;
+
+    if (!img) {
+        cli_error("out of memory");
+        return NULL;
+    }
+    /* the check reads this image only, but opens its backing chain as
+     * qemu-img check does: a missing or unusable backing file fails the
+     * check (exit 1) like qemu-img's "Could not open backing file" */
+    cli_open_opts(common, &opts,
+                  fix ? QCOW2_OPEN_RDWR | QCOW2_OPEN_CHECK : 0);
+    rc = qcow2_open(img, file, &opts);
+    if (rc == 0)
+        return img;
+    /* the handle goes first: its own locks would be in the way of the
+     * search for the one refused */
+    msg = strdup(qcow2_errmsg(img));
+    qcow2_close(img);
+    if (rc == -EBUSY)
+        cli_busy_error(file, common->format, opts.flags,
+                       msg ? msg : qcow2_strerror(rc),
+                       fix ? "stop the VM first: a repair needs the image "
+                             "to itself"
+                           : "stop the VM, or use -U for read-only figures");
+    else
+        cli_error_file(file, "%s", msg ? msg : qcow2_strerror(rc));
+    free(msg);
+    return NULL;
+}
+
+/* A warning for each unfinished commit job into an image of the chain. */
+static void warn_pending(struct qcow2_image *img)
+{
+    struct cli_chain c = {0};
+    struct cli_pending *p = NULL;
+    int n;
+
+    if (cli_chain_load(img, &c) == 0 &&
+        (n = cli_pending_find(&c, NULL, &p)) > 0)
+        cli_pending_warn(&c, p, (unsigned)n);
+    free(p);
+    cli_chain_free(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -222,7 +283,6 @@ int main(int argc, char **argv)
         {"repair", required_argument, NULL, 'r'},
         {NULL, 0, NULL, 0}};
     struct cli_common common = {0};
-    struct qcow2_open_opts opts;
     struct qcow2_check_opts copts;
     struct qcow2_check_result res;
     struct findings fs = {0};
@@ -259,22 +319,10 @@ int main(int argc, char **argv)
                         "image's write lock");
     file = argv[optind];
 
-    img = qcow2_new();
-    if (!img) {
-        cli_error("out of memory");
+    img = open_image(&common, file, fix);
+    if (!img)
         return EXIT_CHECK_ERRORS;
-    }
-    /* the check reads this image only, but opens its backing chain as
-     * qemu-img check does: a missing or unusable backing file fails the
-     * check (exit 1) like qemu-img's "Could not open backing file" */
-    cli_open_opts(&common, &opts,
-                  fix ? QCOW2_OPEN_RDWR | QCOW2_OPEN_CHECK : 0);
-    rc = qcow2_open(img, file, &opts);
-    if (rc < 0) {
-        cli_error_file(file, "%s", qcow2_errmsg(img));
-        qcow2_close(img);
-        return EXIT_CHECK_ERRORS;
-    }
+    warn_pending(img);
     memset(&copts, 0, sizeof(copts));
     copts.size = sizeof(copts);
     copts.flags = fix;

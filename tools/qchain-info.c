@@ -13,7 +13,15 @@
  * Without --backing-chain the image is read alone (as qemu-img info reads
  * it), so an overlay with a missing or hostile backing file still shows its
  * header; with --backing-chain the chain must open.
+ *
+ * An unfinished qchain-commit job into the image, or (without
+ * --backing-chain) into any image of its chain, is reported: a line
+ * "pending commit: ..." after the image's description, and in JSON the
+ * key "pending-commit" last in the image's object (after every key
+ * qemu-img has, which keep their order).  A lock refusal names the image
+ * in use and the process holding it.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -22,8 +30,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chain.h"
 #include "cli.h"
+#include "holders.h"
 #include "json.h"
+#include "pending.h"
 
 static void usage(void)
 {
@@ -262,7 +273,9 @@ static void json_forensics(struct json *j, const struct qcow2_image *img,
     json_array_end(j);
 }
 
-static void json_image(struct json *j, const struct qcow2_image *img)
+/* pend: the unfinished commit job the object reports, or NULL */
+static void json_image(struct json *j, const struct qcow2_image *img,
+                       const struct cli_pending *pend)
 {
     struct qcow2_info in;
 
@@ -291,6 +304,8 @@ static void json_image(struct json *j, const struct qcow2_image *img)
     json_bool(j, "dirty-flag", in.dirty);
     if (in.format == QCOW2_FORMAT_QCOW2)
         json_forensics(j, img, &in);
+    if (pend)
+        cli_pending_json(j, pend);
     json_object_end(j);
 }
 
@@ -478,6 +493,129 @@ static void check_backing(const struct qcow2_image *img)
                     in.backing_path);
 }
 
+/* ------------------------------------------------ unfinished commits */
+
+struct pendings {
+    struct cli_pending *v; /* by depth of the job's base */
+    unsigned n;
+};
+
+/* The unfinished commit jobs into `img` or an image of its chain, read
+ * without locks (img itself when it has no backing file, or when `chain`
+ * says it was opened with its chain); an image whose chain does not open
+ * is looked at alone.  Nothing found on failure. */
+static void find_pending(const struct cli_common *common, const char *file,
+                         struct qcow2_image *img, bool chain,
+                         struct pendings *p)
+{
+    struct qcow2_image *whole = NULL;
+    struct cli_chain c = {0};
+    struct qcow2_info in;
+    int n;
+
+    p->v = NULL;
+    p->n = 0;
+    qcow2_info_get(img, &in);
+    if (!chain && in.backing_name && (whole = qcow2_new())) {
+        struct qcow2_open_opts o;
+        cli_open_opts(common, &o, QCOW2_OPEN_FORCE_SHARE);
+        o.warn = NULL; /* said once already, by the first open */
+        if (qcow2_open(whole, file, &o) == 0)
+            img = whole;
+    }
+    if (cli_chain_load(img, &c) == 0 &&
+        (n = cli_pending_find(&c, NULL, &p->v)) > 0)
+        p->n = (unsigned)n;
+    cli_chain_free(&c);
+    qcow2_close(whole);
+}
+
+/* The first job into the image at `depth` (-1: into any image). */
+static const struct cli_pending *pending_at(const struct pendings *p,
+                                            int depth)
+{
+    unsigned i;
+
+    for (i = 0; i < p->n; i++)
+        if (depth < 0 || p->v[i].layer == (unsigned)depth)
+            return &p->v[i];
+    return NULL;
+}
+
+static void human_pending(const struct pendings *p, int depth)
+{
+    char msg[4 * PATH_MAX + 256];
+    unsigned i;
+
+    for (i = 0; i < p->n; i++) {
+        if (depth >= 0 && p->v[i].layer != (unsigned)depth)
+            continue;
+        cli_pending_str(&p->v[i], msg, sizeof(msg));
+        printf("pending commit: %s\n", msg);
+    }
+}
+
+/* ---------------------------------------------------------------- main */
+
+/* Open `file` (with its chain when `chain`).  NULL on failure (said). */
+static struct qcow2_image *open_image(const struct cli_common *common,
+                                      const char *file, bool chain)
+{
+    struct qcow2_open_opts opts;
+    struct qcow2_image *img = qcow2_new();
+    char *msg;
+    int rc;
+
+    if (!img) {
+        cli_error("out of memory");
+        return NULL;
+    }
+    cli_open_opts(common, &opts, chain ? 0 : QCOW2_OPEN_NO_BACKING);
+    rc = qcow2_open(img, file, &opts);
+    if (rc == 0)
+        return img;
+    /* the handle goes first: its own locks would be in the way of the
+     * search for the one refused */
+    msg = strdup(qcow2_errmsg(img));
+    qcow2_close(img);
+    if (rc == -EBUSY)
+        cli_busy_error(file, common->format, opts.flags,
+                       msg ? msg : qcow2_strerror(rc),
+                       "stop the VM, or use -U for read-only figures");
+    else
+        cli_error_file(file, "%s", msg ? msg : qcow2_strerror(rc));
+    free(msg);
+    return NULL;
+}
+
+static void report(const struct cli_common *common, struct qcow2_image *img,
+                   bool chain, const struct pendings *pend)
+{
+    struct qcow2_image *l;
+    int d;
+
+    if (common->output == CLI_OUTPUT_JSON) {
+        struct json j;
+        json_init(&j, stdout, true);
+        if (chain) {
+            json_array_begin(&j, NULL);
+            for (l = img, d = 0; l; l = qcow2_backing(l), d++)
+                json_image(&j, l, pending_at(pend, d));
+            json_array_end(&j);
+        } else {
+            json_image(&j, img, pending_at(pend, -1));
+        }
+        json_end(&j);
+        return;
+    }
+    for (l = img, d = 0; l; l = chain ? qcow2_backing(l) : NULL, d++) {
+        if (l != img)
+            putchar('\n');
+        human_image(l);
+        human_pending(pend, chain ? d : -1);
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -485,11 +623,11 @@ int main(int argc, char **argv)
         {"backing-chain", no_argument, NULL, 'b'},
         {NULL, 0, NULL, 0}};
     struct cli_common common = {0};
-    struct qcow2_open_opts opts;
-    struct qcow2_image *img, *l;
+    struct qcow2_image *img;
+    struct pendings pend;
     bool chain = false;
     const char *file;
-    int opt, rc;
+    int opt;
 
     cli_init("qchain-info", argv);
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS, longopts,
@@ -506,40 +644,14 @@ int main(int argc, char **argv)
                                        : "too many arguments");
     file = argv[optind];
 
-    img = qcow2_new();
-    if (!img) {
-        cli_error("out of memory");
+    img = open_image(&common, file, chain);
+    if (!img)
         return QCHAIN_EXIT_FAILURE;
-    }
-    cli_open_opts(&common, &opts, chain ? 0 : QCOW2_OPEN_NO_BACKING);
-    rc = qcow2_open(img, file, &opts);
-    if (rc < 0) {
-        cli_error_file(file, "%s", qcow2_errmsg(img));
-        qcow2_close(img);
-        return QCHAIN_EXIT_FAILURE;
-    }
     if (!chain)
         check_backing(img);
-
-    if (common.output == CLI_OUTPUT_JSON) {
-        struct json j;
-        json_init(&j, stdout, true);
-        if (chain) {
-            json_array_begin(&j, NULL);
-            for (l = img; l; l = qcow2_backing(l))
-                json_image(&j, l);
-            json_array_end(&j);
-        } else {
-            json_image(&j, img);
-        }
-        json_end(&j);
-    } else {
-        for (l = img; l; l = chain ? qcow2_backing(l) : NULL) {
-            if (l != img)
-                putchar('\n');
-            human_image(l);
-        }
-    }
+    find_pending(&common, file, img, chain, &pend);
+    report(&common, img, chain, &pend);
+    free(pend.v);
     qcow2_close(img);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         cli_error("error writing the output");
