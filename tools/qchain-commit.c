@@ -39,7 +39,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <uuid/uuid.h>
@@ -596,7 +599,7 @@ static int find_siblings(const struct job *j, const char *dir, FILE *report,
     struct dirent *de;
 
     if (!d)
-        return 0; /* nothing to search */
+        return -errno;
     while ((de = readdir(d)) != NULL) {
         char path[PATH_MAX];
         struct qcow2_open_opts o = {.size = sizeof(o),
@@ -625,21 +628,27 @@ static int find_siblings(const struct job *j, const char *dir, FILE *report,
                 in_chain = true;
         if (in_chain || recorded(j, &st))
             continue;
+        /* O_NONBLOCK: a FIFO's open would wait for a writer */
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-        if (fd < 0)
+        if (fd < 0) {
+            cli_warning("'%s': cannot tell whether it uses the base: %s",
+                        path, strerror(errno));
             continue;
+        }
         if (read(fd, magic, 4) != 4 || memcmp(magic, "QFI\xfb", 4) != 0) {
-            close(fd);
+            close(fd); /* not qcow2: no backing file */
             continue;
         }
         close(fd);
         img = qcow2_new();
         if (!img)
             return -ENOMEM;
-        if (qcow2_open(img, path, &o) == 0 && qcow2_info_get(img, &info) == 0
-            && info.backing_path &&
-            identity_of(info.backing_path, &dev, &ino) == 0 &&
-            dev == b->dev && ino == b->ino) {
+        if (qcow2_open(img, path, &o) < 0)
+            cli_warning("'%s': cannot tell whether it uses the base: %s",
+                        path, qcow2_errmsg(img));
+        else if (qcow2_info_get(img, &info) == 0 && info.backing_path &&
+                 identity_of(info.backing_path, &dev, &ino) == 0 &&
+                 dev == b->dev && ino == b->ino) {
             fprintf(report, "  %s\n", path);
             (*count)++;
         }
@@ -786,7 +795,11 @@ static int top_left_the_chain(struct job *j, const struct args *a)
         report_done(j, a->top, done_base, job);
         return STEP_DONE;
     }
-    cli_error_file(a->top, "is not in the backing chain of '%s'", j->active);
+    if (stat(a->top, &ts) < 0)
+        cli_error_file(a->top, "%s", strerror(errno));
+    else
+        cli_error_file(a->top, "is not in the backing chain of '%s'",
+                       j->active);
     return STEP_FAIL;
 }
 
@@ -858,9 +871,18 @@ static int check_siblings(const struct job *j, const struct args *a)
         return STEP_FAIL;
     }
     find_siblings(j, dirname(bcopy), rep, &siblings);
-    for (i = 0; i < a->nsearch; i++)
-        find_siblings(j, a->search[i], rep, &siblings);
     free(bcopy);
+    /* a --search that cannot be read would hide the very images it is
+     * there to find */
+    for (i = 0; i < a->nsearch; i++) {
+        int rc = find_siblings(j, a->search[i], rep, &siblings);
+        if (rc < 0) {
+            cli_error_file(a->search[i], "cannot search it for images "
+                           "that use the base: %s", strerror(-rc));
+            fclose(rep);
+            return STEP_FAIL;
+        }
+    }
     if (siblings && !a->force) {
         cli_error_file(j->layers[j->base].name, "%u other image%s outside "
                        "this chain use%s it as backing file and would read "
@@ -872,6 +894,41 @@ static int check_siblings(const struct job *j, const struct args *a)
     }
     fclose(rep);
     return siblings && !a->force ? STEP_FAIL : STEP_ON;
+}
+
+/* 4b. a base someone made read-only is refused with that reason, before
+ * anything is written (root would write through the mode bits) */
+static int check_writable(const struct job *j)
+{
+    const struct cli_layer *b = &j->layers[j->base];
+    struct statvfs vfs;
+    struct stat st;
+    int fd, attr = 0;
+
+    if (stat(b->name, &st) < 0)
+        return STEP_ON; /* the open says why */
+    if (!(st.st_mode & 0222)) {
+        cli_error_file(b->name, "is read-only (mode %04o): make it writable "
+                       "(chmod u+w) to commit into it", st.st_mode & 07777);
+        return STEP_FAIL;
+    }
+    fd = open(b->name, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0 && ioctl(fd, FS_IOC_GETFLAGS, &attr) == 0 &&
+        (attr & (FS_IMMUTABLE_FL | FS_APPEND_FL))) {
+        close(fd);
+        cli_error_file(b->name, "is %s (chattr %s): remove the attribute "
+                       "to commit into it", attr & FS_IMMUTABLE_FL
+                       ? "immutable" : "append-only",
+                       attr & FS_IMMUTABLE_FL ? "+i" : "+a");
+        return STEP_FAIL;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (statvfs(b->name, &vfs) == 0 && (vfs.f_flag & ST_RDONLY)) {
+        cli_error_file(b->name, "is on a file system mounted read-only");
+        return STEP_FAIL;
+    }
+    return STEP_ON;
 }
 
 /* 5. locks: BASE and the image to re-point for writing, the rest for
@@ -1130,6 +1187,8 @@ int main(int argc, char **argv)
     /* 4. room, before anything is written (a resumed job first reclaims
      * what the interrupted run leaked: the library checks a device then,
      * before it writes) */
+    if (rc == STEP_ON)
+        rc = check_writable(&j);
     if (rc == STEP_ON && !j.resuming)
         rc = check_fit(&j);
     if (rc == STEP_ON)

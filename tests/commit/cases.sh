@@ -311,6 +311,28 @@ sib_setup
 sib_commits "--search DIR with only an image backed by another file of BASE's name: commits" \
     --search o b/top.qcow2
 
+# a --search that cannot be read is an error (it is the safety net), and an
+# image in the search that cannot be read is reported, not skipped
+sib_setup
+sums=$(sib_sums)
+"$C" --search nowhere b/top.qcow2 >/dev/null 2>sib-err; rc=$?
+[ $rc -eq 1 ] && grep -q "^qchain-commit: 'nowhere': cannot search it for images that use the base: No such file or directory$" sib-err \
+    && [ "$sums" = "$(sib_sums)" ] && [ ! -e b/base.raw.qchain-commit ] \
+    && ok "--search of a missing directory: exit 1, nothing written" \
+    || bad "--search missing" "exit $rc: $(cat sib-err)"
+"$C" --search b/top.qcow2 b/top.qcow2 >/dev/null 2>sib-err; rc=$?
+[ $rc -eq 1 ] && grep -q "cannot search it for images that use the base: Not a directory" sib-err \
+    && [ "$sums" = "$(sib_sums)" ] \
+    && ok "--search of a file: exit 1, nothing written" || bad "--search file" "exit $rc: $(cat sib-err)"
+printf 'QFI\373garbage' > o/broken.qcow2
+mkfifo o/fifo
+"$C" --search o b/top.qcow2 >/dev/null 2>sib-err; rc=$?
+[ $rc -eq 0 ] && grep -q "^qchain-commit: warning: 'o/broken.qcow2': cannot tell whether it uses the base: " sib-err \
+    && ! grep -q fifo sib-err && cmp -s sib-want.raw b/base.raw \
+    && ok "--search: an unreadable image reported, a FIFO passed over, the commit done" \
+    || bad "--search unreadable" "exit $rc: $(cat sib-err)"
+rm -f o/broken.qcow2 o/fifo
+
 # siblings in BASE's own directory naming it through a symlinked directory:
 # alias -> b, and b/deep -> ../x/y/z, where deep/.. is x/y (the kernel's
 # reading) and not b (a lexical one): deep/../../../b/base.raw is the base

@@ -158,9 +158,30 @@ qemu-img create -q -f qcow2 r-lone.qcow2 16M
 refuse "no backing file" 1 r-lone.qcow2
 refuse "missing ACTIVE" 1 r-missing.qcow2
 refuse "BASE not in the chain" 1 --base r-lone.qcow2 r-top.qcow2
+grep -q "'r-lone.qcow2': is not in the backing chain of 'r-top.qcow2'" err \
+    || bad "BASE not in the chain" "message: $(cat err)"
 refuse "TOP not in the chain" 1 --top r-lone.qcow2 r-top.qcow2
+refuse "BASE that does not exist" 1 --base r-nope.raw r-top.qcow2
+grep -qx "qchain-commit: 'r-nope.raw': No such file or directory" err \
+    || bad "BASE missing" "message: $(cat err)"
+refuse "TOP that does not exist" 1 --top r-nope.qcow2 r-top.qcow2
+grep -qx "qchain-commit: 'r-nope.qcow2': No such file or directory" err \
+    || bad "TOP missing" "message: $(cat err)"
 refuse "TOP below BASE" 1 --top r-base.raw --base r-mid.qcow2 r-top.qcow2
+grep -q "are TOP and BASE swapped" err && grep -qx "  chain: r-base.raw <- r-mid.qcow2 <- r-top.qcow2" err \
+    || bad "swapped" "message: $(cat err)"
 refuse "TOP equals BASE" 1 --top r-mid.qcow2 --base r-mid.qcow2 r-top.qcow2
+chmod 444 r-base.raw
+refuse "read-only BASE (mode bits, even for root)" 1 r-mid.qcow2
+grep -q "'r-base.raw': is read-only (mode 0444)" err || bad "read-only" "message: $(cat err)"
+chmod 644 r-base.raw
+if chattr +i r-base.raw 2>/dev/null; then
+    refuse "immutable BASE" 1 r-mid.qcow2
+    grep -q "'r-base.raw': is immutable (chattr +i)" err || bad "immutable" "message: $(cat err)"
+    chattr -i r-base.raw
+else
+    echo "# immutable BASE not tried: this file system has no chattr +i"
+fi
 refuse "usage" 2 --bogus r-top.qcow2
 qemu-img create -q -f qcow2 -b r-base.raw -F raw r-clone.qcow2
 refuse "a sibling uses BASE" 1 --top r-mid.qcow2 r-top.qcow2

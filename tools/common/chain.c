@@ -2,7 +2,9 @@
  * chain.c - layers of an open chain and TOP/BASE resolution.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "chain.h"
@@ -77,6 +79,32 @@ int cli_chain_find(const struct cli_chain *c, const char *path)
     return -1;
 }
 
+/* TOP or BASE by name: -1 (said) when it does not exist or is not in the
+ * chain. */
+static int find_named(const struct cli_chain *c, const char *active,
+                      const char *name)
+{
+    struct stat st;
+    int d = cli_chain_find(c, name);
+
+    if (d >= 0)
+        return d;
+    if (stat(name, &st) < 0)
+        cli_error_file(name, "%s", strerror(errno));
+    else
+        cli_error_file(name, "is not in the backing chain of '%s'", active);
+    return -1;
+}
+
+static void print_chain(const struct cli_chain *c)
+{
+    unsigned i;
+
+    fputs("  chain: ", stderr);
+    for (i = c->n; i-- > 0;)
+        fprintf(stderr, "%s%s", c->layers[i].name, i ? " <- " : "\n");
+}
+
 int cli_chain_resolve(struct cli_chain *c, const char *active,
                       const char *top, const char *base)
 {
@@ -88,19 +116,13 @@ int cli_chain_resolve(struct cli_chain *c, const char *active,
         return -1;
     }
     if (top) {
-        if ((d = cli_chain_find(c, top)) < 0) {
-            cli_error_file(top, "is not in the backing chain of '%s'",
-                           active);
+        if ((d = find_named(c, active, top)) < 0)
             return -1;
-        }
         c->top = (unsigned)d;
     }
     if (base) {
-        if ((d = cli_chain_find(c, base)) < 0) {
-            cli_error_file(base, "is not in the backing chain of '%s'",
-                           active);
+        if ((d = find_named(c, active, base)) < 0)
             return -1;
-        }
         c->base = (unsigned)d;
     } else {
         c->base = c->top + 1;
@@ -110,9 +132,17 @@ int cli_chain_resolve(struct cli_chain *c, const char *active,
             return -1;
         }
     }
-    if (c->base <= c->top) {
-        cli_error_file(c->layers[c->base].name, "is not below TOP '%s' in "
-                       "the chain", c->layers[c->top].name);
+    if (c->base == c->top) {
+        cli_error_file(c->layers[c->base].name, "is both TOP and BASE: "
+                       "nothing to commit");
+        return -1;
+    }
+    if (c->base < c->top) {
+        cli_error_file(c->layers[c->base].name, "is above TOP '%s' in the "
+                       "chain: are TOP and BASE swapped? (BASE is the "
+                       "backing file the layers go into)",
+                       c->layers[c->top].name);
+        print_chain(c);
         return -1;
     }
     return 0;
