@@ -50,6 +50,7 @@
 #include "chain.h"
 #include "cli.h"
 #include "fit.h"
+#include "holders.h"
 #include "json.h"
 #include "paths.h"
 
@@ -73,7 +74,9 @@ struct job {
     char journal[PATH_MAX];
     char uuid[37];
     bool resuming;
-    struct qcow2_image *base_img; /* BASE, read-write */
+    struct qcow2_io base_lock;    /* BASE, write-locked until the end */
+    bool base_locked;             /* base_lock is open (not in base_img) */
+    struct qcow2_image *base_img; /* BASE, read-write, while copying */
     struct qcow2_io above_lock;   /* the image to re-point, write-locked */
     bool above_locked;            /* above_lock is open */
     struct qcow2_image *above;    /* it, opened for the re-point only */
@@ -933,60 +936,146 @@ static int check_writable(const struct job *j)
 
 /* 5. locks: BASE and the image to re-point for writing, the rest for
  * reading (nobody may write what we copy) */
+/* Open `l` by name with locks (flags: QCOW2_IO_*) and make sure it is the
+ * file the chain was read from: a rename between the two opens must not
+ * make the job lock, or later write, another file. */
+static int lock_layer(const struct cli_layer *l, unsigned flags,
+                      struct qcow2_io *io)
+{
+    char err[512];
+    uint64_t dev = 0, ino = 0;
+
+    int rc = qcow2_io_open_file(l->name, flags, io, err, sizeof(err));
+
+    if (rc == -EBUSY) {
+        /* the image in use, who holds it, what to do */
+        char who[256];
+        cli_error_file(l->name, "%s; held by %s: stop the VM (or the program "
+                       "holding it), then run the same command again", err,
+                       cli_holders_str(l->name, who, sizeof(who)) > 0
+                           ? who : "another process");
+        return -1;
+    }
+    if (rc < 0) {
+        cli_error_file(l->name, "%s", err);
+        return -1;
+    }
+    if (!l->device && (!io->identity || io->identity(io->ctx, &dev, &ino) < 0 ||
+                       dev != l->dev || ino != l->ino)) {
+        io->close(io->ctx);
+        cli_error_file(l->name, "was replaced by another file while the chain "
+                       "was read; run the command again");
+        return -1;
+    }
+    return 0;
+}
+
 static int take_locks(struct job *j)
 {
-    struct qcow2_open_opts o;
-    char err[512];
     unsigned i;
 
-    j->base_img = qcow2_new();
-    if (!j->base_img)
-        return STEP_FAIL;
-    cli_open_opts(&common, &o, QCOW2_OPEN_RDWR);
-    o.format = j->layers[j->base].format;
-    if (qcow2_open(j->base_img, j->layers[j->base].name, &o) < 0) {
-        cli_error_file(j->layers[j->base].name, "%s",
-                       qcow2_errmsg(j->base_img));
-        return STEP_FAIL;
-    }
-    /* the image to re-point: locked for writing now, opened as an image
-     * only for the re-point (opened read-write, an image flags its
-     * persistent bitmaps in use until it is closed: a kill during the
-     * copy would cost the VM's incremental backups) */
-    if (j->top > 0) {
-        if (qcow2_io_open_file(j->layers[j->top - 1].name, QCOW2_IO_RDWR,
-                               &j->above_lock, err, sizeof(err)) < 0) {
-            cli_error_file(j->layers[j->top - 1].name, "%s", err);
-            return STEP_FAIL;
-        }
-        j->above_locked = true;
-        /* the re-point must be possible, crash safe, before any write */
-        j->rebase_name = cli_backing_name(j->layers[j->top - 1].name,
-                                          j->layers[j->base].name,
-                                          BACKING_PATH_AUTO);
-        if (!j->rebase_name ||
-            qcow2_set_backing_check(j->layers[j->top - 1].img,
-                                    j->rebase_name,
-                                    j->layers[j->base].format) < 0) {
-            cli_error_file(j->layers[j->top - 1].name, "cannot be re-pointed "
-                           "at the base: %s", j->rebase_name
-                           ? qcow2_errmsg(j->layers[j->top - 1].img)
-                           : "out of memory");
-            return STEP_FAIL;
-        }
-    }
+    /* from the active image down, so that a VM is named by the image it
+     * writes (it holds the layers below as backing files).  The image to
+     * re-point: locked for writing now, opened as an image only for the
+     * re-point (opened read-write, an image flags its persistent bitmaps
+     * in use until it is closed: a kill during the copy would cost the
+     * VM's incremental backups); the others for reading */
     j->locks = calloc(j->n, sizeof(*j->locks));
     if (!j->locks)
         return STEP_FAIL;
     for (i = 0; i < j->base; i++) {
-        if (j->top > 0 && i == j->top - 1)
+        if (j->top > 0 && i == j->top - 1) {
+            if (lock_layer(&j->layers[i], QCOW2_IO_RDWR, &j->above_lock) < 0)
+                return STEP_FAIL;
+            j->above_locked = true;
             continue;
-        if (qcow2_io_open_file(j->layers[i].name, 0, &j->locks[j->nlocks],
-                               err, sizeof(err)) < 0) {
-            cli_error_file(j->layers[i].name, "%s", err);
-            return STEP_FAIL;
         }
+        if (lock_layer(&j->layers[i], 0, &j->locks[j->nlocks]) < 0)
+            return STEP_FAIL;
         j->nlocks++;
+    }
+    /* BASE last: locked for writing until
+     * the job's journal is gone; opened as an image only to copy (nothing
+     * is written before every check) */
+    if (lock_layer(&j->layers[j->base], QCOW2_IO_RDWR, &j->base_lock) < 0)
+        return STEP_FAIL;
+    j->base_locked = true;
+    return STEP_ON;
+}
+
+/* The chain read again now that nobody may write it (what was read before
+ * the locks only named the files to lock): the same files, or refused. */
+static int reread_chain(struct job *j)
+{
+    struct qcow2_image *chain = NULL;
+    struct cli_chain c;
+    unsigned i;
+
+    if (cli_chain_open(&common, j->active, QCOW2_OPEN_FORCE_SHARE, &chain,
+                       &c) < 0)
+        return STEP_FAIL;
+    for (i = 0; i < c.n && c.n == j->n; i++)
+        if (c.layers[i].dev != j->layers[i].dev ||
+            c.layers[i].ino != j->layers[i].ino ||
+            strcmp(c.layers[i].name, j->layers[i].name) != 0)
+            break;
+    if (c.n != j->n || i < c.n) {
+        cli_error_file(j->active, "its backing chain changed while it was "
+                       "read; run the command again");
+        qcow2_close(chain);
+        cli_chain_free(&c);
+        return STEP_FAIL;
+    }
+    c.top = j->top;
+    c.base = j->base;
+    qcow2_close(j->chain);
+    cli_chain_free(&j->c);
+    j->chain = chain;
+    j->c = c;
+    j->layers = c.layers;
+    return STEP_ON;
+}
+
+/* The re-point must be possible, crash safe, before any write. */
+static int check_repoint(struct job *j)
+{
+    struct qcow2_image *above;
+
+    if (j->top == 0)
+        return STEP_ON;
+    above = j->layers[j->top - 1].img;
+    j->rebase_name = cli_backing_name(j->layers[j->top - 1].name,
+                                      j->layers[j->base].name,
+                                      BACKING_PATH_AUTO);
+    if (!j->rebase_name ||
+        qcow2_set_backing_check(above, j->rebase_name,
+                                j->layers[j->base].format) < 0) {
+        cli_error_file(j->layers[j->top - 1].name, "cannot be re-pointed at "
+                       "the base: %s", j->rebase_name ? qcow2_errmsg(above)
+                       : "out of memory");
+        return STEP_FAIL;
+    }
+    return STEP_ON;
+}
+
+/* BASE opened as an image over its lock, for the copy. */
+static int open_base(struct job *j)
+{
+    struct qcow2_open_opts o;
+
+    j->base_img = qcow2_new();
+    if (!j->base_img)
+        return STEP_FAIL;
+    /* with its own backing chain: a write into part of a cluster copies
+     * the rest from there */
+    cli_open_opts(&common, &o, QCOW2_OPEN_RDWR);
+    o.format = j->layers[j->base].format;
+    j->base_locked = false; /* the handle owns the lock now */
+    if (qcow2_open_io(j->base_img, &j->base_lock, j->layers[j->base].name,
+                      &o) < 0) {
+        cli_error_file(j->layers[j->base].name, "%s",
+                       qcow2_errmsg(j->base_img));
+        return STEP_FAIL;
     }
     return STEP_ON;
 }
@@ -1038,6 +1127,8 @@ static int run(struct job *j)
 
     if (stop_signal)
         return STEP_INTERRUPTED; /* nothing written yet */
+    if (open_base(j) != STEP_ON)
+        return STEP_FAIL;
     if (!j->resuming) {
         rc = journal_write(j);
         if (rc < 0) {
@@ -1068,8 +1159,11 @@ static int run(struct job *j)
     }
     if (rc < 0)
         return copy_failed(j, rc);
-    rc = qcow2_close(j->base_img);
+    /* the base finished (flushed, its bitmaps consistent) and kept
+     * locked until the journal is gone */
+    rc = qcow2_close_keep_io(j->base_img, &j->base_lock);
     j->base_img = NULL;
+    j->base_locked = rc == 0;
     if (rc < 0) {
         cli_error_file(j->layers[j->base].name, "cannot flush the base");
         return STEP_FAIL;
@@ -1163,6 +1257,8 @@ static void job_free(struct job *j)
     free(j->locks);
     if (j->above_locked)
         j->above_lock.close(j->above_lock.ctx);
+    if (j->base_locked)
+        j->base_lock.close(j->base_lock.ctx);
     qcow2_close(j->above);
     qcow2_close(j->base_img);
     qcow2_close(j->chain);
@@ -1183,16 +1279,22 @@ int main(int argc, char **argv)
     if (rc == STEP_ON)
         rc = job_state(&j);
     if (rc == STEP_ON)
+        rc = check_writable(&j);
+    /* every check below reads the chain under locks: nobody writes it
+     * from here on */
+    if (rc == STEP_ON)
+        rc = take_locks(&j);
+    if (rc == STEP_ON)
+        rc = reread_chain(&j);
+    if (rc == STEP_ON)
         rc = check_siblings(&j, &a);
     /* 4. room, before anything is written (a resumed job first reclaims
      * what the interrupted run leaked: the library checks a device then,
      * before it writes) */
-    if (rc == STEP_ON)
-        rc = check_writable(&j);
     if (rc == STEP_ON && !j.resuming)
         rc = check_fit(&j);
     if (rc == STEP_ON)
-        rc = take_locks(&j);
+        rc = check_repoint(&j);
     if (rc == STEP_ON && (rc = run(&j)) == STEP_ON)
         report(&j);
     job_free(&j);

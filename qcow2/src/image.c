@@ -88,6 +88,21 @@ int qcow2_close(struct qcow2_image *img)
     return rc;
 }
 
+int qcow2_close_keep_io(struct qcow2_image *img, struct qcow2_io *io)
+{
+    int rc = 0, r;
+
+    if (!img || img->magic != Q2_HANDLE_MAGIC || !io || !img->io_open)
+        return -EINVAL;
+    if (img->writable && img->state == Q2_STATE_OPEN)
+        rc = q2_write_close(img);
+    img->writable = false; /* closed for writing: done above */
+    *io = img->io;
+    img->io_open = false;
+    r = qcow2_close(img);
+    return rc < 0 ? rc : r;
+}
+
 /* A NUL-terminated copy of a name read from the file; names with NUL bytes
  * inside are corrupt (QEMU would silently cut them). */
 static int copy_name(struct qcow2_image *img, const uint8_t *p, size_t n,

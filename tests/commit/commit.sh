@@ -188,10 +188,31 @@ refuse "a sibling uses BASE" 1 --top r-mid.qcow2 r-top.qcow2
 rm -f r-clone.qcow2
 hold -n r-base.raw -f raw
 refuse "BASE held by a VM (even read-only)" 1 --top r-mid.qcow2 r-top.qcow2
+grep -q "^qchain-commit: 'r-base.raw': .*in use.*; held by qemu-io (pid $HOLDER): stop the VM" err \
+    || bad "BASE held: the holder named" "$(cat err)"
 release
 hold -n r-top.qcow2
 refuse "ACTIVE written by a VM" 1 --top r-mid.qcow2 r-top.qcow2
+grep -q "^qchain-commit: 'r-top.qcow2': .*in use.*; held by qemu-io (pid $HOLDER): stop the VM" err \
+    || bad "ACTIVE held: the image in use and its holder named" "$(cat err)"
 release
+# a layer renamed away (and another file put under its name) between the
+# chain's read and its lock: the identity check refuses; strace holds the
+# second open of r-mid.qcow2 (the lock's) for a second
+if command -v strace >/dev/null; then
+    sums=$(md5sum r-base.raw)
+    strace -f -qq -o /dev/null -P r-mid.qcow2 -e trace=openat \
+        -e inject=openat:delay_enter=1000000:when=2 \
+        "$C" --top r-mid.qcow2 r-top.qcow2 >/dev/null 2>err &
+    pid=$!
+    sleep 0.5; mv r-mid.qcow2 r-mid.old; cp r-mid.old r-mid.qcow2
+    wait $pid; rc=$?
+    [ $rc -eq 1 ] && grep -q "^qchain-commit: 'r-mid.qcow2': was replaced by another file while the chain was read" err \
+        && [ "$sums" = "$(md5sum r-base.raw)" ] && [ ! -e r-base.raw.qchain-commit ] \
+        && ok "refuse: a layer replaced between the chain's read and its lock" \
+        || bad "identity check" "rc=$rc $(cat err)"
+    mv r-mid.old r-mid.qcow2
+fi
 printf 'qchain-commit journal 1\nuuid 00000000-0000-0000-0000-000000000001\nactive 1:1 x\ntop 1:2 y\nbase 1:3 z\n' > r-base.raw.qchain-commit
 refuse "another job's journal" 1 --top r-mid.qcow2 r-top.qcow2
 rm -f r-base.raw.qchain-commit
@@ -358,6 +379,28 @@ for k in 1 2 3 4 5 6; do
 done
 [ $stopped -ge 3 ] && ok "$stopped of 6 signals stopped the job mid-way" \
     || bad "signals" "only $stopped of 6 signals stopped the job mid-way"
+
+# --- the base stays locked until the job's journal is gone: strace holds
+# the journal's removal for 1.5 s, and meanwhile qemu-io cannot open the
+# base (the old code closed it, and its lock, before the re-point)
+if command -v strace >/dev/null; then
+    rm -f l-*
+    qemu-img create -q -f raw l-base.raw 16M
+    qemu-img create -q -f qcow2 -b l-base.raw -F raw l-mid.qcow2
+    qemu-io -c 'write -P 1 0 1M' l-mid.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b l-mid.qcow2 -F qcow2 l-top.qcow2
+    strace -f -qq -o /dev/null -P l-base.raw.qchain-commit -e trace=unlink,unlinkat \
+        -e inject=unlink,unlinkat:delay_enter=1500000 \
+        "$C" --top l-mid.qcow2 l-top.qcow2 >/dev/null 2>err &
+    pid=$!
+    signal_when_exists $pid l-base.raw.qchain-committed CONT || true
+    sleep 0.7
+    qemu-io -f raw -c "read 0 512" l-base.raw >info.out 2>&1; irc=$?
+    wait $pid; rc=$?
+    [ $rc -eq 0 ] && [ $irc -ne 0 ] && grep -q "lock" info.out && [ ! -e l-base.raw.qchain-commit ] \
+        && ok "the base stays locked until the journal is gone" \
+        || bad "base lock to the end" "commit rc=$rc, qemu-io rc=$irc: $(cat info.out err)"
+fi
 
 crash raw ""
 crash qcow2 cluster_size=64k

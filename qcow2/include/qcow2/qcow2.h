@@ -123,6 +123,18 @@ QCOW2_API int qcow2_open_io(struct qcow2_image *img, struct qcow2_io *io,
 QCOW2_API int qcow2_close(struct qcow2_image *img);
 
 /** Message describing the last failure on this handle ("" if none). */
+/**
+ * Close a handle as qcow2_close() does (a writable image finished: flushed,
+ * its bitmaps consistent again), but hand its storage backend to the caller
+ * instead of closing it: the file stays open with its locks, so that no
+ * other process can take the image before the caller is done with it
+ * (io->close releases it).
+ * @return as qcow2_close(), or -EINVAL (nothing done) when img is not a
+ *         handle with a backend of its own.
+ */
+QCOW2_API int qcow2_close_keep_io(struct qcow2_image *img,
+                                  struct qcow2_io *io);
+
 QCOW2_API const char *qcow2_errmsg(const struct qcow2_image *img);
 
 /* ------------------------------------------------------------------------ */
