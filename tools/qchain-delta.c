@@ -38,6 +38,7 @@
 #include "cli.h"
 #include "fit.h"
 #include "json.h"
+#include "pending.h"
 
 #define MAX_ROUNDS 10
 
@@ -587,6 +588,14 @@ static int measure(struct delta *d, const struct args *a)
                        &d->chain, &d->c) < 0 ||
         cli_chain_resolve(&d->c, d->active, a->top, a->base) < 0)
         return -1;
+    {
+        /* an unfinished commit into a layer changes what is left to do */
+        struct cli_pending *p = NULL;
+        int n = cli_pending_find(&d->c, NULL, &p);
+        if (n > 0)
+            cli_pending_warn(&d->c, p, (unsigned)n);
+        free(p);
+    }
     d->nl = d->c.base - d->c.top;
     d->ls = calloc(d->nl, sizeof(*d->ls));
     if (!d->ls)

@@ -140,6 +140,11 @@ case_pending() {
         expect_stderr_match "warning: .*job $uuid" || rc=1
     done
 
+    # delta: the same warning, its figures as before
+    qc delta top.qcow2
+    expect_rc 0 || rc=1
+    expect_stderr_match "^qchain-delta: warning: 'base.qcow2': ${want}\$" || rc=1
+
     # the re-run finishes the job: nothing pending any more
     qc commit top.qcow2
     expect_rc 0 || return 1
@@ -151,6 +156,8 @@ case_pending() {
     json_check after.json "all('pending-commit' not in o for o in d)" || rc=1
     qc check base.qcow2
     expect_rc 0 || rc=1
+    expect_no_match "$QC_ERR" "pending" || rc=1
+    qc delta top.qcow2
     expect_no_match "$QC_ERR" "pending" || rc=1
     return $rc
 }
