@@ -53,6 +53,7 @@
 #include "holders.h"
 #include "json.h"
 #include "paths.h"
+#include "pending.h"
 
 #define MAX_SEARCH 64
 
@@ -93,7 +94,6 @@ struct job {
 #define STEP_FAIL (-1)
 #define STEP_INTERRUPTED (-2) /* SIGINT or SIGTERM: stopped at a safe point */
 
-#define DEFAULT_STATE_DIR "/var/lib/qchain"
 
 static struct cli_common common;
 static bool show_progress;
@@ -165,7 +165,7 @@ static void usage(void)
            "  --state-dir=DIR      where the journal of a BASE on a device "
            "lives (default:\n"
            "                       beside the chain's first regular file, "
-           "else " DEFAULT_STATE_DIR ")\n"
+           "else " CLI_STATE_DIR_DEFAULT ")\n"
            "  -p, --progress       show a progress bar on stderr\n"
            "  -f, --format=FMT     format of ACTIVE (qcow2 or raw)\n"
            "  --output=human|json  report format; --json\n"
@@ -196,80 +196,15 @@ static int find_layer(const struct job *j, const char *path)
  * (the layers committed into it).  Nothing is written under /dev: for a
  * BASE on a device both go, under a name made from the device's path,
  * into --state-dir, or beside the chain's first image that is a regular
- * file, or into DEFAULT_STATE_DIR when every image is a device.  The path
+ * file, or into CLI_STATE_DIR_DEFAULT when every image is a device.  The path
  * (its directory resolved, the last name kept: /dev/vg/base) names a volume
  * across reboots, when device numbers and /dev inodes change. */
 
-/* The stable name of a device path: its directory's real path and its
- * own name (not followed: /dev/vg/base stays, /dev/dm-3 would not). */
-static int device_name(const char *path, char *out, size_t len)
-{
-    char *copy = strdup(path), *copy2 = strdup(path), *dir;
-    int rc = 0;
-
-    if (!copy || !copy2) {
-        rc = -ENOMEM;
-    } else if (!(dir = realpath(dirname(copy), NULL))) {
-        rc = -errno;
-    } else {
-        const char *base = basename(copy2);
-        snprintf(out, len, "%s%s%s", dir, strcmp(dir, "/") ? "/" : "",
-                 base);
-        free(dir);
-    }
-    free(copy);
-    free(copy2);
-    return rc;
-}
-
-/* "/dev/vg-a/base" -> "dev-vg%2da-base": a file name, one per path. */
-static void escape_name(const char *path, char *out, size_t len)
-{
-    size_t o = 0;
-
-    for (path += *path == '/'; *path && o + 4 < len; path++) {
-        unsigned char ch = (unsigned char)*path;
-        if (ch == '/')
-            out[o++] = '-';
-        else if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                 (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' ||
-                 ch == '+')
-            out[o++] = (char)ch;
-        else
-            o += (size_t)snprintf(out + o, len - o, "%%%02x", ch);
-    }
-    out[o] = '\0';
-}
-
-/* The state file `suffix` of the commits into layer `b` of the chain. */
+/* (the rule: cli_state_path, pending.c) */
 static int state_path(const struct job *j, unsigned b, const char *suffix,
                       char *out, size_t len)
 {
-    const char *dir = state_dir;
-    char name[PATH_MAX], esc[PATH_MAX], *copy = NULL;
-    unsigned i;
-    int rc;
-
-    if (!j->layers[b].device) {
-        snprintf(out, len, "%s%s", j->layers[b].name, suffix);
-        return 0;
-    }
-    rc = device_name(j->layers[b].name, name, sizeof(name));
-    if (rc < 0)
-        return rc;
-    escape_name(name, esc, sizeof(esc));
-    for (i = 0; !dir && i < j->n; i++) {
-        if (!j->layers[i].device) {
-            copy = strdup(j->layers[i].name);
-            if (!copy)
-                return -ENOMEM;
-            dir = dirname(copy);
-        }
-    }
-    rc = snprintf(out, len, "%s/%s%s", dir ? dir : DEFAULT_STATE_DIR, esc,
-                  suffix);
-    free(copy);
-    return rc < 0 || (size_t)rc >= len ? -ENAMETOOLONG : 0;
+    return cli_state_path(&j->c, b, state_dir, suffix, out, len);
 }
 
 /* ---- journal ---- */
@@ -298,7 +233,7 @@ static void journal_line(FILE *f, const char *key,
 {
     char name[PATH_MAX];
 
-    if (l->device && device_name(l->name, name, sizeof(name)) == 0)
+    if (l->device && cli_device_name(l->name, name, sizeof(name)) == 0)
         fprintf(f, "%s device %s\n", key, name);
     else
         fprintf(f, "%s %" PRIu64 ":%" PRIu64 " %s\n", key, l->dev, l->ino,
@@ -355,64 +290,6 @@ static int journal_write(struct job *j)
     return fsync_dir_of(j->journal);
 }
 
-struct journal {
-    char uuid[37];
-    uint64_t dev[3], ino[3]; /* active, top, base */
-    bool device[3];          /* named by name[] instead */
-    char name[3][PATH_MAX];
-};
-
-/* Is chain layer l the one the journal names as key k? */
-static bool journal_names(const struct journal *jr, unsigned k,
-                          const struct cli_layer *l)
-{
-    char name[PATH_MAX];
-
-    if (jr->device[k])
-        return l->device && device_name(l->name, name, sizeof(name)) == 0 &&
-               strcmp(name, jr->name[k]) == 0;
-    return !l->device && jr->dev[k] == l->dev && jr->ino[k] == l->ino;
-}
-
-static int journal_read(const char *path, struct journal *out)
-{
-    static const char *const keys[3] = {"active", "top", "base"};
-    char line[PATH_MAX + 128];
-    unsigned seen = 0, k;
-    FILE *f = fopen(path, "r");
-
-    if (!f)
-        return -errno;
-    memset(out, 0, sizeof(*out));
-    if (!fgets(line, sizeof(line), f) ||
-        strcmp(line, "qchain-commit journal 1\n") != 0) {
-        fclose(f);
-        return -EINVAL;
-    }
-    while (fgets(line, sizeof(line), f)) {
-        char name[PATH_MAX];
-        if (sscanf(line, "uuid %36s", out->uuid) == 1) {
-            seen |= 8;
-            continue;
-        }
-        for (k = 0; k < 3; k++) {
-            size_t kl = strlen(keys[k]);
-            if (strncmp(line, keys[k], kl) != 0 || line[kl] != ' ')
-                continue;
-            if (sscanf(line + kl, " device %4095[^\n]", name) == 1) {
-                out->device[k] = true;
-            } else if (sscanf(line + kl, " %" SCNu64 ":%" SCNu64
-                              " %4095[^\n]", &out->dev[k], &out->ino[k],
-                              name) != 3) {
-                continue;
-            }
-            seen |= 1u << k;
-            snprintf(out->name[k], sizeof(out->name[k]), "%s", name);
-        }
-    }
-    fclose(f);
-    return seen == 15 ? 0 : -EINVAL;
-}
 
 /* ---- layers committed earlier ----
  * Committed layers stay in place, still naming BASE as their backing file,
@@ -768,7 +645,7 @@ static void parse_args(int argc, char **argv, struct args *a)
  * STEP_FAIL. */
 static int top_left_the_chain(struct job *j, const struct args *a)
 {
-    struct journal jr;
+    struct cli_journal jr;
     struct stat ts;
     const char *done_base = NULL, *job = NULL;
     int b = a->base ? find_layer(j, a->base) : -1;
@@ -782,8 +659,8 @@ static int top_left_the_chain(struct job *j, const struct args *a)
             tl.ino = (uint64_t)ts.st_ino;
             tl.device = S_ISBLK(ts.st_mode);
         }
-        if (journal_read(j->journal, &jr) == 0 &&
-            journal_names(&jr, 1, &tl)) {
+        if (cli_journal_read(j->journal, &jr) == 0 &&
+            cli_journal_names(&jr, 1, &tl)) {
             unlink(j->journal);
             fsync_dir_of(j->journal);
             done_base = a->base;
@@ -828,7 +705,7 @@ static int open_chain(struct job *j, const struct args *a)
  * this very job may be resumed) */
 static int job_state(struct job *j)
 {
-    struct journal jr;
+    struct cli_journal jr;
 
     if (state_path(j, j->base, ".qchain-commit", j->journal,
                    sizeof(j->journal)) < 0) {
@@ -840,10 +717,10 @@ static int job_state(struct job *j)
                     NULL);
         return STEP_DONE;
     }
-    if (journal_read(j->journal, &jr) == 0) {
-        if (!journal_names(&jr, 0, &j->layers[0]) ||
-            !journal_names(&jr, 1, &j->layers[j->top]) ||
-            !journal_names(&jr, 2, &j->layers[j->base])) {
+    if (cli_journal_read(j->journal, &jr) == 0) {
+        if (!cli_journal_names(&jr, 0, &j->layers[0]) ||
+            !cli_journal_names(&jr, 1, &j->layers[j->top]) ||
+            !cli_journal_names(&jr, 2, &j->layers[j->base])) {
             cli_error_file(j->journal, "an unfinished commit job (%s, top "
                            "'%s') left this journal; run that job again to "
                            "finish it, or remove the journal if you know it "
@@ -934,26 +811,31 @@ static int check_writable(const struct job *j)
     return STEP_ON;
 }
 
-/* 5. locks: BASE and the image to re-point for writing, the rest for
- * reading (nobody may write what we copy) */
 /* Open `l` by name with locks (flags: QCOW2_IO_*) and make sure it is the
  * file the chain was read from: a rename between the two opens must not
  * make the job lock, or later write, another file. */
-static int lock_layer(const struct cli_layer *l, unsigned flags,
-                      struct qcow2_io *io)
+static int lock_layer(const struct job *j, const struct cli_layer *l,
+                      unsigned flags, struct qcow2_io *io)
 {
-    char err[512];
+    char err[512], who[256];
     uint64_t dev = 0, ino = 0;
-
+    struct cli_journal jr;
     int rc = qcow2_io_open_file(l->name, flags, io, err, sizeof(err));
 
     if (rc == -EBUSY) {
         /* the image in use, who holds it, what to do */
-        char who[256];
-        cli_error_file(l->name, "%s; held by %s: stop the VM (or the program "
-                       "holding it), then run the same command again", err,
-                       cli_holders_str(l->name, who, sizeof(who)) > 0
-                           ? who : "another process");
+        if (cli_holders_str(l->name, who, sizeof(who)) <= 0)
+            snprintf(who, sizeof(who), "another process");
+        if (!strstr(who, "qchain-commit (pid"))
+            cli_error_file(l->name, "%s; held by %s: stop the VM (or the "
+                           "program holding it), then run the same command "
+                           "again", err, who);
+        else if (cli_journal_read(j->journal, &jr) == 0)
+            cli_error_file(l->name, "a commit is running on it: held by %s, "
+                           "job %s: wait for it to finish", who, jr.uuid);
+        else
+            cli_error_file(l->name, "a commit is running on it: held by %s: "
+                           "wait for it to finish", who);
         return -1;
     }
     if (rc < 0) {
@@ -970,6 +852,8 @@ static int lock_layer(const struct cli_layer *l, unsigned flags,
     return 0;
 }
 
+/* 5. locks: BASE and the image to re-point for writing, the rest for
+ * reading (nobody may write what we copy) */
 static int take_locks(struct job *j)
 {
     unsigned i;
@@ -985,19 +869,19 @@ static int take_locks(struct job *j)
         return STEP_FAIL;
     for (i = 0; i < j->base; i++) {
         if (j->top > 0 && i == j->top - 1) {
-            if (lock_layer(&j->layers[i], QCOW2_IO_RDWR, &j->above_lock) < 0)
+            if (lock_layer(j, &j->layers[i], QCOW2_IO_RDWR, &j->above_lock) < 0)
                 return STEP_FAIL;
             j->above_locked = true;
             continue;
         }
-        if (lock_layer(&j->layers[i], 0, &j->locks[j->nlocks]) < 0)
+        if (lock_layer(j, &j->layers[i], 0, &j->locks[j->nlocks]) < 0)
             return STEP_FAIL;
         j->nlocks++;
     }
     /* BASE last: locked for writing until
      * the job's journal is gone; opened as an image only to copy (nothing
      * is written before every check) */
-    if (lock_layer(&j->layers[j->base], QCOW2_IO_RDWR, &j->base_lock) < 0)
+    if (lock_layer(j, &j->layers[j->base], QCOW2_IO_RDWR, &j->base_lock) < 0)
         return STEP_FAIL;
     j->base_locked = true;
     return STEP_ON;

@@ -380,6 +380,21 @@ done
 [ $stopped -ge 3 ] && ok "$stopped of 6 signals stopped the job mid-way" \
     || bad "signals" "only $stopped of 6 signals stopped the job mid-way"
 
+# --- a second commit while one runs: refused, naming the running job
+rm -f i-base.img.qchain-commit i-base.img.qchain-committed
+qemu-img create -q -f raw i-base.img 320M
+"$C" 'i-top 1.qcow2' >/dev/null 2>&1 &
+pid=$!
+signal_when_exists $pid i-base.img.qchain-commit STOP || kill -STOP $pid
+uuid=$(sed -n 's/^uuid //p' i-base.img.qchain-commit)
+"$C" 'i-top 1.qcow2' >out 2>err; rc=$?
+kill -CONT $pid; wait $pid; rc1=$?
+[ $rc -eq 1 ] && [ $rc1 -eq 0 ] \
+    && grep -qx "qchain-commit: 'i-base.img': a commit is running on it: held by qchain-commit (pid $pid), job $uuid: wait for it to finish" err \
+    && qemu-img compare -q -f raw -F raw i-before.raw i-base.img \
+    && ok "a second commit while one runs: refused, the running job named" \
+    || bad "second commit" "rc=$rc rc1=$rc1 $(cat err)"
+
 # --- the base stays locked until the job's journal is gone: strace holds
 # the journal's removal for 1.5 s, and meanwhile qemu-io cannot open the
 # base (the old code closed it, and its lock, before the re-point)
