@@ -54,6 +54,7 @@
 #include "json.h"
 #include "paths.h"
 #include "pending.h"
+#include "users.h"
 
 #define MAX_SEARCH 64
 
@@ -86,6 +87,15 @@ struct job {
     char *rebase_name;            /* what `above` names BASE by */
     struct qcow2_commit_stats st;
     double secs;
+    struct user *users;           /* images outside the chain that use */
+    unsigned n_users, cap_users;  /* a layer from TOP down to BASE */
+};
+
+/* An image outside the chain whose backing file is layer `layer`. */
+struct user {
+    unsigned layer;
+    uint64_t dev, ino;
+    char *path;
 };
 
 /* What a step of the job says: go on, stop (done, reported), fail. */
@@ -174,16 +184,6 @@ static void usage(void)
            "The committed layers are left in place (now redundant); the "
            "command lists them.\n",
            cli_progname());
-}
-
-static int identity_of(const char *path, uint64_t *dev, uint64_t *ino)
-{
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return -errno;
-    *dev = (uint64_t)st.st_dev;
-    *ino = (uint64_t)st.st_ino;
-    return 0;
 }
 
 static int find_layer(const struct job *j, const char *path)
@@ -350,8 +350,10 @@ static bool job_done(const struct job *j)
 struct outcome {
     const char *active, *top, *base;
     const char *rebased;              /* the image re-pointed, or NULL */
-    const char *const *unreferenced;  /* the committed layers */
+    const char *const *unreferenced;  /* the committed layers nothing uses */
     unsigned n_unreferenced;
+    const struct job *users;          /* the images that still use one of
+                                         them (NULL: none looked for) */
     const char *job;                  /* the job's uuid, or NULL */
     struct qcow2_commit_stats st;
     double secs;
@@ -382,6 +384,17 @@ static void outcome_json(const struct outcome *o)
     json_array_begin(&js, "unreferenced");
     for (i = 0; i < o->n_unreferenced; i++)
         json_string(&js, NULL, o->unreferenced[i]);
+    json_array_end(&js);
+    json_array_begin(&js, "dependents");
+    for (i = 0; o->users && i < o->users->n_users; i++) {
+        const struct user *u = &o->users->users[i];
+        if (u->layer >= o->users->base)
+            continue;
+        json_object_begin(&js, NULL);
+        json_string(&js, "filename", u->path);
+        json_string(&js, "backing-filename", o->users->layers[u->layer].name);
+        json_object_end(&js);
+    }
     json_array_end(&js);
     json_bool(&js, "base-grows", o->st.grown);
     json_u64(&js, "offloaded-bytes", o->st.offloaded_bytes);
@@ -468,74 +481,144 @@ static int record_committed(const struct job *j)
     return fsync_dir_of(path);
 }
 
-/* ---- siblings ---- */
+/* ---- images that use the layers ----
+ * Outside the chain, an image whose backing file is BASE (a sibling) or a
+ * layer between TOP and BASE would read changed data once the layers above
+ * are committed into BASE: refused unless --force.  One whose backing file
+ * is TOP itself (a fork made with qchain-snapshot TOP FORK) reads the same
+ * as before, as long as TOP is kept: reported, and TOP is not called
+ * unreferenced. */
 
-/* Images in dir, outside the chain, whose backing file is BASE. */
-static int find_siblings(const struct job *j, const char *dir, FILE *report,
-                         unsigned *count)
+static bool skip_user(void *ctx, const struct stat *st)
 {
-    const struct cli_layer *b = &j->layers[j->base];
-    DIR *d = opendir(dir);
-    struct dirent *de;
+    const struct job *j = ctx;
+    unsigned i;
 
-    if (!d)
-        return -errno;
-    while ((de = readdir(d)) != NULL) {
-        char path[PATH_MAX];
-        struct qcow2_open_opts o = {.size = sizeof(o),
-                                    .flags = QCOW2_OPEN_NO_BACKING |
-                                             QCOW2_OPEN_FORCE_SHARE,
-                                    .format = "qcow2"};
-        struct qcow2_image *img;
-        struct qcow2_info info;
-        uint64_t dev = 0, ino = 0;
-        struct stat st;
-        unsigned char magic[4];
-        int fd;
-        bool in_chain = false;
-        unsigned i;
+    for (i = 0; i < j->n; i++)
+        if (j->layers[i].dev == (uint64_t)st->st_dev &&
+            j->layers[i].ino == (uint64_t)st->st_ino)
+            return true;
+    return recorded(j, st);
+}
 
-        if (de->d_name[0] == '.' &&
-            (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        if (stat(path, &st) < 0 ||
-            !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)))
-            continue; /* images live in files and on devices (LVs) */
-        for (i = 0; i < j->n; i++)
-            if (j->layers[i].dev == (uint64_t)st.st_dev &&
-                j->layers[i].ino == (uint64_t)st.st_ino)
-                in_chain = true;
-        if (in_chain || recorded(j, &st))
-            continue;
-        /* O_NONBLOCK: a FIFO's open would wait for a writer */
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-        if (fd < 0) {
-            cli_warning("'%s': cannot tell whether it uses the base: %s",
-                        path, strerror(errno));
-            continue;
-        }
-        if (read(fd, magic, 4) != 4 || memcmp(magic, "QFI\xfb", 4) != 0) {
-            close(fd); /* not qcow2: no backing file */
-            continue;
-        }
-        close(fd);
-        img = qcow2_new();
-        if (!img)
-            return -ENOMEM;
-        if (qcow2_open(img, path, &o) < 0)
-            cli_warning("'%s': cannot tell whether it uses the base: %s",
-                        path, qcow2_errmsg(img));
-        else if (qcow2_info_get(img, &info) == 0 && info.backing_path &&
-                 identity_of(info.backing_path, &dev, &ino) == 0 &&
-                 dev == b->dev && ino == b->ino) {
-            fprintf(report, "  %s\n", path);
-            (*count)++;
-        }
-        qcow2_close(img);
+static void add_user(void *ctx, unsigned t, const char *path,
+                     const struct stat *st)
+{
+    struct job *j = ctx;
+    struct user *u;
+    unsigned i;
+
+    for (i = 0; i < j->n_users; i++)
+        if (j->users[i].dev == (uint64_t)st->st_dev &&
+            j->users[i].ino == (uint64_t)st->st_ino)
+            return; /* found through another directory */
+    if (j->n_users == j->cap_users) {
+        unsigned cap = j->cap_users ? 2 * j->cap_users : 8;
+        u = realloc(j->users, cap * sizeof(*u));
+        if (!u)
+            return;
+        j->users = u;
+        j->cap_users = cap;
     }
-    closedir(d);
-    return 0;
+    u = &j->users[j->n_users];
+    u->path = strdup(path);
+    if (!u->path)
+        return;
+    u->layer = j->top + t;
+    u->dev = (uint64_t)st->st_dev;
+    u->ino = (uint64_t)st->st_ino;
+    j->n_users++;
+}
+
+/* Scan dir (once, whatever name it is given by) for users of the layers. */
+static int scan_users(struct job *j, const char *dir, struct cli_target *seen,
+                      unsigned *n_seen)
+{
+    struct cli_target t[QCOW2_DEFAULT_MAX_DEPTH + 1];
+    struct stat st;
+    unsigned i;
+
+    if (stat(dir, &st) == 0) {
+        for (i = 0; i < *n_seen; i++)
+            if (seen[i].dev == (uint64_t)st.st_dev &&
+                seen[i].ino == (uint64_t)st.st_ino)
+                return 0;
+        seen[(*n_seen)++] = (struct cli_target){(uint64_t)st.st_dev,
+                                                (uint64_t)st.st_ino};
+    }
+    for (i = j->top; i <= j->base && i - j->top <= QCOW2_DEFAULT_MAX_DEPTH;
+         i++)
+        t[i - j->top] = (struct cli_target){j->layers[i].dev,
+                                            j->layers[i].ino};
+    return cli_find_users(dir, t, i - j->top, skip_user, add_user, j);
+}
+
+static void dir_of(const char *path, char *out, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+
+    if (!slash)
+        snprintf(out, len, ".");
+    else if (slash == path)
+        snprintf(out, len, "/");
+    else
+        snprintf(out, len, "%.*s", (int)(slash - path), path);
+}
+
+/* Refused: the images that would read changed data, per layer. */
+static unsigned refuse_users(const struct job *j)
+{
+    unsigned i, k, n, bad = 0;
+
+    for (i = j->top + 1; i <= j->base; i++) {
+        for (n = 0, k = 0; k < j->n_users; k++)
+            n += j->users[k].layer == i;
+        if (!n)
+            continue;
+        bad += n;
+        if (i == j->base)
+            cli_error_file(j->layers[i].name, "%u other image%s outside this "
+                           "chain use%s it as backing file and would read "
+                           "changed data (--force to commit anyway):", n,
+                           n > 1 ? "s" : "", n > 1 ? "" : "s");
+        else
+            cli_error_file(j->layers[i].name, "%u other image%s outside this "
+                           "chain use%s it as backing file and would read "
+                           "changed data once the layers above it are in "
+                           "'%s' (--force to commit anyway):", n,
+                           n > 1 ? "s" : "", n > 1 ? "" : "s",
+                           j->layers[j->base].name);
+        for (k = 0; k < j->n_users; k++)
+            if (j->users[k].layer == i)
+                fprintf(stderr, "  %s\n", j->users[k].path);
+    }
+    return bad;
+}
+
+/* 3. images that use the layers: BASE's directory, the committed layers'
+ * directories and every --search DIR */
+static int check_users(struct job *j, const struct args *a)
+{
+    struct cli_target seen[QCOW2_DEFAULT_MAX_DEPTH + 3 + MAX_SEARCH];
+    unsigned n_seen = 0, i;
+    char dir[PATH_MAX];
+
+    for (i = j->top; i <= j->base && n_seen < QCOW2_DEFAULT_MAX_DEPTH + 2;
+         i++) {
+        dir_of(j->layers[i].name, dir, sizeof(dir));
+        scan_users(j, dir, seen, &n_seen);
+    }
+    /* a --search that cannot be read would hide the very images it is
+     * there to find */
+    for (i = 0; i < a->nsearch; i++) {
+        int rc = scan_users(j, a->search[i], seen, &n_seen);
+        if (rc < 0) {
+            cli_error_file(a->search[i], "cannot search it for images "
+                           "that use the base: %s", strerror(-rc));
+            return STEP_FAIL;
+        }
+    }
+    return !a->force && refuse_users(j) ? STEP_FAIL : STEP_ON;
 }
 
 /* ---- room for the commit ---- */
@@ -737,44 +820,6 @@ static int job_state(struct job *j)
     return STEP_ON;
 }
 
-/* 3. siblings: other images backed by BASE would see changed data */
-static int check_siblings(const struct job *j, const struct args *a)
-{
-    char *bcopy = strdup(j->layers[j->base].name), line[PATH_MAX + 8];
-    FILE *rep = tmpfile();
-    unsigned i, siblings = 0;
-
-    if (!bcopy || !rep) {
-        free(bcopy);
-        if (rep)
-            fclose(rep);
-        return STEP_FAIL;
-    }
-    find_siblings(j, dirname(bcopy), rep, &siblings);
-    free(bcopy);
-    /* a --search that cannot be read would hide the very images it is
-     * there to find */
-    for (i = 0; i < a->nsearch; i++) {
-        int rc = find_siblings(j, a->search[i], rep, &siblings);
-        if (rc < 0) {
-            cli_error_file(a->search[i], "cannot search it for images "
-                           "that use the base: %s", strerror(-rc));
-            fclose(rep);
-            return STEP_FAIL;
-        }
-    }
-    if (siblings && !a->force) {
-        cli_error_file(j->layers[j->base].name, "%u other image%s outside "
-                       "this chain use%s it as backing file and would read "
-                       "changed data (--force to commit anyway):", siblings,
-                       siblings > 1 ? "s" : "", siblings > 1 ? "" : "s");
-        rewind(rep);
-        while (fgets(line, sizeof(line), rep))
-            fputs(line, stderr);
-    }
-    fclose(rep);
-    return siblings && !a->force ? STEP_FAIL : STEP_ON;
-}
 
 /* 4b. a base someone made read-only is refused with that reason, before
  * anything is written (root would write through the mode bits) */
@@ -1088,10 +1133,21 @@ static int run(struct job *j)
     return STEP_ON;
 }
 
+/* Does an image outside the chain use layer i? */
+static bool layer_used(const struct job *j, unsigned i)
+{
+    unsigned k;
+
+    for (k = 0; k < j->n_users; k++)
+        if (j->users[k].layer == i)
+            return true;
+    return false;
+}
+
 static void report(const struct job *j)
 {
     const struct qcow2_commit_stats *st = &j->st;
-    unsigned i;
+    unsigned i, k;
 
     if (common.output == CLI_OUTPUT_JSON) {
         const char *names[QCOW2_DEFAULT_MAX_DEPTH + 1];
@@ -1100,11 +1156,12 @@ static void report(const struct job *j)
                             .base = j->layers[j->base].name,
                             .rebased = j->top > 0 ? j->layers[j->top - 1].name
                                                   : NULL,
-                            .unreferenced = names, .job = j->uuid,
-                            .st = *st, .secs = j->secs};
+                            .unreferenced = names, .users = j,
+                            .job = j->uuid, .st = *st, .secs = j->secs};
         for (i = j->top; i < j->base && o.n_unreferenced <
                                             QCOW2_DEFAULT_MAX_DEPTH + 1; i++)
-            names[o.n_unreferenced++] = j->layers[i].name;
+            if (!layer_used(j, i))
+                names[o.n_unreferenced++] = j->layers[i].name;
         outcome_json(&o);
         return;
     }
@@ -1127,9 +1184,22 @@ static void report(const struct job *j)
     else
         printf("'%s' holds the guest's whole view: the guest can start on "
                "it.\n", j->layers[j->base].name);
-    printf("No longer referenced by the chain (not deleted):\n");
-    for (i = j->top; i < j->base; i++)
+    for (i = j->top, k = 0; i < j->base; i++) {
+        if (layer_used(j, i))
+            continue;
+        if (k++ == 0)
+            printf("No longer referenced (not deleted):\n");
         printf("  %s\n", j->layers[i].name);
+    }
+    for (i = j->top; i < j->base; i++) {
+        if (!layer_used(j, i))
+            continue;
+        printf("Still the backing file of other images (keep it): '%s', "
+               "used by:\n", j->layers[i].name);
+        for (k = 0; k < j->n_users; k++)
+            if (j->users[k].layer == i)
+                printf("  %s\n", j->users[k].path);
+    }
 }
 
 static void job_free(struct job *j)
@@ -1148,6 +1218,9 @@ static void job_free(struct job *j)
     qcow2_close(j->chain);
     cli_chain_free(&j->c);
     free(j->rebase_name);
+    for (i = 0; i < j->n_users; i++)
+        free(j->users[i].path);
+    free(j->users);
 }
 
 int main(int argc, char **argv)
@@ -1171,7 +1244,7 @@ int main(int argc, char **argv)
     if (rc == STEP_ON)
         rc = reread_chain(&j);
     if (rc == STEP_ON)
-        rc = check_siblings(&j, &a);
+        rc = check_users(&j, &a);
     /* 4. room, before anything is written (a resumed job first reclaims
      * what the interrupted run leaked: the library checks a device then,
      * before it writes) */

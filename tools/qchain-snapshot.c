@@ -33,6 +33,7 @@
 #include "cli.h"
 #include "json.h"
 #include "paths.h"
+#include "users.h"
 
 struct pair {
     const char *active;
@@ -194,6 +195,45 @@ static int prepare(struct pair *p, enum backing_path_mode mode,
     return p->device ? prepare_device(p) : 0;
 }
 
+/* ACTIVE already the backing file of another image (in ACTIVE's or
+ * OVERLAY's directory): the new overlay starts a second branch on it. */
+static void found_fork(void *ctx, unsigned t, const char *path,
+                       const struct stat *st)
+{
+    const struct pair *p = ctx;
+
+    (void)t;
+    (void)st;
+    cli_warning("'%s' is already the backing file of '%s': '%s' makes a "
+                "fork (two images over one; committing either into '%s' "
+                "changes what the other reads)", p->active, path, p->overlay,
+                p->active);
+}
+
+static void warn_fork(const struct pair *p)
+{
+    struct cli_target t;
+    struct stat st, d1;
+    char dir[2][PATH_MAX];
+    unsigned k;
+
+    if (stat(p->active, &st) < 0)
+        return;
+    t = (struct cli_target){(uint64_t)st.st_dev, (uint64_t)st.st_ino};
+    for (k = 0; k < 2; k++) {
+        const char *f = k ? p->overlay : p->active, *slash = strrchr(f, '/');
+        if (!slash)
+            snprintf(dir[k], sizeof(dir[k]), ".");
+        else
+            snprintf(dir[k], sizeof(dir[k]), "%.*s",
+                     slash == f ? 1 : (int)(slash - f), f);
+    }
+    cli_find_users(dir[0], &t, 1, NULL, found_fork, (void *)p);
+    if (stat(dir[0], &st) == 0 && stat(dir[1], &d1) == 0 &&
+        (st.st_dev != d1.st_dev || st.st_ino != d1.st_ino))
+        cli_find_users(dir[1], &t, 1, NULL, found_fork, (void *)p);
+}
+
 /* OVERLAY made whole: a file under its temporary name (named once every
  * overlay is made), a device in place. */
 static int make_overlay(struct pair *p)
@@ -330,6 +370,8 @@ int main(int argc, char **argv)
         if (prepare(&pairs[i], mode, &common) < 0)
             goto out;
 
+    for (i = 0; i < n; i++)
+        warn_fork(&pairs[i]);
     for (i = 0; i < n; i++)
         if (!pairs[i].existed && make_overlay(&pairs[i]) < 0)
             goto out;

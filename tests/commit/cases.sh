@@ -327,7 +327,7 @@ sums=$(sib_sums)
 printf 'QFI\373garbage' > o/broken.qcow2
 mkfifo o/fifo
 "$C" --search o b/top.qcow2 >/dev/null 2>sib-err; rc=$?
-[ $rc -eq 0 ] && grep -q "^qchain-commit: warning: 'o/broken.qcow2': cannot tell whether it uses the base: " sib-err \
+[ $rc -eq 0 ] && grep -q "^qchain-commit: warning: 'o/broken.qcow2': cannot read it to tell its backing file: " sib-err \
     && ! grep -q fifo sib-err && cmp -s sib-want.raw b/base.raw \
     && ok "--search: an unreadable image reported, a FIFO passed over, the commit done" \
     || bad "--search unreadable" "exit $rc: $(cat sib-err)"

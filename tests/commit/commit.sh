@@ -417,6 +417,38 @@ if command -v strace >/dev/null; then
         || bad "base lock to the end" "commit rc=$rc, qemu-io rc=$irc: $(cat info.out err)"
 fi
 
+# --- dependents of committed layers: a fork of TOP keeps its view and TOP is
+# not called unreferenced; a fork of a layer between TOP and BASE would read
+# changed data: refused (--force commits, and names it); qchain-snapshot
+# warns when it makes a fork
+rm -f d-*
+qemu-img create -q -f raw d-base.raw 16M
+qemu-img create -q -f qcow2 -b d-base.raw -F raw d-s1.qcow2
+qemu-io -c 'write -P 1 0 2M' d-s1.qcow2 >/dev/null
+"$S" d-s1.qcow2 d-s2.qcow2 >/dev/null
+qemu-io -c 'write -P 2 1M 2M' d-s2.qcow2 >/dev/null
+"$S" d-s2.qcow2 d-s3.qcow2 >/dev/null
+qemu-io -c 'write -P 4 6M 1M' d-s3.qcow2 >/dev/null
+"$S" d-s1.qcow2 d-fork.qcow2 >/dev/null 2>err
+grep -qx "qchain-snapshot: warning: 'd-s1.qcow2' is already the backing file of 'd-s2.qcow2': 'd-fork.qcow2' makes a fork (two images over one; committing either into 'd-s1.qcow2' changes what the other reads)" err \
+    && ok "qchain-snapshot warns that it makes a fork" || bad "fork warning" "$(cat err)"
+qemu-io -c 'write -P 3 4M 1M' d-fork.qcow2 >/dev/null
+view d-fork.qcow2 d-fork.before
+view d-s3.qcow2 d-s3.before
+sums=$(md5sum d-base.raw d-s*.qcow2)
+"$C" --top d-s2.qcow2 --base d-base.raw d-s3.qcow2 >/dev/null 2>err; rc=$?
+[ $rc -eq 1 ] && grep -q "^qchain-commit: 'd-s1.qcow2': 1 other image outside this chain uses it as backing file and would read changed data once the layers above it are in 'd-base.raw'" err \
+    && grep -qx "  d-fork.qcow2" err && [ "$sums" = "$(md5sum d-base.raw d-s*.qcow2)" ] \
+    && ok "a fork of a layer between TOP and BASE: refused, named" \
+    || bad "fork below TOP" "rc=$rc $(cat err)"
+"$C" --json --top d-s1.qcow2 d-s3.qcow2 >j.json 2>err; rc=$?
+[ $rc -eq 0 ] && [ "$(json_get j.json unreferenced)" = '[]' ] \
+    && [ "$(json_get j.json dependents)" = '[{"filename": "d-fork.qcow2", "backing-filename": "d-s1.qcow2"}]' ] \
+    && qemu-img compare -q -f raw -F qcow2 d-fork.before d-fork.qcow2 \
+    && qemu-img compare -q -f raw -F qcow2 d-s3.before d-s3.qcow2 \
+    && ok "a fork of TOP keeps its view; TOP not unreferenced, the fork named" \
+    || bad "fork of TOP" "rc=$rc $(cat err j.json)"
+
 crash raw ""
 crash qcow2 cluster_size=64k
 crash qcow2 cluster_size=4k,refcount_bits=64

@@ -28,6 +28,7 @@ blocks=$(stat -c %b fs/base.img)
     && [ "$(stat -c %b fs/base.img)" = "$blocks" ] && [ ! -e fs/base.img.qchain-commit ] \
     && ok "growth over the free space: refused before writing, base and mount point named" \
     || bad "refusal" "rc=$rc $(cat err)"
+rm -f big.qcow2 # a sibling of the next top
 
 # out of space during the copy: the file system fills after the check
 # (another writer); made certain with strace's fault injection: from the
