@@ -209,23 +209,6 @@ static int state_path(const struct job *j, unsigned b, const char *suffix,
 
 /* ---- journal ---- */
 
-static int fsync_dir_of(const char *path)
-{
-    char *copy = strdup(path);
-    int fd, rc = 0;
-
-    if (!copy)
-        return -ENOMEM;
-    fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
-    free(copy);
-    if (fd < 0)
-        return -errno;
-    if (fsync(fd) < 0)
-        rc = -errno;
-    close(fd);
-    return rc;
-}
-
 /* A layer by identity: a file by device and inode, a device by its
  * stable name (a reboot renumbers devices). */
 static void journal_line(FILE *f, const char *key,
@@ -287,7 +270,7 @@ static int journal_write(struct job *j)
         unlink(tmp);
         return rc;
     }
-    return fsync_dir_of(j->journal);
+    return qcow2_io_sync_dir(j->journal);
 }
 
 
@@ -478,7 +461,7 @@ static int record_committed(const struct job *j)
         unlink(tmp);
         return rc;
     }
-    return fsync_dir_of(path);
+    return qcow2_io_sync_dir(path);
 }
 
 /* ---- images that use the layers ----
@@ -745,7 +728,7 @@ static int top_left_the_chain(struct job *j, const struct args *a)
         if (cli_journal_read(j->journal, &jr) == 0 &&
             cli_journal_names(&jr, 1, &tl)) {
             unlink(j->journal);
-            fsync_dir_of(j->journal);
+            qcow2_io_sync_dir(j->journal);
             done_base = a->base;
             job = jr.uuid;
         }
@@ -1124,7 +1107,7 @@ static int run(struct job *j)
     j->secs = (double)(t1.tv_sec - t0.tv_sec) +
               (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     /* 10. done: the journal removed */
-    rc = unlink(j->journal) < 0 ? -errno : fsync_dir_of(j->journal);
+    rc = unlink(j->journal) < 0 ? -errno : qcow2_io_sync_dir(j->journal);
     if (rc < 0) {
         cli_error_file(j->journal, "cannot remove the finished job's "
                        "journal: %s", strerror(-rc));

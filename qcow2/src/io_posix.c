@@ -716,7 +716,7 @@ static int temp_name(const char *path, char *tmp, size_t len)
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-static int sync_dir_of(const char *path)
+int qcow2_io_sync_dir(const char *path)
 {
     const char *slash = strrchr(path, '/');
     char dir[4096];
@@ -782,5 +782,5 @@ int qcow2_io_publish(const char *tmp, const char *path)
     }
     if (rc < 0)
         return -errno;
-    return sync_dir_of(path);
+    return qcow2_io_sync_dir(path);
 }

@@ -134,6 +134,13 @@ QCOW2_API int qcow2_io_create_temp(const char *path, unsigned flags,
 QCOW2_API int qcow2_io_publish(const char *tmp, const char *path);
 
 /**
+ * Sync the directory that holds `path` (its entries: a file created,
+ * renamed or removed there is durable once this returns 0).
+ * @return 0 or -errno.
+ */
+QCOW2_API int qcow2_io_sync_dir(const char *path);
+
+/**
  * Report QEMU lock bytes held on a file by other processes.
  * @return a bitmask: bit n set when byte 100+n is held, bit 8+n when byte
  *         200+n is held (n = 0..4), or -errno.
