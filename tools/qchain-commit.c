@@ -35,6 +35,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,8 +59,12 @@
 
 #define MAX_SEARCH 64
 
+#define MAX_DISKS 16 /* ACTIVE images of one VM, committed concurrently */
+
 struct args {
     const char *active, *top, *base; /* as given (top, base: NULL) */
+    const char *actives[MAX_DISKS];  /* several: the disks of one VM */
+    unsigned ndisks;
     const char *search[MAX_SEARCH];
     unsigned nsearch;
     bool force;
@@ -89,6 +94,12 @@ struct job {
     double secs;
     struct user *users;           /* images outside the chain that use */
     unsigned n_users, cap_users;  /* a layer from TOP down to BASE */
+    bool done;                    /* completed by an earlier run: */
+    const char *done_top, *done_base;
+    char done_job[37];            /* its uuid, "" when unknown */
+    int rc;                       /* STEP_* of the copy (its thread) */
+    struct cli_fit fit;           /* the base's room (check_fit) */
+    bool fit_known;
 };
 
 /* An image outside the chain whose backing file is layer `layer`. */
@@ -163,10 +174,13 @@ static int report_interrupted(int argc, char **argv)
 
 static void usage(void)
 {
-    printf("Usage: %s [OPTIONS] ACTIVE\n"
+    printf("Usage: %s [OPTIONS] ACTIVE...\n"
            "Commit the layers of ACTIVE's chain from TOP down to just above "
-           "BASE into BASE.\n\n"
-           "  --top=TOP            first layer to commit (default: ACTIVE)\n"
+           "BASE into BASE.\n"
+           "Several ACTIVEs (the disks of one VM): all checked before any is "
+           "written, then\ncommitted concurrently.\n\n"
+           "  --top=TOP            first layer to commit (default: ACTIVE; "
+           "one ACTIVE only)\n"
            "  --base=BASE          image to commit into (default: TOP's "
            "backing file)\n"
            "  --search=DIR         also look in DIR for other images backed "
@@ -343,61 +357,68 @@ struct outcome {
     bool already;                     /* completed by an earlier run */
 };
 
-static void outcome_json(const struct outcome *o)
+static void outcome_json(struct json *jp, const struct outcome *o)
 {
-    struct json js;
     unsigned i;
 
-    json_init(&js, stdout, true);
-    json_object_begin(&js, NULL);
-    json_string(&js, "active", o->active);
-    json_string(&js, "top", o->top);
-    json_string(&js, "base", o->base);
-    json_u64(&js, "data-bytes", o->st.data_bytes);
-    json_u64(&js, "zero-bytes", o->st.zero_bytes);
+    json_object_begin(jp, NULL);
+    json_string(jp, "active", o->active);
+    json_string(jp, "top", o->top);
+    json_string(jp, "base", o->base);
+    json_u64(jp, "data-bytes", o->st.data_bytes);
+    json_u64(jp, "zero-bytes", o->st.zero_bytes);
     /* to the microsecond */
-    json_double(&js, "seconds", round(o->secs * 1e6) / 1e6);
-    json_u64(&js, "bytes-per-second",
+    json_double(jp, "seconds", round(o->secs * 1e6) / 1e6);
+    json_u64(jp, "bytes-per-second",
              o->secs > 0 ? (uint64_t)((double)o->st.data_bytes / o->secs)
                          : 0);
     if (o->rebased)
-        json_string(&js, "rebased", o->rebased);
+        json_string(jp, "rebased", o->rebased);
     else
-        json_null(&js, "rebased");
-    json_array_begin(&js, "unreferenced");
+        json_null(jp, "rebased");
+    json_array_begin(jp, "unreferenced");
     for (i = 0; i < o->n_unreferenced; i++)
-        json_string(&js, NULL, o->unreferenced[i]);
-    json_array_end(&js);
-    json_array_begin(&js, "dependents");
+        json_string(jp, NULL, o->unreferenced[i]);
+    json_array_end(jp);
+    json_array_begin(jp, "dependents");
     for (i = 0; o->users && i < o->users->n_users; i++) {
         const struct user *u = &o->users->users[i];
         if (u->layer >= o->users->base)
             continue;
-        json_object_begin(&js, NULL);
-        json_string(&js, "filename", u->path);
-        json_string(&js, "backing-filename", o->users->layers[u->layer].name);
-        json_object_end(&js);
+        json_object_begin(jp, NULL);
+        json_string(jp, "filename", u->path);
+        json_string(jp, "backing-filename", o->users->layers[u->layer].name);
+        json_object_end(jp);
     }
-    json_array_end(&js);
-    json_bool(&js, "base-grows", o->st.grown);
-    json_u64(&js, "offloaded-bytes", o->st.offloaded_bytes);
+    json_array_end(jp);
+    json_bool(jp, "base-grows", o->st.grown);
+    json_u64(jp, "offloaded-bytes", o->st.offloaded_bytes);
     if (o->job)
-        json_string(&js, "job", o->job);
+        json_string(jp, "job", o->job);
     else
-        json_null(&js, "job");
-    json_bool(&js, "already-completed", o->already);
-    json_object_end(&js);
-    json_end(&js);
+        json_null(jp, "job");
+    json_bool(jp, "already-completed", o->already);
+    json_object_end(jp);
 }
 
 /* The job had completed: TOP (and the layers below it, down to BASE)
  * committed, the image above re-pointed. */
-static void report_done(const struct job *j, const char *top,
-                        const char *base, const char *job)
+static void report_done(struct job *j, const char *top, const char *base,
+                        const char *job)
 {
+    j->done = true;
+    j->done_top = top;
+    j->done_base = base;
+    snprintf(j->done_job, sizeof(j->done_job), "%s", job ? job : "");
+}
+
+static void show_done(struct json *js, const struct job *j)
+{
+    const char *top = j->done_top, *base = j->done_base;
     struct outcome o = {.active = j->active, .top = top, .base = base,
                         .unreferenced = &top, .n_unreferenced = 1,
-                        .job = job, .already = true};
+                        .job = *j->done_job ? j->done_job : NULL,
+                        .already = true};
     unsigned i;
 
     /* the image above BASE in the chain now, if TOP had one above it */
@@ -405,8 +426,8 @@ static void report_done(const struct job *j, const char *top,
         if (!strcmp(j->layers[i].name, base) &&
             strcmp(j->layers[i - 1].name, top) != 0)
             o.rebased = j->layers[i - 1].name;
-    if (common.output == CLI_OUTPUT_JSON)
-        outcome_json(&o);
+    if (js)
+        outcome_json(js, &o);
     else
         printf("The commit of '%s' into '%s' had already completed; nothing "
                "to do.\n", top, base);
@@ -606,7 +627,7 @@ static int check_users(struct job *j, const struct args *a)
 
 /* ---- room for the commit ---- */
 
-static int check_fit(const struct job *j)
+static int check_fit(struct job *j)
 {
     const struct cli_layer *t = &j->layers[j->top], *b = &j->layers[j->base];
     struct qcow2_commit_estimate est;
@@ -619,6 +640,8 @@ static int check_fit(const struct job *j)
         return -1;
     }
     rc = cli_base_fit(b->name, &est, &fit);
+    j->fit = fit;
+    j->fit_known = rc == 0;
     if (rc < 0) {
         cli_error_file(b->name, "cannot read the free space of its file "
                        "system: %s", strerror(-rc));
@@ -697,12 +720,19 @@ static void parse_args(int argc, char **argv, struct args *a)
     }
     if (common.force_share)
         cli_usage_error("-U does not apply: commit writes images");
-    if (optind != argc - 1)
-        cli_usage_error(optind >= argc ? "missing ACTIVE"
-                                       : "too many arguments");
-    a->active = argv[optind];
+    if (optind >= argc)
+        cli_usage_error("missing ACTIVE");
+    if (argc - optind > MAX_DISKS)
+        cli_usage_error("too many ACTIVE images (at most %d)", MAX_DISKS);
+    for (; optind < argc; optind++)
+        a->actives[a->ndisks++] = argv[optind];
+    a->active = a->actives[0];
+    if (a->ndisks > 1 && (a->top || a->base))
+        cli_usage_error("--top and --base apply to a single ACTIVE");
     if (!show_progress && common.output == CLI_OUTPUT_HUMAN && isatty(2))
-        show_progress = true;
+        show_progress = a->ndisks == 1;
+    if (a->ndisks > 1)
+        show_progress = false; /* one bar per disk would be garbled */
 }
 
 /* TOP is not in the chain: maybe this very job finished already, which
@@ -752,7 +782,6 @@ static int top_left_the_chain(struct job *j, const struct args *a)
 /* 1. the chain, without locks: who is who; TOP and BASE in it */
 static int open_chain(struct job *j, const struct args *a)
 {
-    j->active = a->active;
     if (cli_chain_open(&common, j->active, QCOW2_OPEN_FORCE_SHARE, &j->chain,
                        &j->c) < 0)
         return STEP_FAIL;
@@ -1127,12 +1156,12 @@ static bool layer_used(const struct job *j, unsigned i)
     return false;
 }
 
-static void report(const struct job *j)
+static void report(struct json *js, const struct job *j)
 {
     const struct qcow2_commit_stats *st = &j->st;
     unsigned i, k;
 
-    if (common.output == CLI_OUTPUT_JSON) {
+    if (js) {
         const char *names[QCOW2_DEFAULT_MAX_DEPTH + 1];
         struct outcome o = {.active = j->active,
                             .top = j->layers[j->top].name,
@@ -1145,7 +1174,7 @@ static void report(const struct job *j)
                                             QCOW2_DEFAULT_MAX_DEPTH + 1; i++)
             if (!layer_used(j, i))
                 names[o.n_unreferenced++] = j->layers[i].name;
-        outcome_json(&o);
+        outcome_json(js, &o);
         return;
     }
     {
@@ -1206,38 +1235,170 @@ static void job_free(struct job *j)
     free(j->users);
 }
 
+/* Several disks whose bases share a file system must fit there together,
+ * each alone is not enough.  Returns the number of file systems short
+ * (said). */
+static unsigned check_fit_together(const struct job *jobs, unsigned n)
+{
+    unsigned i, k, short_fs = 0;
+
+    for (i = 0; i < n; i++) {
+        const struct job *j = &jobs[i];
+        struct stat st, sk;
+        uint64_t sum = 0;
+        bool first = true;
+        char a[32], b[32];
+        if (!j->fit_known || j->fit.device ||
+            stat(j->layers[j->base].name, &st) < 0)
+            continue;
+        for (k = 0; k < n; k++) {
+            const struct job *o = &jobs[k];
+            if (!o->fit_known || o->fit.device ||
+                stat(o->layers[o->base].name, &sk) < 0 ||
+                sk.st_dev != st.st_dev)
+                continue;
+            if (k < i)
+                first = false; /* that file system counted already */
+            if (o->fit.growth > 0)
+                sum += (uint64_t)o->fit.growth;
+        }
+        if (!first || sum <= j->fit.free)
+            continue;
+        short_fs++;
+        cli_error_file(j->layers[j->base].name, "the commits of these disks "
+                       "grow the bases on its file system by %s (%" PRIu64
+                       " bytes) together, more than the %s free; free space, "
+                       "then run the same command again",
+                       cli_size_str(sum, a, sizeof(a)), sum,
+                       cli_size_str(j->fit.free, b, sizeof(b)));
+    }
+    return short_fs;
+}
+
+/* Steps 1-5 for one disk: everything is checked, nothing written. */
+static int prepare(struct job *j, const struct args *a)
+{
+    int rc = open_chain(j, a);
+
+    if (rc == STEP_ON)
+        rc = job_state(j);
+    if (rc == STEP_ON)
+        rc = check_writable(j);
+    /* every check below reads the chain under locks: nobody writes it
+     * from here on */
+    if (rc == STEP_ON)
+        rc = take_locks(j);
+    if (rc == STEP_ON)
+        rc = reread_chain(j);
+    if (rc == STEP_ON)
+        rc = check_users(j, a);
+    /* 4. room, before anything is written (a resumed job first reclaims
+     * what the interrupted run leaked: the library checks a device then,
+     * before it writes) */
+    if (rc == STEP_ON && !j->resuming)
+        rc = check_fit(j);
+    if (rc == STEP_ON)
+        rc = check_repoint(j);
+    return rc;
+}
+
+static void *run_thread(void *arg)
+{
+    struct job *j = arg;
+
+    j->rc = run(j);
+    return NULL;
+}
+
+/* 6-10 for every disk that has work, concurrently (one thread each). */
+static void run_all(struct job *jobs, unsigned n)
+{
+    pthread_t th[MAX_DISKS];
+    bool started[MAX_DISKS] = {false};
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        if (jobs[i].done)
+            continue;
+        if (n == 1 || pthread_create(&th[i], NULL, run_thread, &jobs[i]))
+            run_thread(&jobs[i]); /* one disk, or no thread: here */
+        else
+            started[i] = true;
+    }
+    for (i = 0; i < n; i++)
+        if (started[i])
+            pthread_join(th[i], NULL);
+}
+
+/* Each disk's report: one object (one disk) or {"disks": [...]}; in human
+ * form each disk under its own heading. */
+static void report_all(const struct job *jobs, unsigned n)
+{
+    struct json js;
+    unsigned i;
+
+    if (common.output == CLI_OUTPUT_JSON) {
+        json_init(&js, stdout, true);
+        if (n > 1) {
+            json_object_begin(&js, NULL);
+            json_array_begin(&js, "disks");
+        }
+        for (i = 0; i < n; i++)
+            if (jobs[i].done)
+                show_done(&js, &jobs[i]);
+            else if (jobs[i].rc == STEP_ON)
+                report(&js, &jobs[i]);
+        if (n > 1) {
+            json_array_end(&js);
+            json_object_end(&js);
+        }
+        json_end(&js);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        if (!jobs[i].done && jobs[i].rc != STEP_ON)
+            continue;
+        if (n > 1)
+            printf("%sDisk %u of %u, '%s':\n", i ? "\n" : "", i + 1, n,
+                   jobs[i].active);
+        if (jobs[i].done)
+            show_done(NULL, &jobs[i]);
+        else
+            report(NULL, &jobs[i]);
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct args a = {0};
-    struct job j = {0};
-    int rc;
+    struct job jobs[MAX_DISKS];
+    unsigned i;
+    int rc = STEP_ON;
 
     cli_init("qchain-commit", argv);
     parse_args(argc, argv, &a);
     catch_stop_signals();
-    rc = open_chain(&j, &a);
-    if (rc == STEP_ON)
-        rc = job_state(&j);
-    if (rc == STEP_ON)
-        rc = check_writable(&j);
-    /* every check below reads the chain under locks: nobody writes it
-     * from here on */
-    if (rc == STEP_ON)
-        rc = take_locks(&j);
-    if (rc == STEP_ON)
-        rc = reread_chain(&j);
-    if (rc == STEP_ON)
-        rc = check_users(&j, &a);
-    /* 4. room, before anything is written (a resumed job first reclaims
-     * what the interrupted run leaked: the library checks a device then,
-     * before it writes) */
-    if (rc == STEP_ON && !j.resuming)
-        rc = check_fit(&j);
-    if (rc == STEP_ON)
-        rc = check_repoint(&j);
-    if (rc == STEP_ON && (rc = run(&j)) == STEP_ON)
-        report(&j);
-    job_free(&j);
+    memset(jobs, 0, sizeof(jobs));
+    /* every disk checked (locks, siblings, dependents, room) before any
+     * is written */
+    for (i = 0; i < a.ndisks && rc != STEP_FAIL; i++) {
+        jobs[i].active = a.actives[i];
+        rc = prepare(&jobs[i], &a);
+        if (rc == STEP_DONE)
+            rc = STEP_ON;
+    }
+    if (rc == STEP_ON && a.ndisks > 1 && check_fit_together(jobs, a.ndisks))
+        rc = STEP_FAIL;
+    if (rc == STEP_ON) {
+        run_all(jobs, a.ndisks);
+        for (i = 0; i < a.ndisks; i++)
+            if (!jobs[i].done && jobs[i].rc != STEP_ON &&
+                rc != STEP_INTERRUPTED)
+                rc = jobs[i].rc;
+        report_all(jobs, a.ndisks);
+    }
+    for (i = 0; i < a.ndisks; i++)
+        job_free(&jobs[i]);
     if (rc == STEP_INTERRUPTED)
         return report_interrupted(argc, argv);
     return rc == STEP_FAIL ? QCHAIN_EXIT_FAILURE : QCHAIN_EXIT_OK;

@@ -449,6 +449,46 @@ sums=$(md5sum d-base.raw d-s*.qcow2)
     && ok "a fork of TOP keeps its view; TOP not unreferenced, the fork named" \
     || bad "fork of TOP" "rc=$rc $(cat err j.json)"
 
+# --- several disks of one VM: everything checked for all before any is
+# written, then committed concurrently, each reported
+rm -f m-*
+qemu-img create -q -f raw m-b1.raw 64M
+qemu-img create -q -f qcow2 m-b2.qcow2 64M
+qemu-io -c 'write -P 1 0 8M' m-b2.qcow2 >/dev/null
+"$S" m-b1.raw:m-t1.qcow2 m-b2.qcow2:m-t2.qcow2 >/dev/null
+qemu-io -c 'write -P 2 0 30M' m-t1.qcow2 >/dev/null
+qemu-io -c 'write -P 3 4M 20M' -c 'write -z 40M 8M' m-t2.qcow2 >/dev/null
+view m-t1.qcow2 m-v1.raw; view m-t2.qcow2 m-v2.raw
+sums=$(md5sum m-b1.raw m-b2.qcow2)
+hold -n m-b2.qcow2
+"$C" m-t1.qcow2 m-t2.qcow2 >/dev/null 2>err; rc=$?
+release
+[ $rc -eq 1 ] && grep -q "'m-b2.qcow2'.*held by qemu-io" err \
+    && [ "$sums" = "$(md5sum m-b1.raw m-b2.qcow2)" ] && [ ! -e m-b1.raw.qchain-commit ] \
+    && ok "several disks: the second base held, the first not written either" \
+    || bad "several disks refused" "rc=$rc $(cat err)"
+"$C" --top m-t1.qcow2 m-t1.qcow2 m-t2.qcow2 >/dev/null 2>err; rc=$?
+[ $rc -eq 2 ] && grep -q "apply to a single ACTIVE" err \
+    && ok "several disks: --top is a usage error" || bad "several disks --top" "rc=$rc $(cat err)"
+"$C" --json m-t1.qcow2 m-t2.qcow2 >m.json 2>err; rc=$?
+if [ $rc -eq 0 ] && qemu-img compare -q -f raw -F raw m-v1.raw m-b1.raw \
+    && qemu-img compare -q -f raw -F qcow2 m-v2.raw m-b2.qcow2 && clean m-b2.qcow2 \
+    && python3 - m.json <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert list(d) == ['disks'] and len(d['disks']) == 2, d
+a, b = d['disks']
+assert a['active'] == 'm-t1.qcow2' and a['base'] == 'm-b1.raw', a
+assert b['active'] == 'm-t2.qcow2' and b['base'] == 'm-b2.qcow2', b
+assert a['data-bytes'] == 30 << 20 and b['data-bytes'] == 20 << 20, (a, b)
+assert b['zero-bytes'] == 8 << 20 and list(a) == list(b), b
+PY
+then ok "several disks committed concurrently, each reported (disks)"
+else bad "several disks" "rc=$rc $(cat err m.json)"; fi
+"$C" m-t1.qcow2 m-t2.qcow2 >out 2>err \
+    && [ "$(grep -c 'had already completed' out)" = 2 ] && grep -q "^Disk 2 of 2, 'm-t2.qcow2':" out \
+    && ok "several disks re-run: each had completed" || bad "several disks re-run" "$(cat err out)"
+
 crash raw ""
 crash qcow2 cluster_size=64k
 crash qcow2 cluster_size=4k,refcount_bits=64

@@ -30,6 +30,22 @@ blocks=$(stat -c %b fs/base.img)
     || bad "refusal" "rc=$rc $(cat err)"
 rm -f big.qcow2 # a sibling of the next top
 
+# two disks whose bases share the file system: each fits alone, not both
+qemu-img create -q -f raw fs/d1.img 32M
+qemu-img create -q -f raw fs/d2.img 32M
+qemu-img create -q -f qcow2 -b "$mp/d1.img" -F raw d1.qcow2
+qemu-img create -q -f qcow2 -b "$mp/d2.img" -F raw d2.qcow2
+qemu-io -c 'write -P 1 0 28M' d1.qcow2 >/dev/null
+qemu-io -c 'write -P 2 0 28M' d2.qcow2 >/dev/null
+"$C" d1.qcow2 d2.qcow2 >out 2>err; rc=$?
+[ $rc -eq 1 ] && grep -q "'$mp/d1.img': the commits of these disks grow the bases on its file system by 56 MiB" err \
+    && [ ! -e fs/d1.img.qchain-commit ] && [ ! -e fs/d2.img.qchain-commit ] \
+    && [ "$(stat -c %b fs/d1.img)" = "$(stat -c %b fs/d2.img)" ] \
+    && ok "two disks that fit alone but not together: refused before writing" \
+    || bad "fit together" "rc=$rc $(cat err)"
+"$C" d1.qcow2 >/dev/null 2>err && ok "one of them alone fits and commits" || bad "one disk" "$(cat err)"
+rm -f fs/d1.img fs/d2.img d1.qcow2 d2.qcow2 fs/*.qchain-commit*
+
 # out of space during the copy: the file system fills after the check
 # (another writer); made certain with strace's fault injection: from the
 # 4th write into the base on, ENOSPC
