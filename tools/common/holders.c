@@ -95,7 +95,7 @@ static bool scan_proc_locks(const struct stat *st, struct found *f)
 /* Does /proc/PID/fdinfo/FD list a lock? */
 static bool fd_has_lock(const char *pid, const char *fd)
 {
-    char path[300], line[256];
+    char path[600], line[256];
     bool lock = false;
     FILE *fp;
 
