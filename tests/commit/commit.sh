@@ -195,6 +195,11 @@ hold -n r-top.qcow2
 refuse "ACTIVE written by a VM" 1 --top r-mid.qcow2 r-top.qcow2
 grep -q "^qchain-commit: 'r-top.qcow2': .*in use.*; held by qemu-io (pid $HOLDER): stop the VM" err \
     || bad "ACTIVE held: the image in use and its holder named" "$(cat err)"
+"$QCHAIN_BIN/qchain-delta" r-top.qcow2 >/dev/null 2>err; rc=$?
+[ $rc -eq 1 ] && grep -q "^qchain-delta: 'r-top.qcow2': .*held by qemu-io (pid $HOLDER): stop the VM, or use -U for read-only figures" err \
+    && "$QCHAIN_BIN/qchain-delta" -U r-top.qcow2 >/dev/null 2>&1 \
+    && ok "delta of an image a VM writes: the holder named, -U advised (and works)" \
+    || bad "delta held" "rc=$rc $(cat err)"
 release
 # a layer renamed away (and another file put under its name) between the
 # chain's read and its lock: the identity check refuses; strace holds the

@@ -9,6 +9,7 @@
 
 #include "chain.h"
 #include "cli.h"
+#include "holders.h"
 
 int cli_chain_load(struct qcow2_image *active, struct cli_chain *c)
 {
@@ -44,6 +45,7 @@ int cli_chain_open(const struct cli_common *common, const char *active,
                    struct cli_chain *c)
 {
     struct qcow2_open_opts o;
+    int rc;
 
     *img = qcow2_new();
     if (!*img) {
@@ -51,7 +53,18 @@ int cli_chain_open(const struct cli_common *common, const char *active,
         return -1;
     }
     cli_open_opts(common, &o, flags);
-    if (qcow2_open(*img, active, &o) < 0) {
+    rc = qcow2_open(*img, active, &o);
+    if (rc == -EBUSY) {
+        /* which image a VM holds, who holds it, what to do */
+        char *msg = strdup(qcow2_errmsg(*img));
+        qcow2_close(*img);
+        *img = NULL;
+        cli_busy_error(active, common->format, flags, msg ? msg : "in use",
+                       "stop the VM, or use -U for read-only figures");
+        free(msg);
+        return -1;
+    }
+    if (rc < 0) {
         cli_error_file(active, "%s", qcow2_errmsg(*img));
         return -1;
     }
