@@ -100,6 +100,7 @@ struct job {
     int rc;                       /* STEP_* of the copy (its thread) */
     struct cli_fit fit;           /* the base's room (check_fit) */
     bool fit_known;
+    bool base_dirty;              /* its refcounts rebuilt at its open */
 };
 
 /* An image outside the chain whose backing file is layer `layer`. */
@@ -355,6 +356,7 @@ struct outcome {
     struct qcow2_commit_stats st;
     double secs;
     bool already;                     /* completed by an earlier run */
+    bool rebuilt;                     /* the base's refcounts rebuilt */
 };
 
 static void outcome_json(struct json *jp, const struct outcome *o)
@@ -392,6 +394,7 @@ static void outcome_json(struct json *jp, const struct outcome *o)
     }
     json_array_end(jp);
     json_bool(jp, "base-grows", o->st.grown);
+    json_bool(jp, "base-refcounts-rebuilt", o->rebuilt);
     json_u64(jp, "offloaded-bytes", o->st.offloaded_bytes);
     if (o->job)
         json_string(jp, "job", o->job);
@@ -1002,8 +1005,12 @@ static int check_repoint(struct job *j)
 /* BASE opened as an image over its lock, for the copy. */
 static int open_base(struct job *j)
 {
+    const struct qcow2_header *h = qcow2_header_get(j->layers[j->base].img);
     struct qcow2_open_opts o;
 
+    /* a dirty base (lazy refcounts, its writer killed) has its refcounts
+     * rebuilt by the library as it opens read-write */
+    j->base_dirty = h && h->version >= 3 && (h->incompatible_features & 1);
     j->base_img = qcow2_new();
     if (!j->base_img)
         return STEP_FAIL;
@@ -1169,7 +1176,8 @@ static void report(struct json *js, const struct job *j)
                             .rebased = j->top > 0 ? j->layers[j->top - 1].name
                                                   : NULL,
                             .unreferenced = names, .users = j,
-                            .job = j->uuid, .st = *st, .secs = j->secs};
+                            .job = j->uuid, .st = *st, .secs = j->secs,
+                            .rebuilt = j->base_dirty};
         for (i = j->top; i < j->base && o.n_unreferenced <
                                             QCOW2_DEFAULT_MAX_DEPTH + 1; i++)
             if (!layer_used(j, i))
@@ -1187,6 +1195,10 @@ static void report(struct json *js, const struct job *j)
                                                      j->secs)
                                         : 0, r, sizeof(r)));
     }
+    if (j->base_dirty)
+        printf("The refcounts of '%s' were rebuilt first (its dirty bit was "
+               "set: a writer with lazy refcounts had stopped without "
+               "closing it).\n", j->layers[j->base].name);
     if (st->grown)
         printf("'%s' was grown to %" PRIu64 " bytes.\n",
                j->layers[j->base].name, st->total_bytes);

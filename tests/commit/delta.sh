@@ -186,7 +186,9 @@ dirty_case() { # name top-size top-writes...
         || { bad "dirty base $n" "$(cat err)"; return; }
     local s0 s1 end est req rb
     s0=$(stat -c %s dirty-base.qcow2)
-    "$C" dirty-top.qcow2 >/dev/null 2>err || { bad "dirty base $n" "commit: $(cat err)"; return; }
+    "$C" dirty-top.qcow2 >dcommit.txt 2>err || { bad "dirty base $n" "commit: $(cat err)"; return; }
+    grep -q "^The refcounts of 'dirty-base.qcow2' were rebuilt first (its dirty bit was set" dcommit.txt \
+        || { bad "dirty base $n" "the commit does not say it rebuilt the refcounts: $(cat dcommit.txt)"; return; }
     s1=$(stat -c %s dirty-base.qcow2)
     qemu-img check --output=json dirty-base.qcow2 > dc.json
     end=$(jget dc.json image-end-offset)
