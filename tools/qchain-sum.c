@@ -1,0 +1,484 @@
+/*
+ * qchain-sum - a checksum of the guest-visible content of images (through
+ * their backing chains), of an internal snapshot (-s), or of one layer
+ * alone (--layer N), computed from the chain's extents: ranges that read as
+ * zeros are hashed without being read.
+ *
+ * Default: the block hash of blkhash/blksum (the figure `blksum` prints for
+ * a raw copy): the content cut into 64 KiB blocks (the last may be
+ * shorter), digest = SHA-256(SHA-256(block 1) || ... || SHA-256(block N) ||
+ * the content's length in bytes as 64-bit little-endian).  A block of zeros
+ * has a constant inner digest, computed once per block length; the inner
+ * digests of data are computed by threads (up to the cores), the outer hash
+ * takes them in order.  --plain: SHA-256 of the content as one stream (what
+ * sha256sum of the exported raw file prints); zeros are fed from a zero
+ * buffer, never read.
+ *
+ * Images are only ever opened read-only (read locks, none with -U).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "cli.h"
+#include "holders.h"
+#include "json.h"
+
+#define BLOCK (64u << 10)  /* block of the block hash (blksum's default) */
+#define CHUNK (4u << 20)   /* bytes read per call (a multiple of BLOCK) */
+#define NBLOCKS (CHUNK / BLOCK)
+#define MD_LEN 32          /* SHA-256 */
+#define MAX_THREADS 16
+
+static void usage(void)
+{
+    printf("Usage: %s [OPTIONS] IMAGE...\n"
+           "Print a checksum of the guest-visible content of each IMAGE.\n\n"
+           "  -s, --snapshot=SNAP  of internal snapshot SNAP (id or name)\n"
+           "  --layer=N            of what the layer at depth N of the chain "
+           "holds by\n"
+           "                       itself (0 = IMAGE), zeros where it "
+           "allocates nothing\n"
+           "  --plain              SHA-256 of the content as one stream (as "
+           "sha256sum of\n"
+           "                       a raw copy); default: blksum's block hash "
+           "(SHA-256,\n"
+           "                       64 KiB blocks)\n"
+           "  -f, --format=FMT     format of the images (qcow2 or raw)\n"
+           "  -U, --force-share    read an image another process holds\n"
+           "  --output=human|json  report format (default human); --json\n"
+           "  -h, --help           this help\n"
+           "  -V, --version        version\n",
+           cli_progname());
+}
+
+/* What is hashed: the guest view through the chain (or a snapshot of the
+ * top image), or one layer alone. */
+struct source {
+    bool layer_only;
+    struct qcow2_image *img; /* the image read: the top, or layer N */
+    uint64_t size;
+};
+
+static int source_map(const struct source *src, uint64_t pos,
+                      struct qcow2_extent *ext)
+{
+    return qcow2_map(src->img, pos, src->size - pos,
+                     src->layer_only ? 0 : QCOW2_MAP_CHAIN, ext);
+}
+
+static int64_t source_read(const struct source *src, void *buf, size_t n,
+                           uint64_t pos)
+{
+    return src->layer_only ? qcow2_layer_pread(src->img, buf, n, pos)
+                           : qcow2_pread(src->img, buf, n, pos);
+}
+
+static bool extent_is_zero(const struct qcow2_extent *e)
+{
+    return (e->flags & QCOW2_EXTENT_ZERO) || !(e->flags & QCOW2_EXTENT_DATA);
+}
+
+/* ------------------------------------------------------------- hashing */
+
+static const uint8_t zeros[CHUNK];
+
+struct hasher {
+    bool plain;
+    const EVP_MD *md;
+    EVP_MD_CTX *outer;              /* the stream, or the outer hash */
+    uint8_t zero_md[MD_LEN];        /* digest of a zero block of BLOCK */
+    unsigned nthreads;
+    uint8_t digests[NBLOCKS][MD_LEN];
+};
+
+/* One thread's share of a chunk: blocks first, first + step, ... */
+struct share {
+    struct hasher *h;
+    const uint8_t *buf;
+    size_t len;
+    unsigned first, step;
+    int rc;
+};
+
+static int block_digest(const EVP_MD *md, const uint8_t *p, size_t n,
+                        uint8_t *out)
+{
+    return EVP_Digest(p, n, out, NULL, md, NULL) == 1 ? 0 : -1;
+}
+
+static void *hash_share(void *arg)
+{
+    struct share *s = arg;
+    unsigned i, nb = (unsigned)((s->len + BLOCK - 1) / BLOCK);
+
+    s->rc = 0;
+    for (i = s->first; i < nb && s->rc == 0; i += s->step) {
+        size_t off = (size_t)i * BLOCK;
+        size_t n = s->len - off < BLOCK ? s->len - off : BLOCK;
+        /* zeros in data clusters: the constant digest, no hashing */
+        if (n == BLOCK && qcow2_buffer_is_zero(s->buf + off, n))
+            memcpy(s->h->digests[i], s->h->zero_md, MD_LEN);
+        else
+            s->rc = block_digest(s->h->md, s->buf + off, n,
+                                 s->h->digests[i]);
+    }
+    return NULL;
+}
+
+/* Data at a block boundary: the inner digests of its blocks (threads
+ * share them out; a share no thread could take is done here), fed to the
+ * outer hash in order. */
+static int hash_blocks(struct hasher *h, const uint8_t *buf, size_t len)
+{
+    struct share sh[MAX_THREADS];
+    pthread_t tid[MAX_THREADS];
+    bool started[MAX_THREADS] = {false};
+    unsigned nb = (unsigned)((len + BLOCK - 1) / BLOCK);
+    unsigned nt = h->nthreads < nb ? h->nthreads : nb, i;
+    int rc = 0;
+
+    for (i = 0; i < nt; i++)
+        sh[i] = (struct share){h, buf, len, i, nt, 0};
+    for (i = 1; i < nt; i++)
+        started[i] = pthread_create(&tid[i], NULL, hash_share, &sh[i]) == 0;
+    hash_share(&sh[0]);
+    for (i = 1; i < nt; i++) {
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            hash_share(&sh[i]);
+    }
+    for (i = 0; i < nt; i++)
+        if (sh[i].rc < 0)
+            rc = -1;
+    if (rc == 0 &&
+        EVP_DigestUpdate(h->outer, h->digests, (size_t)nb * MD_LEN) != 1)
+        rc = -1;
+    return rc;
+}
+
+static int hash_data(struct hasher *h, const uint8_t *buf, size_t len)
+{
+    if (h->plain)
+        return EVP_DigestUpdate(h->outer, buf, len) == 1 ? 0 : -1;
+    return hash_blocks(h, buf, len);
+}
+
+/* len bytes of zeros at a block boundary: whole blocks, and a short last
+ * block only at the end of the content. */
+static int hash_zeros(struct hasher *h, uint64_t len)
+{
+    while (len > 0) {
+        size_t n = len < CHUNK ? (size_t)len : CHUNK;
+        if (h->plain) {
+            if (EVP_DigestUpdate(h->outer, zeros, n) != 1)
+                return -1;
+        } else if (n >= BLOCK) {
+            n -= n % BLOCK;
+            for (size_t i = 0; i < n / BLOCK; i++)
+                memcpy(h->digests[i], h->zero_md, MD_LEN);
+            if (EVP_DigestUpdate(h->outer, h->digests,
+                                 n / BLOCK * MD_LEN) != 1)
+                return -1;
+        } else {
+            uint8_t md[MD_LEN]; /* the short last block's own digest */
+            if (block_digest(h->md, zeros, n, md) < 0 ||
+                EVP_DigestUpdate(h->outer, md, MD_LEN) != 1)
+                return -1;
+        }
+        len -= n;
+    }
+    return 0;
+}
+
+static int hasher_start(struct hasher *h)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+    h->md = EVP_sha256();
+    h->outer = EVP_MD_CTX_new();
+    h->nthreads = cores < 1 ? 1 : cores > MAX_THREADS ? MAX_THREADS
+                                                      : (unsigned)cores;
+    if (!h->outer || EVP_DigestInit_ex(h->outer, h->md, NULL) != 1 ||
+        block_digest(h->md, zeros, BLOCK, h->zero_md) < 0)
+        return -1;
+    return 0;
+}
+
+/* The final digest into hex (65 bytes). */
+static int hasher_finish(struct hasher *h, uint64_t size, char *hex)
+{
+    uint8_t md[EVP_MAX_MD_SIZE], le[8];
+    unsigned n = 0, i;
+
+    for (i = 0; i < 8; i++)
+        le[i] = (uint8_t)(size >> (8 * i));
+    if ((!h->plain && EVP_DigestUpdate(h->outer, le, sizeof(le)) != 1) ||
+        EVP_DigestFinal_ex(h->outer, md, &n) != 1 || n != MD_LEN)
+        return -1;
+    for (i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return 0;
+}
+
+/* ------------------------------------------------------------- walking */
+
+/*
+ * Read the content from pos (a block boundary) into buf, at most CHUNK
+ * bytes: data read, zeros set, stopping before a zero range that starts at
+ * a block boundary and covers a whole block (or the rest), which the
+ * caller hashes without filling.  Returns the bytes filled (0 when pos
+ * starts such a range), or -1 (said).
+ */
+static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
+                    uint64_t pos)
+{
+    uint64_t end = src->size - pos < CHUNK ? src->size : pos + CHUNK;
+    uint64_t cur = pos;
+
+    while (cur < end) {
+        struct qcow2_extent ext;
+        uint64_t n;
+        if (source_map(src, cur, &ext) < 0) {
+            cli_error_file(file, "%s", qcow2_errmsg(src->img));
+            return -1;
+        }
+        n = ext.length < end - cur ? ext.length : end - cur;
+        if (extent_is_zero(&ext)) {
+            if (cur % BLOCK == 0 &&
+                (ext.length >= BLOCK || cur + ext.length == src->size))
+                break;
+            memset(buf + (cur - pos), 0, (size_t)n);
+        } else {
+            int64_t got = source_read(src, buf + (cur - pos), (size_t)n, cur);
+            if (got < 0) {
+                cli_error_file(file, "%s", qcow2_errmsg(src->img));
+                return -1;
+            }
+            if ((uint64_t)got != n) {
+                cli_error_file(file, "short read at offset 0x%" PRIx64, cur);
+                return -1;
+            }
+        }
+        cur += n;
+    }
+    return (int64_t)(cur - pos);
+}
+
+/* The zero range at pos (a block boundary): its whole blocks, or all the
+ * rest when it runs to the end. */
+static int64_t zero_run(const struct source *src, const char *file,
+                        uint64_t pos)
+{
+    struct qcow2_extent ext;
+
+    if (source_map(src, pos, &ext) < 0) {
+        cli_error_file(file, "%s", qcow2_errmsg(src->img));
+        return -1;
+    }
+    if (pos + ext.length >= src->size)
+        return (int64_t)(src->size - pos);
+    return (int64_t)(ext.length - ext.length % BLOCK);
+}
+
+/* Walk the content: data hashed as read, zero ranges without reading. */
+static int walk(const struct source *src, const char *file,
+                struct hasher *h, uint8_t *buf)
+{
+    uint64_t pos = 0;
+
+    while (pos < src->size) {
+        int64_t n = fill(src, file, buf, pos);
+        if (n < 0)
+            return -1;
+        if (n > 0 && hash_data(h, buf, (size_t)n) < 0)
+            return -2;
+        if (n == 0) {
+            n = zero_run(src, file, pos);
+            if (n < 0)
+                return -1;
+            if (hash_zeros(h, (uint64_t)n) < 0)
+                return -2;
+        }
+        pos += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* The checksum of src into hex, or -1 (said). */
+static int sum_source(const struct source *src, const char *file, bool plain,
+                      uint8_t *buf, char *hex)
+{
+    struct hasher *h = calloc(1, sizeof(*h));
+    int rc = -2;
+
+    if (!h) {
+        cli_error("out of memory");
+        return -1;
+    }
+    h->plain = plain;
+    if (hasher_start(h) == 0)
+        rc = walk(src, file, h, buf);
+    if (rc == 0 && hasher_finish(h, src->size, hex) < 0)
+        rc = -2;
+    if (rc == -2)
+        cli_error_file(file, "SHA-256 failed (OpenSSL)");
+    EVP_MD_CTX_free(h->outer);
+    free(h);
+    return rc < 0 ? -1 : 0;
+}
+
+/* ------------------------------------------------------------- main */
+
+struct args {
+    const char *snapshot;
+    uint64_t layer;
+    bool layer_only, plain;
+};
+
+static struct cli_common common;
+
+static void parse_args(int argc, char **argv, struct args *a)
+{
+    enum { OPT_LAYER = 0x2000, OPT_PLAIN };
+    static const struct option longopts[] = {
+        CLI_COMMON_LONGOPTS,
+        {"snapshot", required_argument, NULL, 's'},
+        {"layer", required_argument, NULL, OPT_LAYER},
+        {"plain", no_argument, NULL, OPT_PLAIN},
+        {NULL, 0, NULL, 0}};
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORTOPTS "s:",
+                              longopts, NULL)) != -1) {
+        if (cli_common_option(opt, optarg, &common, usage))
+            continue;
+        switch (opt) {
+        case 's':
+            a->snapshot = optarg;
+            break;
+        case OPT_LAYER:
+            if (cli_parse_u64(optarg, &a->layer) < 0 ||
+                a->layer > UINT32_MAX)
+                cli_usage_error("invalid --layer '%s'", optarg);
+            a->layer_only = true;
+            break;
+        case OPT_PLAIN:
+            a->plain = true;
+            break;
+        default:
+            cli_bad_option(opt);
+        }
+    }
+    if (a->snapshot && a->layer_only)
+        cli_usage_error("--snapshot and --layer exclude each other");
+    if (optind >= argc)
+        cli_usage_error("missing IMAGE");
+}
+
+/* Open one image read-only (read locks, none with -U) and find what is
+ * hashed.  *img is the caller's to close. */
+static int open_source(const struct args *a, const char *file,
+                       struct qcow2_image **img, struct source *src)
+{
+    struct qcow2_open_opts opts;
+    unsigned d;
+    int rc;
+
+    *img = qcow2_new();
+    if (!*img) {
+        cli_error("out of memory");
+        return -1;
+    }
+    cli_open_opts(&common, &opts, 0);
+    rc = qcow2_open(*img, file, &opts);
+    if (rc == -EBUSY) {
+        /* which file of the chain a VM holds, who holds it */
+        char *msg = strdup(qcow2_errmsg(*img));
+        qcow2_close(*img);
+        *img = NULL;
+        cli_busy_error(file, common.format, 0, msg ? msg : "in use",
+                       "stop the VM, or use -U");
+        free(msg);
+        return -1;
+    }
+    if (rc == 0 && a->snapshot)
+        rc = qcow2_snapshot_select(*img, a->snapshot);
+    if (rc < 0) {
+        cli_error_file(file, "%s", qcow2_errmsg(*img));
+        return -1;
+    }
+    src->layer_only = a->layer_only;
+    src->img = *img;
+    for (d = 0; a->layer_only && d < a->layer && src->img; d++)
+        src->img = qcow2_backing(src->img);
+    if (!src->img) {
+        cli_error_file(file, "no layer at depth %" PRIu64 ": the chain has "
+                       "%u (depths 0 to %u)", a->layer, d, d - 1);
+        return -1;
+    }
+    src->size = qcow2_virtual_size(src->img);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct args a = {0};
+    struct json j;
+    void *mem = NULL;
+    int status = QCHAIN_EXIT_OK, i;
+
+    cli_init("qchain-sum", argv);
+    parse_args(argc, argv, &a);
+    /* page-aligned: the kernel copies faster into aligned buffers */
+    if (posix_memalign(&mem, 4096, CHUNK) != 0) {
+        cli_error("out of memory");
+        return QCHAIN_EXIT_FAILURE;
+    }
+    if (common.output == CLI_OUTPUT_JSON) {
+        json_init(&j, stdout, true);
+        json_array_begin(&j, NULL);
+    }
+    /* as sha256sum: every image, a failure said and the next one tried */
+    for (i = optind; i < argc; i++) {
+        struct qcow2_image *img = NULL;
+        struct source src;
+        char hex[2 * MD_LEN + 1];
+
+        if (open_source(&a, argv[i], &img, &src) < 0 ||
+            sum_source(&src, argv[i], a.plain, mem, hex) < 0) {
+            status = QCHAIN_EXIT_FAILURE;
+        } else if (common.output == CLI_OUTPUT_JSON) {
+            json_object_begin(&j, NULL);
+            json_string(&j, "filename", argv[i]);
+            json_string(&j, "checksum", hex);
+            json_string(&j, "algorithm", "sha256");
+            if (!a.plain)
+                json_u64(&j, "block-size", BLOCK);
+            json_u64(&j, "virtual-size", src.size);
+            json_object_end(&j);
+        } else {
+            printf("%s  %s\n", hex, argv[i]);
+            fflush(stdout);
+        }
+        qcow2_close(img);
+    }
+    if (common.output == CLI_OUTPUT_JSON) {
+        json_array_end(&j);
+        json_end(&j);
+    }
+    free(mem);
+    if (fflush(stdout) != 0) {
+        cli_error("cannot write the output: %s", strerror(errno));
+        status = QCHAIN_EXIT_FAILURE;
+    }
+    return status;
+}
