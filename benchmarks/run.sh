@@ -92,6 +92,15 @@
 #       vs. `qemu-img commit -d TOP` into the same device, both followed
 #       by `sync DEVICE`.
 #
+# sum, sum-plain   (issue 17, no target)
+#       Image: 1 GiB qcow2, 64 KiB clusters, SUM_WRITES = 4096 distinct 64 KiB
+#       clusters (256 MiB) written with `write -P` at offsets drawn with the
+#       LCG above seeded SUM_SEED, the rest never written.
+#       Compared: `qchain-sum img` (blksum's block hash; sum) or
+#       `qchain-sum --plain img` (sum-plain, outputs byte-identical)
+#             vs. `qemu-img convert -O raw img out.raw; sha256sum out.raw`
+#       (what an operator runs today), the raw file removed after each run.
+#
 # Measurement
 # -----------
 # Each command runs once untimed (warm-up, page cache; also the output
@@ -115,7 +124,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-ALL_CASES=(map delta check commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device)
+ALL_CASES=(map delta check commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device sum sum-plain)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # --- parameters of case map (change the stamp if you change these) ---------
@@ -600,6 +609,61 @@ case_commit-raw-device() {
     run_pair commit-raw-device
     detach_loop
     rm -f -- "$dir/dev-base.img"
+}
+
+# --- cases sum, sum-plain ---------------------------------------------------
+SUM_WRITES=4096
+SUM_SEED=1717
+
+sum_setup() {
+    local dir=$WORK/sum img=$WORK/sum/img.qcow2
+    local stamp="sum size=1G writes=$SUM_WRITES seed=$SUM_SEED v1"
+    mkdir -p -- "$dir"
+    if [[ -f $img && -f $dir/stamp && $(<"$dir/stamp") == "$stamp" ]]; then
+        note "[sum] reusing $img"
+        return
+    fi
+    rm -f -- "$img" "$dir/stamp"
+    note "[sum] building $img: 1 GiB, $SUM_WRITES scattered 64 KiB clusters"
+    qemu-img create -q -f qcow2 -o cluster_size=64k "$img" 1G
+    local x=$SUM_SEED n=0 c
+    local -A seen=()
+    {
+        while ((n < SUM_WRITES)); do
+            x=$(((1103515245 * x + 12345) & 0x7fffffff))
+            c=$(((x >> 8) % 16384))   # 64 KiB clusters of 1 GiB
+            [[ -z ${seen[$c]:-} ]] || continue
+            seen[$c]=1
+            printf 'write -P %d %d 64k\n' $((1 + n % 255)) $((c * 65536))
+            n=$((n + 1))
+        done
+        printf 'quit\n'
+    } | qemu-io -f qcow2 "$img" >"$dir/qemu-io.log" 2>&1 ||
+        die "qemu-io failed, see $dir/qemu-io.log"
+    printf '%s\n' "$stamp" >"$dir/stamp"
+}
+
+# sum_pair NAME [QCHAIN-SUM OPTION...]
+sum_pair() {
+    local name=$1 qs img=$WORK/sum/img.qcow2
+    shift
+    qs=$(need_tool qchain-sum)
+    sum_setup
+    OURS=("$qs" "$@" "$img")
+    # sha256sum's line names the image, as qchain-sum's does
+    REF=(bash -c 'rm -f "$1" && qemu-img convert -O raw "$0" "$1" &&
+                  sha256sum < "$1" | sed "s|  -\$|  $0|" && rm -f "$1"' \
+         "$img" "$WORK/sum/out.raw")
+    LABEL_OURS="qchain-sum${1:+ $1}"
+    LABEL_REF="qemu-img convert+sha256sum"
+}
+case_sum() {
+    sum_pair sum
+    run_pair sum
+}
+case_sum-plain() {
+    sum_pair sum-plain --plain
+    run_pair sum-plain --same-output
 }
 
 # --- main -------------------------------------------------------------------
