@@ -12,12 +12,19 @@
  * unallocated are never written, and neither are all-zero 4 KiB blocks of
  * data.  OUTPUT must not exist; on failure it is removed.  Images are only
  * ever opened read-only (read locks, none with -U).
+ *
+ * OUTPUT "-" is standard output, which may be a pipe: the content is
+ * written in order, zeros included (no seeking), in large chunks; a write
+ * that fails (EPIPE when the reader went away: SIGPIPE is ignored so that
+ * it is reported) ends the export with an error, exit 1.  No file named
+ * "-" is ever made, and --output=json is refused (stdout carries data).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +56,8 @@ static void usage(void)
            "  -V, --version        version\n\n"
            "OUTPUT is never overwritten; it is sparse where the guest sees "
            "zeros.  A block\ndevice as OUTPUT is written over, as qemu-img "
-           "convert does.\n",
+           "convert does.  OUTPUT - writes the\ncontent to standard output "
+           "(a pipe: zeros are written out; no --output=json).\n",
            cli_progname());
 }
 
@@ -189,6 +197,9 @@ static void parse_args(int argc, char **argv, struct args *a)
                                           : "too many arguments");
     a->file = argv[optind];
     a->outfile = argv[optind + 1];
+    if (!strcmp(a->outfile, "-") && common.output == CLI_OUTPUT_JSON)
+        cli_usage_error("--output=json with OUTPUT '-': standard output "
+                        "carries the content");
 }
 
 /* Open what is exported, read-only whatever it is: read locks only (none
@@ -314,6 +325,92 @@ static int copy(const struct args *a, struct source *src, uint8_t *buf,
     return 0;
 }
 
+/* All of buf to fd, however the kernel splits it.  Returns 0 or -errno. */
+static int write_all(int fd, const uint8_t *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(fd, buf, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        if (w == 0)
+            return -EIO;
+        buf += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* OUTPUT "-": the whole content to standard output in order, zeros
+ * written out (a pipe cannot seek).  zeros is CHUNK zero bytes. */
+static int copy_stream(const struct args *a, struct source *src,
+                       uint8_t *buf, const uint8_t *zeros,
+                       uint64_t *written)
+{
+    uint64_t pos = 0;
+    int rc;
+
+    while (pos < src->size) {
+        struct qcow2_extent ext;
+        uint64_t end;
+        bool hole;
+
+        if (source_map(src, pos, &ext) < 0) {
+            source_error(src, a->file);
+            return -1;
+        }
+        end = pos + ext.length;
+        hole = (ext.flags & QCOW2_EXTENT_ZERO) ||
+               !(ext.flags & QCOW2_EXTENT_DATA);
+        while (pos < end) {
+            size_t n = end - pos < CHUNK ? (size_t)(end - pos) : CHUNK;
+            if (!hole) {
+                int64_t got = source_read(src, buf, n, pos);
+                if (got < 0) {
+                    source_error(src, a->file);
+                    return -1;
+                }
+                if ((size_t)got != n) {
+                    cli_error_file(a->file, "short read at offset 0x%"
+                                   PRIx64, pos);
+                    return -1;
+                }
+                *written += n;
+            }
+            rc = write_all(STDOUT_FILENO, hole ? zeros : buf, n);
+            if (rc < 0) {
+                cli_error_file(a->outfile, "write failed at offset %" PRIu64
+                               ": %s", pos, strerror(-rc));
+                return -1;
+            }
+            pos += n;
+        }
+    }
+    return 0;
+}
+
+/* OUTPUT "-".  Returns the exit status. */
+static int export_stream(const struct args *a, uint8_t *buf)
+{
+    struct qcow2_image *img = NULL;
+    struct source src = {.what = WHAT_CHAIN};
+    uint64_t written = 0;
+    uint8_t *zeros = calloc(1, CHUNK);
+    int status = QCHAIN_EXIT_FAILURE;
+
+    /* a reader that goes away is an error to report, not a signal */
+    signal(SIGPIPE, SIG_IGN);
+    if (!zeros)
+        cli_error("out of memory");
+    else if (open_source(a, &img, &src) == 0 &&
+             copy_stream(a, &src, buf, zeros, &written) == 0)
+        status = QCHAIN_EXIT_OK;
+    free(zeros);
+    qcow2_close(img);
+    return status;
+}
+
 /* A device OUTPUT (opened, nothing written yet) must hold the image. */
 static int device_fits(const struct args *a, const struct source *src,
                        struct qcow2_io *out)
@@ -377,6 +474,16 @@ int main(int argc, char **argv)
 
     cli_init("qchain-export", argv);
     parse_args(argc, argv, &a);
+    if (!strcmp(a.outfile, "-")) {
+        /* page-aligned: the kernel copies faster from aligned buffers */
+        if (posix_memalign(&mem, 4096, CHUNK) != 0) {
+            cli_error("out of memory");
+            return QCHAIN_EXIT_FAILURE;
+        }
+        status = export_stream(&a, mem);
+        free(mem);
+        return status;
+    }
     device = stat(a.outfile, &st) == 0 && S_ISBLK(st.st_mode);
     if (!device && access(a.outfile, F_OK) == 0) {
         cli_error_file(a.outfile, "already exists; qchain-export never "
