@@ -96,6 +96,29 @@ case_chain_flat() {
 }
 tcase "a chain and its flattened copy; -f/-F" case_chain_flat
 
+case_shared_base() {
+    cd "$(casedir shared-base)" && cp "$IMGDIR"/base.qcow2 . || return 1
+    local rc=0
+    # two overlays of one base: the base's ranges are the same host bytes
+    # of the same file on both sides (not read); the overlays differ
+    qimg create -q -f qcow2 -b base.qcow2 -F qcow2 o1.qcow2 8M &&
+        qimg create -q -f qcow2 -b base.qcow2 -F qcow2 o2.qcow2 8M &&
+        qio -c "write -P 0x42 $((6 * 1048576 + 4096)) 4096" o2.qcow2 || return 1
+    both_ways o1.qcow2 base.qcow2 || rc=1
+    both_ways o1.qcow2 o2.qcow2 || rc=1
+    qc compare o1.qcow2 o2.qcow2
+    expect_rc 1 && expect_out "Content mismatch at offset $((6 * 1048576 + 4096))!" || rc=1
+    # an overlay larger than its backing file (zeros past the base's end)
+    qimg create -q -f qcow2 -b base.qcow2 -F qcow2 big.qcow2 12M &&
+        qimg convert -O raw big.qcow2 big.raw || return 1
+    both_ways big.qcow2 big.raw || rc=1
+    both_ways big.qcow2 base.qcow2 || rc=1
+    qio -c "write -P 0x43 $((10 * 1048576)) 512" big.qcow2 || return 1
+    both_ways big.qcow2 base.qcow2 || rc=1
+    return $rc
+}
+tcase "overlays of one base; an overlay larger than its base" case_shared_base
+
 case_one_sector() {
     cd "$(casedir one-sector)" && cp "$IMGDIR"/base.qcow2 "$IMGDIR"/base.raw . || return 1
     local rc=0
