@@ -34,6 +34,7 @@
 #define BLOCK (64u << 10)  /* block of the block hash (blksum's default) */
 #define CHUNK (4u << 20)   /* bytes read per call (a multiple of BLOCK) */
 #define NBLOCKS (CHUNK / BLOCK)
+#define ZERO_RUN (1u << 20) /* zeros hashed unread; shorter runs are set */
 #define MD_LEN 32          /* SHA-256 */
 #define MAX_THREADS 16
 
@@ -97,6 +98,7 @@ struct hasher {
     uint8_t zero_md[MD_LEN];        /* digest of a zero block of BLOCK */
     unsigned nthreads;
     uint8_t digests[NBLOCKS][MD_LEN];
+    bool zero_blk[NBLOCKS];         /* blocks of the chunk known as zeros */
 };
 
 /* One thread's share of a chunk: blocks first, first + step, ... */
@@ -123,8 +125,9 @@ static void *hash_share(void *arg)
     for (i = s->first; i < nb && s->rc == 0; i += s->step) {
         size_t off = (size_t)i * BLOCK;
         size_t n = s->len - off < BLOCK ? s->len - off : BLOCK;
-        /* zeros in data clusters: the constant digest, no hashing */
-        if (n == BLOCK && qcow2_buffer_is_zero(s->buf + off, n))
+        /* zeros (also in data clusters): the constant digest */
+        if (s->h->zero_blk[i] ||
+            (n == BLOCK && qcow2_buffer_is_zero(s->buf + off, n)))
             memcpy(s->h->digests[i], s->h->zero_md, MD_LEN);
         else
             s->rc = block_digest(s->h->md, s->buf + off, n,
@@ -232,33 +235,79 @@ static int hasher_finish(struct hasher *h, uint64_t size, char *hex)
 /* ------------------------------------------------------------- walking */
 
 /*
- * Read the content from pos (a block boundary) into buf, at most CHUNK
- * bytes: data read, zeros set, stopping before a zero range that starts at
- * a block boundary and covers a whole block (or the rest), which the
- * caller hashes without filling.  Returns the bytes filled (0 when pos
- * starts such a range), or -1 (said).
+ * The zeros at pos: the length of the run of zero extents there (0 when
+ * pos is data), looked at until it reaches limit bytes or the end.
  */
-static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
-                    uint64_t pos)
+static int zero_len(const struct source *src, const char *file, uint64_t pos,
+                    uint64_t limit, uint64_t *len)
 {
-    uint64_t end = src->size - pos < CHUNK ? src->size : pos + CHUNK;
     uint64_t cur = pos;
 
-    while (cur < end) {
+    while (cur < src->size && cur - pos < limit) {
         struct qcow2_extent ext;
-        uint64_t n;
         if (source_map(src, cur, &ext) < 0) {
             cli_error_file(file, "%s", qcow2_errmsg(src->img));
             return -1;
         }
-        n = ext.length < end - cur ? ext.length : end - cur;
-        if (extent_is_zero(&ext)) {
+        if (!extent_is_zero(&ext))
+            break;
+        cur += ext.length;
+    }
+    *len = cur - pos;
+    return 0;
+}
+
+/* Zeros at buf + off, n bytes: whole blocks marked in zb (when not NULL),
+ * the bytes set otherwise. */
+static void set_zeros(uint8_t *buf, bool *zb, uint64_t off, uint64_t n)
+{
+    uint64_t b = (off + BLOCK - 1) / BLOCK, e = (off + n) / BLOCK;
+
+    if (!zb || b >= e) {
+        memset(buf + off, 0, (size_t)n);
+        return;
+    }
+    memset(buf + off, 0, (size_t)(b * BLOCK - off));
+    memset(zb + b, 1, (size_t)(e - b) * sizeof(*zb));
+    memset(buf + e * BLOCK, 0, (size_t)(off + n - e * BLOCK));
+}
+
+/*
+ * Read the content from pos (a block boundary) into buf, at most CHUNK
+ * bytes: data read, short zero runs set (their whole blocks only marked
+ * in zb, unless zb is NULL), stopping before a run of zeros
+ * that starts at a block boundary and is ZERO_RUN long (or runs to the
+ * end), which the caller hashes without filling.  Zero runs are measured
+ * over consecutive extents (a map call stops at an L2 table's end: 32 KiB
+ * of guest with 512-byte clusters).  Returns the bytes filled (0 when pos
+ * starts such a run), or -1 (said).
+ */
+static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
+                    bool *zb, uint64_t pos)
+{
+    uint64_t end = src->size - pos < CHUNK ? src->size : pos + CHUNK;
+    uint64_t cur = pos, n;
+
+    if (zb)
+        memset(zb, 0, NBLOCKS * sizeof(*zb));
+    while (cur < end) {
+        if (zero_len(src, file, cur, ZERO_RUN, &n) < 0)
+            return -1;
+        if (n > 0) {
             if (cur % BLOCK == 0 &&
-                (ext.length >= BLOCK || cur + ext.length == src->size))
+                (n >= ZERO_RUN || cur + n == src->size))
                 break;
-            memset(buf + (cur - pos), 0, (size_t)n);
+            n = n < end - cur ? n : end - cur;
+            set_zeros(buf, zb, cur - pos, n);
         } else {
-            int64_t got = source_read(src, buf + (cur - pos), (size_t)n, cur);
+            struct qcow2_extent ext;
+            int64_t got;
+            if (source_map(src, cur, &ext) < 0) {
+                cli_error_file(file, "%s", qcow2_errmsg(src->img));
+                return -1;
+            }
+            n = ext.length < end - cur ? ext.length : end - cur;
+            got = source_read(src, buf + (cur - pos), (size_t)n, cur);
             if (got < 0) {
                 cli_error_file(file, "%s", qcow2_errmsg(src->img));
                 return -1;
@@ -273,20 +322,22 @@ static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
     return (int64_t)(cur - pos);
 }
 
-/* The zero range at pos (a block boundary): its whole blocks, or all the
- * rest when it runs to the end. */
+/* The zero run at pos (a block boundary, ZERO_RUN long or to the end): its
+ * whole blocks, or all the rest when it runs to the end. */
 static int64_t zero_run(const struct source *src, const char *file,
                         uint64_t pos)
 {
-    struct qcow2_extent ext;
+    uint64_t n;
 
-    if (source_map(src, pos, &ext) < 0) {
-        cli_error_file(file, "%s", qcow2_errmsg(src->img));
+    if (zero_len(src, file, pos, UINT64_MAX, &n) < 0)
+        return -1;
+    if (pos + n >= src->size)
+        return (int64_t)(src->size - pos);
+    if (n < BLOCK) { /* fill saw a run here: the image changed under us? */
+        cli_error_file(file, "the map changed at offset 0x%" PRIx64, pos);
         return -1;
     }
-    if (pos + ext.length >= src->size)
-        return (int64_t)(src->size - pos);
-    return (int64_t)(ext.length - ext.length % BLOCK);
+    return (int64_t)(n - n % BLOCK);
 }
 
 /* Walk the content: data hashed as read, zero ranges without reading. */
@@ -296,7 +347,7 @@ static int walk(const struct source *src, const char *file,
     uint64_t pos = 0;
 
     while (pos < src->size) {
-        int64_t n = fill(src, file, buf, pos);
+        int64_t n = fill(src, file, buf, h->plain ? NULL : h->zero_blk, pos);
         if (n < 0)
             return -1;
         if (n > 0 && hash_data(h, buf, (size_t)n) < 0)

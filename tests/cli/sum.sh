@@ -129,9 +129,21 @@ case_chunks() {
     qimg create -q -f qcow2 -o cluster_size=4k c.qcow2 40M || return 1
     qio -f qcow2 "${cmds[@]}" -c "write -z 12M 20M" -c "write -P 0x71 36M 4M" \
         c.qcow2 || return 1
-    cmp_sum c.qcow2
+    cmp_sum c.qcow2 || return 1
+    # 512-byte clusters: an L2 table maps 32 KiB, a zero run is many
+    # extents; zeros inside data blocks, runs shorter and longer than 1 MiB
+    qimg create -q -f qcow2 -o cluster_size=512 s.qcow2 9M || return 1
+    qio -f qcow2 -c "write -P 0x72 0 1536" -c "write -P 0x73 100k 1k" \
+        -c "write -z 130k 900k" -c "write -P 0x74 1100k 512" \
+        -c "write -P 0x75 $((9 * 1048576 - 512)) 512" s.qcow2 || return 1
+    cmp_sum s.qcow2 || return 1
+    # zeros in the middle of blocks of a later read (the buffer held data)
+    qimg create -q -f qcow2 -o cluster_size=4k m.qcow2 8M || return 1
+    qio -f qcow2 -c "write -P 0x81 0 4M" -c "write -P 0x82 4M 100k" \
+        -c "write -P 0x83 4346k 3M" m.qcow2 || return 1
+    cmp_sum m.qcow2
 }
-tcase "beyond one read: many blocks, long zero range" case_chunks
+tcase "beyond one read: many blocks, long zero ranges" case_chunks
 
 case_raw() {
     cd "$(casedir raw)" || return 1
