@@ -206,7 +206,8 @@ release
 # second open of r-mid.qcow2 (the lock's) for a second
 if command -v strace >/dev/null; then
     sums=$(md5sum r-base.raw)
-    strace -f -qq -o /dev/null -P r-mid.qcow2 -e trace=openat \
+    # LeakSanitizer cannot run under ptrace (an ASan build aborts)
+    ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -o /dev/null -P r-mid.qcow2 -e trace=openat \
         -e inject=openat:delay_enter=1000000:when=2 \
         "$C" --top r-mid.qcow2 r-top.qcow2 >/dev/null 2>err &
     pid=$!
@@ -409,7 +410,8 @@ if command -v strace >/dev/null; then
     qemu-img create -q -f qcow2 -b l-base.raw -F raw l-mid.qcow2
     qemu-io -c 'write -P 1 0 1M' l-mid.qcow2 >/dev/null
     qemu-img create -q -f qcow2 -b l-mid.qcow2 -F qcow2 l-top.qcow2
-    strace -f -qq -o /dev/null -P l-base.raw.qchain-commit -e trace=unlink,unlinkat \
+    # LeakSanitizer cannot run under ptrace (an ASan build aborts)
+    ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -o /dev/null -P l-base.raw.qchain-commit -e trace=unlink,unlinkat \
         -e inject=unlink,unlinkat:delay_enter=1500000 \
         "$C" --top l-mid.qcow2 l-top.qcow2 >/dev/null 2>err &
     pid=$!
