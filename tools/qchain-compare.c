@@ -90,28 +90,9 @@ static struct timespec t0;
 static void progress(uint64_t done, uint64_t total)
 {
     static struct timespec last;
-    struct timespec now;
-    double el, rate;
-    char a[32], b[32], r[32];
 
-    if (!show_progress)
-        return;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (done < total && (now.tv_sec - last.tv_sec) * 1000000000L +
-                                (now.tv_nsec - last.tv_nsec) < 200000000L)
-        return;
-    last = now;
-    el = (double)(now.tv_sec - t0.tv_sec) +
-         (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
-    rate = el > 0 ? (double)done / el : 0;
-    fprintf(stderr, "\r  [%3u%%] %s / %s, %s/s, %.0f s left   ",
-            total ? (unsigned)(done * 100 / total) : 100,
-            cli_size_str(done, a, sizeof(a)),
-            cli_size_str(total, b, sizeof(b)),
-            cli_size_str((uint64_t)rate, r, sizeof(r)),
-            rate > 0 ? (double)(total - done) / rate : 0.0);
-    if (done >= total)
-        fputc('\n', stderr);
+    if (show_progress)
+        cli_progress(&t0, &last, done, total);
 }
 
 /* Open one side read-only; prints and returns -1 on failure. */

@@ -259,3 +259,28 @@ bool cli_made_already(const char *path, const struct qcow2_create_opts *o)
     mem.close(mem.ctx);
     return same;
 }
+
+void cli_progress(const struct timespec *start, struct timespec *last,
+                  uint64_t done, uint64_t total)
+{
+    struct timespec now;
+    double el, rate;
+    char a[32], b[32], r[32];
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (done < total && (now.tv_sec - last->tv_sec) * 1000000000L +
+                                (now.tv_nsec - last->tv_nsec) < 200000000L)
+        return;
+    *last = now;
+    el = (double)(now.tv_sec - start->tv_sec) +
+         (double)(now.tv_nsec - start->tv_nsec) / 1e9;
+    rate = el > 0 ? (double)done / el : 0;
+    fprintf(stderr, "\r  [%3u%%] %s / %s, %s/s, %.0f s left   ",
+            total ? (unsigned)(done * 100 / total) : 100,
+            cli_size_str(done, a, sizeof(a)),
+            cli_size_str(total, b, sizeof(b)),
+            cli_size_str((uint64_t)rate, r, sizeof(r)),
+            rate > 0 ? (double)(total - done) / rate : 0.0);
+    if (done >= total)
+        fputc('\n', stderr);
+}

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <qcow2/qcow2.h>
 
@@ -80,5 +81,12 @@ char *cli_size_str(uint64_t v, char *buf, unsigned len);
  * image qcow2_create would make with `o` (made by an earlier run of the
  * same command that a crash interrupted after naming it)? */
 bool cli_made_already(const char *path, const struct qcow2_create_opts *o);
+
+/* The progress bar on stderr: done of total bytes, the rate since `start`
+ * and the time left; redrawn at most every 0.2 s (`last` keeps the time of
+ * the previous drawing), and once more, with a newline, when done reaches
+ * total. */
+void cli_progress(const struct timespec *start, struct timespec *last,
+                  uint64_t done, uint64_t total);
 
 #endif
