@@ -51,24 +51,27 @@ static int write_sync(struct qcow2_image *img, const void *buf, size_t len,
 }
 
 /* Cluster 0's header and extensions laid out anew in out (which holds the
- * old cluster's bytes): header, format extension, the other extensions
- * (without the feature name table when `lean`), end marker.  Returns where
+ * old cluster's bytes): header, format extension (none when fmt is NULL),
+ * the other extensions (without the feature name table when `lean`), end
+ * marker.  Returns where
  * the end marker ends, or 0 when that passes `room`. */
 static uint64_t layout_exts(uint8_t *out, uint64_t room,
                             const struct q2_hdr_parsed *p, const char *fmt,
                             bool lean)
 {
     uint64_t pos = p->h.header_length;
-    size_t flen = strlen(fmt);
     unsigned i;
 
-    if (pos + 8 + pad8(flen) + 8 > room)
-        return 0;
-    q2_store_be32(out + pos, Q2_EXT_BACKING_FORMAT);
-    q2_store_be32(out + pos + 4, (uint32_t)flen);
-    memset(out + pos + 8, 0, pad8(flen));
-    memcpy(out + pos + 8, fmt, flen);
-    pos += 8 + pad8(flen);
+    if (fmt) {
+        size_t flen = strlen(fmt);
+        if (pos + 8 + pad8(flen) + 8 > room)
+            return 0;
+        q2_store_be32(out + pos, Q2_EXT_BACKING_FORMAT);
+        q2_store_be32(out + pos + 4, (uint32_t)flen);
+        memset(out + pos + 8, 0, pad8(flen));
+        memcpy(out + pos + 8, fmt, flen);
+        pos += 8 + pad8(flen);
+    }
     for (i = 0; i < p->n_exts; i++) {
         const struct q2_ext *e = &p->exts[i];
         if (e->type == Q2_EXT_BACKING_FORMAT ||
@@ -101,10 +104,15 @@ static void place_name(uint8_t *out, const char *name, uint64_t off)
  *    format: 1. the new name where nothing reads it yet, 2. sector 0 with
  *    offset, length and format together;
  *  SW_STEPS: the extensions are laid out anew, in steps (rewrite_cluster0);
+ *  SW_REMOVE_ONE: no backing file any more (offset and length zero, no
+ *    format extension), and the new layout differs from the old in sector
+ *    0 only: one write of sector 0;
+ *  SW_REMOVE_STEPS: no backing file, the layout changes past sector 0: as
+ *    SW_STEPS without a name;
  *  SW_NONE: even the lean header overflows sector 0, or the first cluster
  *    cannot hold the new name apart from what it holds: refused, since
  *    only a torn-prone rewrite of cluster 0 (what QEMU does) would do. */
-enum sw_kind { SW_SECTOR, SW_STEPS, SW_NONE };
+enum sw_kind { SW_SECTOR, SW_STEPS, SW_REMOVE_ONE, SW_REMOVE_STEPS, SW_NONE };
 
 struct sw_plan {
     enum sw_kind kind;
@@ -117,7 +125,7 @@ struct sw_plan {
 static uint64_t exts_end(const struct q2_hdr_parsed *p, const char *fmt,
                          bool lean, uint64_t room)
 {
-    uint64_t pos = p->h.header_length + 8 + pad8(strlen(fmt));
+    uint64_t pos = p->h.header_length + (fmt ? 8 + pad8(strlen(fmt)) : 0);
     unsigned i;
 
     for (i = 0; i < p->n_exts; i++) {
@@ -131,22 +139,51 @@ static uint64_t exts_end(const struct q2_hdr_parsed *p, const char *fmt,
     return pos <= room ? pos : 0;
 }
 
+/* End of what cluster 0 uses today: header, extensions, end marker, name. */
+static uint64_t cluster0_used(const struct q2_hdr_parsed *p)
+{
+    uint64_t used = p->h.header_length;
+
+    if (p->n_exts) {
+        const struct q2_ext *last = &p->exts[p->n_exts - 1];
+        used = last->off + 8 + pad8(last->len);
+    }
+    used += 8;
+    if (p->h.backing_file_offset &&
+        p->h.backing_file_offset + p->h.backing_file_size > used)
+        used = p->h.backing_file_offset + p->h.backing_file_size;
+    return used;
+}
+
+/* The removal's plan: the layout without a format extension is built from
+ * the cluster's bytes `buf` to see whether it differs past sector 0. */
+static struct sw_plan remove_plan(const uint8_t *buf,
+                                  const struct q2_hdr_parsed *p, uint64_t cs)
+{
+    struct sw_plan w = {.kind = SW_NONE, .used = cluster0_used(p)};
+    uint8_t *full;
+    uint64_t end;
+
+    if (cs < SECTOR || !(full = malloc(cs)))
+        return w;
+    memcpy(full, buf, cs);
+    end = layout_exts(full, cs, p, NULL, false);
+    if (end && (end <= SECTOR ||
+                memcmp(full + SECTOR, buf + SECTOR, end - SECTOR) == 0))
+        w.kind = SW_REMOVE_ONE;
+    else if (end && exts_end(p, NULL, true, SECTOR))
+        w.kind = SW_REMOVE_STEPS;
+    free(full);
+    return w;
+}
+
 static struct sw_plan sw_plan(const struct q2_hdr_parsed *p, uint64_t cs,
                               const char *name, const char *fmt)
 {
-    struct sw_plan w = {.kind = SW_NONE};
+    struct sw_plan w = {.kind = SW_NONE, .used = cluster0_used(p)};
     size_t nlen = strlen(name), flen = strlen(fmt);
     uint64_t full_end;
 
-    w.used = p->h.header_length;
-    if (p->n_exts) {
-        const struct q2_ext *last = &p->exts[p->n_exts - 1];
-        w.used = last->off + 8 + pad8(last->len);
-    }
-    w.used += 8;
-    if (p->h.backing_file_offset &&
-        p->h.backing_file_offset + p->h.backing_file_size > w.used)
-        w.used = p->h.backing_file_offset + p->h.backing_file_size;
     if (cs < SECTOR)
         return w;
     if (p->ext_backing_format >= 0) {
@@ -211,6 +248,48 @@ static int rewrite_cluster0(struct qcow2_image *img, uint8_t *buf,
     return rc;
 }
 
+/* SW_REMOVE_*: no backing file.  The lean step (SW_REMOVE_STEPS) keeps a
+ * whole header at every moment as rewrite_cluster0's does.  Afterwards the
+ * bytes the old header used past the new layout (the old name, the old
+ * extensions' tail) are zeroed: nothing reads them any more, and a
+ * forensic reader should not find a stale name there. */
+static int remove_backing(struct qcow2_image *img, uint8_t *buf,
+                          const struct q2_hdr_parsed *p,
+                          const struct sw_plan *w)
+{
+    uint64_t cs = img->cluster_size, full_end;
+    uint8_t *lean = malloc(cs), *full = malloc(cs);
+    int rc = 0;
+
+    if (!lean || !full) {
+        free(lean);
+        free(full);
+        return -ENOMEM;
+    }
+    memcpy(full, buf, cs);
+    memcpy(lean, buf, cs);
+    full_end = layout_exts(full, cs, p, NULL, false);
+    layout_exts(lean, SECTOR, p, NULL, true);
+    memset(full + 8, 0, 12); /* backing_file_offset, backing_file_size */
+    memset(lean + 8, 0, 12);
+    if (w->kind == SW_REMOVE_STEPS) {
+        rc = write_sync(img, lean, SECTOR, 0);
+        if (rc == 0)
+            rc = write_sync(img, full + SECTOR, full_end - SECTOR, SECTOR);
+    }
+    if (rc == 0)
+        rc = write_sync(img, full, SECTOR, 0);
+    if (rc == 0 && w->used > full_end && w->used <= cs) {
+        memset(full + full_end, 0, w->used - full_end);
+        rc = write_sync(img, full + full_end, w->used - full_end, full_end);
+    }
+    if (rc == 0)
+        memcpy(buf, full, cs);
+    free(lean);
+    free(full);
+    return rc;
+}
+
 /* SW_SECTOR: the format extension edited in place. */
 static int edit_sector0(struct qcow2_image *img, uint8_t *buf,
                         const struct q2_hdr_parsed *p,
@@ -233,7 +312,8 @@ static int edit_sector0(struct qcow2_image *img, uint8_t *buf,
 }
 
 /* The checks both entry points make; cluster 0 read and parsed into
- * *buf and *p (the caller frees both) and the plan made. */
+ * *buf and *p (the caller frees both) and the plan made.  name NULL: the
+ * backing file is removed. */
 static int sw_prepare(struct qcow2_image *img, const char *name,
                       const char *fmt, uint8_t **buf,
                       struct q2_hdr_parsed *p, struct sw_plan *w)
@@ -245,13 +325,13 @@ static int sw_prepare(struct qcow2_image *img, const char *name,
 
     if (img->format != QCOW2_FORMAT_QCOW2)
         return q2_err(img, -EINVAL, "only qcow2 images have a backing file");
-    nlen = strlen(name);
-    flen = strlen(fmt);
-    if (nlen == 0 || nlen > Q2_MAX_BACKING_NAME || flen == 0 ||
-        flen > Q2_MAX_BACKING_FORMAT)
+    nlen = name ? strlen(name) : 0;
+    flen = fmt ? strlen(fmt) : 0;
+    if (name && (nlen > Q2_MAX_BACKING_NAME || flen == 0 ||
+                 flen > Q2_MAX_BACKING_FORMAT))
         return q2_err(img, -EINVAL, "backing file name or format has a bad "
                       "length");
-    if (img->hp.h.autoclear_features & Q2_AUTOCLEAR_DATA_FILE_RAW)
+    if (name && (img->hp.h.autoclear_features & Q2_AUTOCLEAR_DATA_FILE_RAW))
         return q2_err(img, -EINVAL, "an image with a raw external data file "
                       "cannot have a backing file");
     *buf = calloc(1, img->cluster_size);
@@ -264,7 +344,8 @@ static int sw_prepare(struct qcow2_image *img, const char *name,
                       err, sizeof(err));
     if (rc < 0)
         return q2_err(img, rc, "%s", err);
-    *w = sw_plan(p, img->cluster_size, name, fmt);
+    *w = name ? sw_plan(p, img->cluster_size, name, fmt)
+              : remove_plan(*buf, p, img->cluster_size);
     if (w->kind == SW_NONE)
         return q2_err(img, -ENOTSUP, "the header's extensions leave no room "
                       "to change the backing file safely (a power loss "
@@ -282,9 +363,11 @@ int qcow2_set_backing_check(struct qcow2_image *img, const char *name,
     int rc;
 
     if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN ||
-        !name || !fmt)
+        (name && *name && !fmt))
         return -EINVAL;
     q2_err_clear(img);
+    if (name && !*name)
+        name = NULL;
     rc = sw_prepare(img, name, fmt, &buf, &p, &w);
     free(p.exts);
     free(buf);
@@ -302,15 +385,19 @@ int qcow2_set_backing(struct qcow2_image *img, const char *name,
     int rc;
 
     if (!img || img->magic != Q2_HANDLE_MAGIC || img->state != Q2_STATE_OPEN ||
-        !name || !fmt)
+        (name && *name && !fmt))
         return -EINVAL;
     q2_err_clear(img);
+    if (name && !*name)
+        name = NULL;
     if (!img->writable)
         return q2_err(img, -EROFS, "image is open read-only");
     rc = qcow2_flush(img);
     if (rc == 0)
         rc = sw_prepare(img, name, fmt, &buf, &p, &w);
-    if (rc == 0)
+    if (rc == 0 && !name)
+        rc = remove_backing(img, buf, &p, &w);
+    else if (rc == 0)
         rc = w.kind == SW_SECTOR ? edit_sector0(img, buf, &p, &w, name, fmt)
                                  : rewrite_cluster0(img, buf, &p, &w, name,
                                                     fmt);
@@ -338,6 +425,9 @@ int qcow2_set_backing(struct qcow2_image *img, const char *name,
     free(img->backing_name);
     free(img->backing_format);
     free(img->backing_path);
+    img->backing_name = img->backing_format = img->backing_path = NULL;
+    if (!name)
+        return 0;
     img->backing_name = strdup(name);
     img->backing_format = strdup(fmt);
     img->backing_path = q2_name_has_protocol(name)

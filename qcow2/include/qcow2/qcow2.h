@@ -449,7 +449,9 @@ QCOW2_API int qcow2_resize(struct qcow2_image *img, uint64_t size);
 
 /**
  * Name another backing file (qemu-img rebase -u): store `name` (as given;
- * it resolves against this image's directory) and its format.  The switch
+ * it resolves against this image's directory) and its format; name NULL
+ * or "" removes the backing file (and its format extension; fmt is then
+ * ignored), after which unallocated ranges read as zeros.  The switch
  * is crash safe: under sector-by-sector tearing the header names the old
  * or the new file, whole, at every moment (one sector write where the
  * backing format extension lies in sector 0, else synced steps).  A header
@@ -470,6 +472,56 @@ QCOW2_API int qcow2_set_backing(struct qcow2_image *img, const char *name,
  */
 QCOW2_API int qcow2_set_backing_check(struct qcow2_image *img,
                                       const char *name, const char *fmt);
+
+/* Called as work progresses; a non-zero return cancels (-ECANCELED). */
+typedef int (*qcow2_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+/* What qcow2_rebase did, in guest bytes. */
+struct qcow2_rebase_stats {
+    uint64_t data_bytes;      /* written into the image as data */
+    uint64_t zero_bytes;      /* written as zeros (zero clusters) */
+    uint64_t ranges;          /* runs written */
+    uint64_t compared_bytes;  /* read through both chains and compared */
+    uint64_t skipped_bytes;   /* equal without reading: zeros on both
+                                 sides, or the same host bytes of a layer
+                                 both chains share */
+    uint64_t allocated_bytes; /* the image's own: not looked at */
+};
+
+struct qcow2_rebase_opts {
+    size_t size;                /* sizeof(struct qcow2_rebase_opts) */
+    /* Gets the guest bytes walked so far and the virtual size; a non-zero
+     * return cancels (-ECANCELED).  NULL: none. */
+    qcow2_progress_fn progress;
+    void *progress_ctx;
+    /* Asked between extents: non-zero stops with -ECANCELED, the backing
+     * file unchanged (a safe point: run again to finish).  NULL: never. */
+    int (*cancel)(void *ctx);
+    void *cancel_ctx;
+};
+
+/**
+ * Safe rebase (qemu-img rebase without -u): write into `img` every range it
+ * does not allocate itself where the view through its open backing chain
+ * differs from the view through `backing` (a chain the caller opened,
+ * read-only is enough; NULL: no backing file, which reads as zeros), then
+ * name `name` and `fmt` (NULL: none) as its backing file with
+ * qcow2_set_backing.  Ranges that read as zeros through both chains, or
+ * that both map to the same host bytes of the same file, are not read;
+ * differing ranges that read as zeros are written as zero clusters
+ * (version 3).  The guest view of img never changes, and a run stopped
+ * anywhere (crash included) is finished by running it again.
+ * @param[in]  name  the backing file name to store, NULL iff backing is NULL
+ * @param[out] out   what was done (on success only), or NULL
+ * @return 0, -EINVAL, -EROFS, -ELOOP (img is in backing's chain),
+ *         -ENOTSUP (as qcow2_set_backing), -ECANCELED, or an error of
+ *         either image; qcow2_errmsg(img) explains.
+ */
+QCOW2_API int qcow2_rebase(struct qcow2_image *img,
+                           struct qcow2_image *backing, const char *name,
+                           const char *fmt,
+                           const struct qcow2_rebase_opts *opts,
+                           struct qcow2_rebase_stats *out);
 
 /**
  * Rebuild the refcount structures from the references the metadata makes
@@ -560,9 +612,6 @@ QCOW2_API int qcow2_check(struct qcow2_image *img,
 /* ------------------------------------------------------------------------ */
 /* Commit                                                                   */
 /* ------------------------------------------------------------------------ */
-
-/* Called as work progresses; a non-zero return cancels (-ECANCELED). */
-typedef int (*qcow2_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 
 struct qcow2_commit_stats {
     uint64_t data_bytes;       /* guest bytes the layers hold as data */
