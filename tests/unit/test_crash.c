@@ -180,6 +180,9 @@ struct run {
     unsigned nb_snapshots;
     run_fn rerun;          /* complete the operation on a state */
     run_fn final_check;    /* optional extra check of a completed state */
+    run_fn state_check;    /* optional extra check of every crash state */
+    uint64_t hdr_sig[3];   /* header_whole: the top's extensions at start */
+    unsigned barrier_random; /* random seeds per flush; 0: N_BARRIER_RANDOM */
     unsigned states, failures;
 };
 
@@ -588,6 +591,8 @@ static void try_state(struct run *r, uint64_t at, uint64_t seed)
                  qcow2_strerror(rc));
     if (rc == 0)
         rc = check_state(r, &m, at, false, d, exact, why, sizeof(why));
+    if (rc == 0 && r->state_check)
+        rc = r->state_check(r, &m, 0, why, sizeof(why));
     if (rc == 0 && r->rerun) {
         size_t l;
         rc = complete_state(r, &m, d, why, sizeof(why));
@@ -635,7 +640,8 @@ static void sweep(struct run *r)
             continue;
         try_state(r, i, 0);
         try_state(r, i, 1);
-        for (k = 0; k < N_BARRIER_RANDOM; k++)
+        for (k = 0; k < (r->barrier_random ? r->barrier_random
+                                           : N_BARRIER_RANDOM); k++)
             try_state(r, i, 2 + rnd() % 100000);
     }
     for (k = 0; k < 2 + N_RANDOM; k++) {
@@ -1153,8 +1159,10 @@ enum s2_layout {
     S2_FORMAT_EXT,    /* qemu-img create -F: the format extension first */
     S2_NO_EXT,        /* no format extension, a feature name table that
                          takes the header past sector 0 */
-    S2_NO_EXT_FULL    /* no format extension, an unknown extension that
+    S2_NO_EXT_FULL,   /* no format extension, an unknown extension that
                          fills sector 0 */
+    S2_EXT_LONG       /* the format extension, then a feature name table
+                         that passes sector 0 even without it */
 };
 
 static void make_chain(struct run *r, bool raw_base, unsigned s1_clusters,
@@ -1198,8 +1206,8 @@ static void make_chain(struct run *r, bool raw_base, unsigned s1_clusters,
         unsigned i;
         uint8_t blob[400];
         qimg_init(&q, 3, 16, size, 0);
-        qimg_backing(&q, "s1.qcow2", NULL);
-        for (i = 0; s2 == S2_NO_EXT && i < 9; i++)
+        qimg_backing(&q, "s1.qcow2", s2 == S2_EXT_LONG ? "qcow2" : NULL);
+        for (i = 0; (s2 == S2_NO_EXT || s2 == S2_EXT_LONG) && i < 9; i++)
             qimg_feature(&q, i < 5 ? 0 : i < 6 ? 1 : 2, i < 5 ? i : 0,
                          "some feature");
         pattern(blob, sizeof(blob), 5);
@@ -1341,6 +1349,8 @@ TEST(commit_top_repoint)
     run_free(&r);
 }
 
+static void header_start(struct run *r, unsigned seeds);
+
 static int rerun_repoint(struct run *r, struct mfs *m, size_t from,
                          char *why, size_t len)
 {
@@ -1356,6 +1366,7 @@ TEST(set_backing_format_ext)
 
     reseed(&r);
     make_chain(&r, false, 0, S2_FORMAT_EXT);
+    header_start(&r, 0);
     same_view_scenario(&r);
     run_free(&r);
 }
@@ -1367,6 +1378,7 @@ TEST(set_backing_no_ext)
 
     reseed(&r);
     make_chain(&r, false, 0, S2_NO_EXT);
+    header_start(&r, 24);
     same_view_scenario(&r);
     run_free(&r);
 }
@@ -1397,5 +1409,192 @@ TEST(set_backing_no_ext_full_sector)
             ev.kind != Q2_CRASH_FLUSH)
             writes++;
     EXPECT_EQ_INT(writes, 0);
+    run_free(&r);
+}
+
+/* The top's header extensions hashed: [0] all but the backing format
+ * extension, [1] also without the feature name table (which the lean
+ * step of a header switch leaves out); [2] 1 when there is a feature name
+ * table. */
+static int ext_sig(struct mfs *m, unsigned f, uint64_t sig[3],
+                   struct qcow2_image **keep)
+{
+    struct qcow2_image *img;
+    struct qcow2_extension e;
+    unsigned i, k;
+    int rc = mfs_image(m, f, QCOW2_OPEN_NO_BACKING, &img);
+
+    sig[0] = sig[1] = 1469598103934665603ull;
+    sig[2] = 0;
+    for (i = 0; rc == 0 && qcow2_extension_get(img, i, &e) == 0; i++) {
+        if (e.type == QCOW2_EXT_BACKING_FORMAT)
+            continue;
+        if (e.type == QCOW2_EXT_FEATURE_TABLE)
+            sig[2] = 1;
+        for (k = 0; k < 2; k++) {
+            uint32_t j;
+            if (k == 1 && e.type == QCOW2_EXT_FEATURE_TABLE)
+                continue;
+            sig[k] = (sig[k] ^ e.type) * 1099511628211ull;
+            for (j = 0; j < e.length; j++)
+                sig[k] = (sig[k] ^ e.data[j]) * 1099511628211ull;
+        }
+    }
+    *keep = img;
+    return rc;
+}
+
+/* Every crash state of a header switch holds a whole header, old or new:
+ * the other extensions as they were (the feature name table whole, or
+ * left out by the lean step), a format only with a name, and the name one
+ * of the two the switch is between (s1.qcow2, base.qcow2) or none. */
+static int header_whole(struct run *r, struct mfs *m, size_t from,
+                        char *why, size_t len)
+{
+    struct qcow2_image *img;
+    struct qcow2_info info;
+    uint64_t sig[3];
+    int rc = ext_sig(m, r->top, sig, &img);
+
+    (void)from;
+    if (rc == 0 && (rc = qcow2_info_get(img, &info)) == 0) {
+        const char *n = info.backing_name;
+        if (sig[0] != r->hdr_sig[0] &&
+            (sig[1] != r->hdr_sig[1] || sig[2])) {
+            snprintf(why, len, "the header's extensions changed");
+            rc = -EINVAL;
+        } else if ((info.backing_format && !n) ||
+                   (n && strcmp(n, "s1.qcow2") && strcmp(n, "base.qcow2"))) {
+            snprintf(why, len, "the header names '%s' (%s)", n ? n : "",
+                     info.backing_format ? info.backing_format : "-");
+            rc = -EINVAL;
+        }
+    }
+    qcow2_close(img);
+    return rc;
+}
+
+/* Record the top's extensions before the run (for header_whole); `seeds`
+ * random seeds per flush (0: the default) where the switch tears writes
+ * across sectors, so that their sector subsets are tried. */
+static void header_start(struct run *r, unsigned seeds)
+{
+    struct qcow2_image *img;
+
+    r->state_check = header_whole;
+    r->barrier_random = seeds;
+    EXPECT_EQ_INT(ext_sig(&r->m, r->top, r->hdr_sig, &img), 0);
+    qcow2_close(img);
+}
+
+/* Safe rebase of s2 (the top) onto file `newb` of the machine, or onto
+ * none (-1). */
+static int rebase_to(struct mfs *m, unsigned top, int newb, char *why,
+                     size_t len)
+{
+    struct qcow2_image *t = NULL, *b = NULL;
+    int rc = mfs_image(m, top, QCOW2_OPEN_RDWR, &t);
+
+    if (rc == 0 && newb >= 0)
+        rc = mfs_image(m, (unsigned)newb, 0, &b);
+    if (rc == 0)
+        rc = qcow2_rebase(t, b, b ? m->names[newb] : NULL,
+                          b ? m->formats[newb] : NULL, NULL, NULL);
+    if (rc < 0)
+        snprintf(why, len, "rebase fails: %s", qcow2_errmsg(t));
+    qcow2_close(b);
+    if (qcow2_close(t) < 0 && rc == 0)
+        rc = -EIO;
+    return rc;
+}
+
+static int rerun_rebase_base(struct run *r, struct mfs *m, size_t from,
+                             char *why, size_t len)
+{
+    (void)from;
+    return rebase_to(m, r->top, 0, why, len);
+}
+
+static int rerun_rebase_none(struct run *r, struct mfs *m, size_t from,
+                             char *why, size_t len)
+{
+    (void)from;
+    return rebase_to(m, r->top, -1, why, len);
+}
+
+/* The top names no backing file now. */
+static int top_alone(struct run *r, struct mfs *m, size_t from, char *why,
+                     size_t len)
+{
+    struct qcow2_image *img;
+    struct qcow2_info info;
+    int rc = mfs_image(m, r->top, QCOW2_OPEN_NO_BACKING, &img);
+
+    (void)from;
+    if (rc == 0 && (rc = qcow2_info_get(img, &info)) == 0 &&
+        (info.backing_name || info.backing_format)) {
+        snprintf(why, len, "the top still names '%s' (%s)",
+                 info.backing_name ? info.backing_name : "",
+                 info.backing_format ? info.backing_format : "no format");
+        rc = -EINVAL;
+    }
+    qcow2_close(img);
+    return rc;
+}
+
+/* s1 holds data: the rebase copies what s1 shows into s2, then names the
+ * base; the view through s2 is the same at every crash state. */
+TEST(rebase_drop_middle)
+{
+    struct run r = {.name = "rebase_drop_middle", .rerun = rerun_rebase_base,
+                    .final_check = top_names_base};
+
+    reseed(&r);
+    make_chain(&r, false, 64, S2_FORMAT_EXT);
+    header_start(&r, 0);
+    same_view_scenario(&r);
+    run_free(&r);
+}
+
+/* -b "": everything s2 read through s1 and the base copied, then the name
+ * and the format extension removed (the feature name table moves up). */
+TEST(rebase_remove_backing)
+{
+    struct run r = {.name = "rebase_remove_backing",
+                    .rerun = rerun_rebase_none, .final_check = top_alone};
+
+    reseed(&r);
+    make_chain(&r, false, 64, S2_FORMAT_EXT);
+    header_start(&r, 0);
+    same_view_scenario(&r);
+    run_free(&r);
+}
+
+/* The same from a header without a format extension whose feature name
+ * table passes sector 0 (qemu-img create without -F). */
+TEST(rebase_remove_backing_no_ext)
+{
+    struct run r = {.name = "rebase_remove_backing_no_ext",
+                    .rerun = rerun_rebase_none, .final_check = top_alone};
+
+    reseed(&r);
+    make_chain(&r, false, 64, S2_NO_EXT);
+    header_start(&r, 0);
+    same_view_scenario(&r);
+    run_free(&r);
+}
+
+/* Removal from a header whose extensions pass sector 0 after the format
+ * extension is gone: the lean sector first, then the rest, then the full
+ * sector 0 (SW_REMOVE_STEPS). */
+TEST(rebase_remove_backing_long)
+{
+    struct run r = {.name = "rebase_remove_backing_long",
+                    .rerun = rerun_rebase_none, .final_check = top_alone};
+
+    reseed(&r);
+    make_chain(&r, false, 64, S2_EXT_LONG);
+    header_start(&r, 24);
+    same_view_scenario(&r);
     run_free(&r);
 }
