@@ -11,6 +11,10 @@
  *
  * State sequence:
  *
+ *   DIRTY   (version 3) the dirty bit set, synced: a run that stops
+ *           anywhere leaves an image whose next writer (the re-run, QEMU)
+ *           rebuilds its refcounts, freeing clusters the interrupted run
+ *           had allocated and not yet named
  *   COPY    walk the image's own extents; only the ranges it does not
  *           allocate are looked at.  In them, the two chains' extents are
  *           compared first: zeros on both sides, or the same host bytes of
@@ -22,6 +26,7 @@
  *   FLUSH   everything durable
  *   SWITCH  the header names the new backing file (qcow2_set_backing:
  *           crash safe under sector tearing)
+ *   CLEAN   the dirty bit cleared, synced
  *
  * Every write puts into the image what its guest already reads there, so
  * the guest view is the same at every moment, before and after the
@@ -34,6 +39,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "endian.h"
+#include "format.h"
 #include "internal.h"
 
 #define CHUNK (4u << 20)
@@ -254,6 +261,27 @@ static int restack_walk(struct restack *r)
     return 0;
 }
 
+/* Set or clear the dirty bit (version 3 only: version 2 has no feature
+ * bits; an interrupted run leaves leaks there, which check -r leaks
+ * frees).  One synced 8-byte write. */
+static int mark_dirty(struct qcow2_image *img, bool on)
+{
+    uint64_t f = img->hp.h.incompatible_features;
+    uint8_t b[8];
+    int rc;
+
+    if (img->hp.h.version < 3)
+        return 0;
+    f = on ? f | Q2_INCOMPAT_DIRTY : f & ~Q2_INCOMPAT_DIRTY;
+    if (f == img->hp.h.incompatible_features)
+        return 0;
+    q2_store_be64(b, f);
+    rc = q2_header_write(img, 72, b, sizeof(b));
+    if (rc == 0)
+        img->hp.h.incompatible_features = f;
+    return rc;
+}
+
 /* Is the image itself a layer of `chain`?  (A rebase onto it would make a
  * loop.) */
 static bool in_chain(struct qcow2_image *img, struct qcow2_image *chain)
@@ -300,13 +328,23 @@ int qcow2_rebase(struct qcow2_image *img, struct qcow2_image *backing,
     }
     r.old = m1;
     r.neu = m2;
-    rc = restack_walk(&r);
+    rc = qcow2_flush(img);
+    if (rc == 0)
+        rc = mark_dirty(img, true);
+    if (rc == 0)
+        rc = restack_walk(&r);
     free(m1);
     free(m2);
     if (rc == 0)
-        rc = qcow2_flush(img);
-    if (rc == 0)
-        rc = qcow2_set_backing(img, name, fmt);
+        rc = qcow2_set_backing(img, name, fmt); /* flushes first */
+    if (rc == 0 || rc == -ECANCELED) {
+        /* cancelled: what was written is whole once flushed */
+        int rc2 = qcow2_flush(img);
+        if (rc2 == 0)
+            rc2 = mark_dirty(img, false);
+        if (rc2 < 0)
+            rc = rc2;
+    }
     if (rc == 0 && out)
         *out = r.st;
     return rc;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Power loss, proven (issue 15): each command is run once under strace
+# Power loss, proven (issue 15; qchain-rebase: issue 17): each command is run once under strace
 # (crash.py record), then many power-loss states of its directory are made
 # from the system calls (crash.py states: every sync point with seeds 0 =
 # only what was made durable and 1 = everything so far, what SIGKILL
@@ -7,7 +7,7 @@
 # state is held against qemu-img:
 #   - every image the chain names opens and `qemu-img check` finds no
 #     corruption (leaks allowed); the guest view through the active image
-#     is the one before the command (commit, check -r); a new file
+#     is the one before the command (commit, check -r, rebase); a new file
 #     (create, snapshot overlays, export output) is absent or complete;
 #   - at the end of the run (the command had exited 0) with seed 0, the
 #     command's result is there: success means durable;
@@ -15,8 +15,8 @@
 #     may say "had already completed"), after which `qemu-img check`
 #     reports no leaks, the guest view is right, and a commit's base holds
 #     the committed content.
-# CRASH_STATES caps the states per scenario (default 50); CRASH_ONLY runs
-# the scenarios whose name contains it.  A failing state is kept (its
+# CRASH_STATES caps the states per scenario (default 50; 30 for rebase);
+# CRASH_ONLY runs the scenarios whose name contains it.  A failing state is kept (its
 # directory is printed) with the point, seed and what failed.
 . "$(dirname "$0")/../write/lib.sh"
 command -v strace >/dev/null || { echo "strace not installed: skipped"; exit 77; }
@@ -95,7 +95,7 @@ state_check() { # kind, in the state's directory; at the end with seed 0, strict
             fi
         done
         for f in "${OLDS[@]}"; do chain_ok "$f" || return 1; done ;;
-    commit|repair)
+    commit|repair|rebase)
         chain_ok "$ACTIVE" || return 1
         view_is "$R/before.raw" "$ACTIVE" || return 1 ;;
     esac
@@ -123,7 +123,7 @@ rerun_check() { # after state_check passed
                 complete "$f" "$FINAL/$f" || { why="re-run: $why"; return 1; }
             fi
         done ;;
-    commit|repair)
+    commit|repair|rebase)
         "${CMD[@]}" >rerun.out 2>&1; rc=$?
         if [ $kind = repair ]; then
             [ $rc -eq 0 ] || { why="re-run exits $rc: $(tail -2 rerun.out | tr '\n' ' ')"; return 1; }
@@ -139,6 +139,11 @@ rerun_check() { # after state_check passed
                 bf=$(qemu-img info -U --output=json "$ACTIVE" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("backing-filename"))')
                 [ "$bf" = "$BASE" ] || { why="after the re-run, $ACTIVE is backed by $bf, not $BASE"; return 1; }
             fi
+        fi
+        if [ $kind = rebase ]; then
+            local bf
+            bf=$(qemu-img info -U --output=json "$ACTIVE" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("backing-filename", ""))')
+            [ "$bf" = "$BASE" ] || { why="after the re-run, $ACTIVE is backed by '$bf', not '$BASE'"; return 1; }
         fi ;;
     esac
 }
@@ -157,7 +162,7 @@ scenario() { # NAME KIND SETUP CMD...
     "${CRASH[@]}" record "$W" sc/ev -- "${CMD[@]}" >sc/run.out 2>&1 ||
         { bad "$name" "the recorded run fails: $(tail -3 sc/run.out)"; return; }
     cp -a "$W" "$FINAL"
-    out=$("${CRASH[@]}" states sc/ev sc/st "$MAX" 2>&1) ||
+    out=$("${CRASH[@]}" states sc/ev sc/st "${SC_MAX:-$MAX}" 2>&1) ||
         { bad "$name" "crash.py states: $out"; return; }
     last=$("${CRASH[@]}" summary sc/ev | wc -l)
     while read -r id p s; do
@@ -301,6 +306,14 @@ setup_leaky() {
     ACTIVE=img.qcow2
 }
 
+# rebase: ACTIVE's view never changes; BASE is the backing name the re-run
+# must leave ("" none)
+setup_rebase_drop() { setup_commit_top; BASE=base.qcow2; }
+setup_rebase_flat() { setup_commit_top; BASE=""; }
+setup_rebase_nofmt() { setup_commit_top_nofmt; BASE=$LONGB; }
+setup_rebase_moved() {
+    setup_commit_top; cp mid.qcow2 moved.qcow2; BASE=moved.qcow2
+}
 
 C=$B/qchain-commit
 scenario create new setup_create $B/qchain-create -f qcow2 new.qcow2 8M
@@ -313,6 +326,13 @@ scenario commit-qcow2 commit setup_commit_qcow2 $C s1.qcow2
 scenario commit-top commit setup_commit_top $C --top mid.qcow2 --base base.qcow2 act.qcow2
 scenario commit-top-long commit setup_commit_top_long $C --top mid.qcow2 --base "$LONGB" act.qcow2
 scenario commit-top-nofmt commit setup_commit_top_nofmt $C --top mid.qcow2 --base "$LONGB" act.qcow2
+# (30 states each: the write path under them is commit's, proven above)
+SC_MAX=$(( MAX < 30 ? MAX : 30 ))
+scenario rebase-drop-middle rebase setup_rebase_drop $B/qchain-rebase -b base.qcow2 -F qcow2 act.qcow2
+scenario rebase-flatten rebase setup_rebase_flat $B/qchain-rebase -b "" act.qcow2
+scenario rebase-nofmt-long rebase setup_rebase_nofmt $B/qchain-rebase -b "$LONGB" -F raw act.qcow2
+scenario rebase-u-moved rebase setup_rebase_moved $B/qchain-rebase -u -b moved.qcow2 -F qcow2 act.qcow2
+SC_MAX=
 scenario check-r-leaks repair setup_leaky $B/qchain-check -r leaks img.qcow2
 scenario check-r-all repair setup_leaky $B/qchain-check -r all img.qcow2
 [ -n "$keep" ] && echo "# failing states kept in $keep (state/ and the events: crash.py summary DIR/events)"
