@@ -12,7 +12,8 @@
 # zstd), backing files shorter than the image, a raw backing file; -u
 # (header only, also -u -b ""); refusals: an image in use (named holder,
 # file unchanged), a missing old chain (safe mode; -u works), a new
-# backing that does not open, a loop, missing -b or -F (exit 2), -U.
+# backing that does not open, a loop, missing -b or -F (exit 2), -U; and
+# README's copy-storage-inc workflow end to end.
 . "$(dirname "$0")/lib.sh"
 need_qemu
 need_python
@@ -347,6 +348,42 @@ case_usage() {
     expect_rc 1
 }
 
+# README's copy-storage-inc workflow: the base copied to another
+# directory, proven equal by qchain-sum, the overlay moved and re-pointed
+# with -u; its sum and content equal the source's; then a safe rebase onto
+# a different base keeps the sum.
+case_workflow() {
+    local s1 s2 t1
+    cd "$(casedir workflow)" || return 1
+    mkdir src dst
+    (cd src && mkchain) || return 1
+    qimg rebase -u -b "$PWD/src/base.qcow2" -F qcow2 src/top.qcow2 &&
+        qimg convert -O raw src/top.qcow2 src.raw || return 1
+    qc sum src/top.qcow2; expect_rc 0 || return 1
+    t1=$(cut -d' ' -f1 "$QC_OUT")
+    cp src/base.qcow2 dst/base.qcow2
+    qc sum src/base.qcow2; s1=$(cut -d' ' -f1 "$QC_OUT")
+    qc sum dst/base.qcow2; s2=$(cut -d' ' -f1 "$QC_OUT")
+    expect_eq "the copied base's sum" "$s1" "$s2" || return 1
+    # the source host's files are not at the destination
+    mv src/top.qcow2 dst/top.qcow2
+    rm -r src
+    qc rebase -u -b "$PWD/dst/base.qcow2" -F qcow2 dst/top.qcow2
+    expect_rc 0 || return 1
+    expect_eq "backing" "$PWD/dst/base.qcow2 qcow2" \
+        "$(backing_of dst/top.qcow2)" || return 1
+    qc sum dst/top.qcow2; expect_rc 0 || return 1
+    expect_eq "the moved overlay's sum" "$t1" "$(cut -d' ' -f1 "$QC_OUT")" ||
+        return 1
+    qc compare dst/top.qcow2 src.raw; expect_rc 0 || return 1
+    qimg create -q -f qcow2 dst/golden.qcow2 8M &&
+        qio -c "write -P 0x5a 1M 3M" dst/golden.qcow2 || return 1
+    qc rebase -b golden.qcow2 -F qcow2 dst/top.qcow2; expect_rc 0 || return 1
+    qc sum dst/top.qcow2
+    expect_eq "the sum after a safe rebase" "$t1" "$(cut -d' ' -f1 "$QC_OUT")"
+}
+
+tcase "the copy-storage-inc workflow of the README" case_workflow
 tcase "rebase drops a middle layer, the base not read" case_drop_middle
 tcase "rebase onto another base (zero clusters)" case_other_base
 tcase "rebase -b '' flattens" case_flatten
