@@ -190,25 +190,6 @@ static unsigned status(const struct side *s, const struct qcow2_extent *e,
            (off + e->length == s->size ? STATUS_EOF : 0);
 }
 
-/* Do both extents name the same host bytes of the same file? */
-static bool same_host_bytes(const struct qcow2_extent *a,
-                            const struct qcow2_extent *b)
-{
-    uint64_t da, ia, db, ib;
-
-    if (a->kind != b->kind || a->in_data_file != b->in_data_file ||
-        a->offset != b->offset)
-        return false;
-    if (a->kind == QCOW2_KIND_DATA) {
-        if (!(a->flags & b->flags & QCOW2_EXTENT_OFFSET_VALID))
-            return false;
-    } else if (a->kind != QCOW2_KIND_COMPRESSED || a->csize != b->csize) {
-        return false;
-    }
-    return qcow2_identity(a->layer, &da, &ia) == 0 &&
-           qcow2_identity(b->layer, &db, &ib) == 0 && da == db && ia == ib;
-}
-
 /* The offset of the first differing sector of two buffers, or -1. */
 static int64_t first_diff(const uint8_t *a, const uint8_t *b, size_t n)
 {
@@ -292,7 +273,7 @@ static int compare_common(struct side *s1, struct side *s2,
             return 0;
         }
         if (!((e1.flags & e2.flags & QCOW2_EXTENT_ZERO) ||
-              same_host_bytes(&e1, &e2))) {
+              qcow2_extent_same_bytes(&e1, &e2))) {
             rc = compare_range(s1, &e1, s2, &e2, off, chunk, res, total);
             if (rc)
                 return rc;

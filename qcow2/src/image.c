@@ -748,3 +748,22 @@ uint64_t qcow2_virtual_size(const struct qcow2_image *img)
 {
     return q2_usable(img) ? img->virtual_size : 0;
 }
+
+/* Same host bytes of the same file (qcow2.h). */
+bool qcow2_extent_same_bytes(const struct qcow2_extent *a,
+                             const struct qcow2_extent *b)
+{
+    uint64_t da, ia, db, ib;
+
+    if (!a || !b || a->kind != b->kind || a->in_data_file != b->in_data_file ||
+        a->offset != b->offset)
+        return false;
+    if (a->kind == QCOW2_KIND_DATA) {
+        if (!(a->flags & b->flags & QCOW2_EXTENT_OFFSET_VALID))
+            return false;
+    } else if (a->kind != QCOW2_KIND_COMPRESSED || a->csize != b->csize) {
+        return false;
+    }
+    return qcow2_identity(a->layer, &da, &ia) == 0 &&
+           qcow2_identity(b->layer, &db, &ib) == 0 && da == db && ia == ib;
+}

@@ -17,7 +17,10 @@
  * extension is missing or lies past sector 0, the extensions are laid out
  * anew in steps that keep that promise (rewrite_cluster0).  A header that
  * leaves no room for either is refused: QEMU would rewrite the whole first
- * cluster at once, which a torn write can spoil.
+ * cluster at once, which a torn write can spoil.  Removing the backing
+ * file (qemu-img rebase -b "") takes the same ways: sector 0 alone where
+ * the layout without the format extension differs from today's only
+ * there, else the steps.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -107,8 +110,8 @@ static void place_name(uint8_t *out, const char *name, uint64_t off)
  *  SW_REMOVE_ONE: no backing file any more (offset and length zero, no
  *    format extension), and the new layout differs from the old in sector
  *    0 only: one write of sector 0;
- *  SW_REMOVE_STEPS: no backing file, the layout changes past sector 0: as
- *    SW_STEPS without a name;
+ *  SW_REMOVE_STEPS: no backing file, the layout changes past sector 0: the
+ *    steps of SW_STEPS without a name;
  *  SW_NONE: even the lean header overflows sector 0, or the first cluster
  *    cannot hold the new name apart from what it holds: refused, since
  *    only a torn-prone rewrite of cluster 0 (what QEMU does) would do. */
@@ -202,62 +205,29 @@ static struct sw_plan sw_plan(const struct q2_hdr_parsed *p, uint64_t cs,
     return w;
 }
 
-/* SW_STEPS: the extensions laid out anew in steps that each leave a
- * header naming either the old or the new backing file whole:
+/* SW_STEPS, SW_REMOVE_*: the extensions laid out anew in steps that each
+ * leave a header naming either the old or the new backing file (or none)
+ * whole:
  *   1. the new name past everything cluster 0 uses today and will use;
  *   2. sector 0 alone as a lean header (without the feature name table,
  *      which only names features) whose extensions all lie in sector 0
  *      and which names the new file;
- *   3. the full layout's bytes between sector 0 and the name, which the
- *      lean header does not read;
+ *   3. the full layout's bytes between sector 0 and the name (or the end
+ *      of the layout), which the lean header does not read;
  *   4. the full layout's sector 0;
- * each synced before the next. */
+ * each synced before the next.  Steps 2 and 3 are needed only where the
+ * full layout passes sector 0 (and, for a removal, changes there:
+ * SW_REMOVE_ONE).  name NULL removes the backing file (offset and length
+ * zero, no format extension); afterwards the bytes the old header used
+ * past the new layout (the old name, the old extensions' tail) are zeroed:
+ * nothing reads them any more, and a forensic reader should not find a
+ * stale name there. */
 static int rewrite_cluster0(struct qcow2_image *img, uint8_t *buf,
                             const struct q2_hdr_parsed *p,
                             const struct sw_plan *w, const char *name,
                             const char *fmt)
 {
-    uint64_t cs = img->cluster_size, full_end;
-    size_t nlen = strlen(name);
-    uint8_t *lean = malloc(cs), *full = malloc(cs);
-    int rc;
-
-    if (!lean || !full) {
-        free(lean);
-        free(full);
-        return -ENOMEM;
-    }
-    memcpy(full, buf, cs);
-    memcpy(lean, buf, cs);
-    full_end = layout_exts(full, cs, p, fmt, false);
-    layout_exts(lean, SECTOR, p, fmt, true);
-    place_name(lean, name, w->at);
-    place_name(full, name, w->at);
-    rc = write_sync(img, name, nlen, w->at);
-    if (rc == 0 && full_end > SECTOR) {
-        rc = write_sync(img, lean, SECTOR, 0);
-        if (rc == 0)
-            rc = write_sync(img, full + SECTOR, w->at - SECTOR, SECTOR);
-    }
-    if (rc == 0)
-        rc = write_sync(img, full, SECTOR, 0);
-    if (rc == 0)
-        memcpy(buf, full, cs);
-    free(lean);
-    free(full);
-    return rc;
-}
-
-/* SW_REMOVE_*: no backing file.  The lean step (SW_REMOVE_STEPS) keeps a
- * whole header at every moment as rewrite_cluster0's does.  Afterwards the
- * bytes the old header used past the new layout (the old name, the old
- * extensions' tail) are zeroed: nothing reads them any more, and a
- * forensic reader should not find a stale name there. */
-static int remove_backing(struct qcow2_image *img, uint8_t *buf,
-                          const struct q2_hdr_parsed *p,
-                          const struct sw_plan *w)
-{
-    uint64_t cs = img->cluster_size, full_end;
+    uint64_t cs = img->cluster_size, full_end, end;
     uint8_t *lean = malloc(cs), *full = malloc(cs);
     int rc = 0;
 
@@ -268,18 +238,26 @@ static int remove_backing(struct qcow2_image *img, uint8_t *buf,
     }
     memcpy(full, buf, cs);
     memcpy(lean, buf, cs);
-    full_end = layout_exts(full, cs, p, NULL, false);
-    layout_exts(lean, SECTOR, p, NULL, true);
-    memset(full + 8, 0, 12); /* backing_file_offset, backing_file_size */
-    memset(lean + 8, 0, 12);
-    if (w->kind == SW_REMOVE_STEPS) {
+    full_end = layout_exts(full, cs, p, fmt, false);
+    layout_exts(lean, SECTOR, p, fmt, true);
+    if (name) {
+        place_name(lean, name, w->at);
+        place_name(full, name, w->at);
+        rc = write_sync(img, name, strlen(name), w->at);
+        end = w->at;
+    } else {
+        memset(full + 8, 0, 12); /* backing_file_offset, _size */
+        memset(lean + 8, 0, 12);
+        end = full_end;
+    }
+    if (rc == 0 && full_end > SECTOR && w->kind != SW_REMOVE_ONE) {
         rc = write_sync(img, lean, SECTOR, 0);
         if (rc == 0)
-            rc = write_sync(img, full + SECTOR, full_end - SECTOR, SECTOR);
+            rc = write_sync(img, full + SECTOR, end - SECTOR, SECTOR);
     }
     if (rc == 0)
         rc = write_sync(img, full, SECTOR, 0);
-    if (rc == 0 && w->used > full_end && w->used <= cs) {
+    if (rc == 0 && !name && w->used > full_end && w->used <= cs) {
         memset(full + full_end, 0, w->used - full_end);
         rc = write_sync(img, full + full_end, w->used - full_end, full_end);
     }
@@ -395,9 +373,7 @@ int qcow2_set_backing(struct qcow2_image *img, const char *name,
     rc = qcow2_flush(img);
     if (rc == 0)
         rc = sw_prepare(img, name, fmt, &buf, &p, &w);
-    if (rc == 0 && !name)
-        rc = remove_backing(img, buf, &p, &w);
-    else if (rc == 0)
+    if (rc == 0)
         rc = w.kind == SW_SECTOR ? edit_sector0(img, buf, &p, &w, name, fmt)
                                  : rewrite_cluster0(img, buf, &p, &w, name,
                                                     fmt);

@@ -61,25 +61,6 @@ static bool reads_zero(const struct qcow2_extent *e)
     return (e->flags & QCOW2_EXTENT_ZERO) || e->kind == QCOW2_KIND_UNALLOCATED;
 }
 
-/* Do both extents name the same host bytes of the same file? */
-static bool same_host_bytes(const struct qcow2_extent *a,
-                            const struct qcow2_extent *b)
-{
-    uint64_t da, ia, db, ib;
-
-    if (a->kind != b->kind || a->in_data_file != b->in_data_file ||
-        a->offset != b->offset)
-        return false;
-    if (a->kind == QCOW2_KIND_DATA) {
-        if (!(a->flags & b->flags & QCOW2_EXTENT_OFFSET_VALID))
-            return false;
-    } else if (a->kind != QCOW2_KIND_COMPRESSED || a->csize != b->csize) {
-        return false;
-    }
-    return qcow2_identity(a->layer, &da, &ia) == 0 &&
-           qcow2_identity(b->layer, &db, &ib) == 0 && da == db && ia == ib;
-}
-
 /* Read n bytes of one view at off into buf: zeros where `zero`, and past
  * `size`. */
 static int view_read(struct restack *r, struct qcow2_image *view,
@@ -224,7 +205,7 @@ static int restack_range(struct restack *r, uint64_t off, uint64_t end)
         if (n > end - off)
             n = end - off;
         if ((reads_zero(&eo) && reads_zero(&en)) ||
-            same_host_bytes(&eo, &en))
+            qcow2_extent_same_bytes(&eo, &en))
             r->st.skipped_bytes += n;
         else if ((rc = compare_range(r, off, n, reads_zero(&eo),
                                      reads_zero(&en))) < 0)

@@ -386,6 +386,15 @@ QCOW2_API int qcow2_map_above(struct qcow2_image *img, uint64_t start,
                               uint64_t len, unsigned flags,
                               unsigned stop_depth, struct qcow2_extent *ext);
 
+/**
+ * Do two extents (from qcow2_map of any chains) name the same host bytes of
+ * the same file: both data at one host offset (or both compressed at one
+ * offset and length) of layers that are the same file by device and inode?
+ * Such ranges read alike without being read (two overlays of one base).
+ */
+QCOW2_API bool qcow2_extent_same_bytes(const struct qcow2_extent *a,
+                                       const struct qcow2_extent *b);
+
 /** Guest-visible size of the image (of the selected snapshot, if any). */
 QCOW2_API uint64_t qcow2_virtual_size(const struct qcow2_image *img);
 
