@@ -21,8 +21,10 @@ qchain_need_packages() {
 
 # Build dependencies, plus qemu-utils (the oracle of the tests and the demo).
 QCHAIN_BUILD_PACKAGES=(build-essential cmake pkg-config zlib1g-dev
-                       libzstd-dev uuid-dev libssl-dev qemu-utils python3)
-QCHAIN_TEST_PACKAGES=(clang libclang-rt-14-dev time xfsprogs strace e2fsprogs)
+                       libzstd-dev uuid-dev libssl-dev qemu-utils python3
+                       scdoc)
+QCHAIN_TEST_PACKAGES=(clang libclang-rt-14-dev time xfsprogs strace e2fsprogs
+                      man-db bsdextrautils)
 # scripts/package.sh: the Debian packages (dpkg-shlibdeps, file for CPack)
 # and their checks
 QCHAIN_PACKAGE_PACKAGES=(dpkg-dev file lintian man-db)
