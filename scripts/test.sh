@@ -3,7 +3,10 @@
 #   1. a warnings-as-errors build and every ctest (unit, cli against
 #      qemu-img, fuzz corpus replay);
 #   2. the same suite again under AddressSanitizer + UBSan;
-#   3. with clang, each libFuzzer harness for a bounded time
+#   3. the Debian packages (scripts/package.sh: cpack, lintian, unpacked
+#      and used: commands, manual pages, completion, the library through
+#      pkg-config and find_package);
+#   4. with clang, each libFuzzer harness for a bounded time
 #      (QCHAIN_FUZZ_SECONDS, default 60; 0 skips).
 # Build trees go to $QCHAIN_BUILD_ROOT (default ./_build).
 set -euo pipefail
@@ -38,6 +41,9 @@ step "test suite under ASan + UBSan"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir "$root/asan" -j"$jobs" --output-on-failure
+
+step "Debian packages: build, lintian, install into a scratch root, use"
+QCHAIN_BUILD_ROOT=$root "$top/scripts/package.sh"
 
 if command -v clang >/dev/null && [ "$fuzz_seconds" -gt 0 ]; then
     step "fuzz harnesses, ${fuzz_seconds}s each"
