@@ -32,9 +32,10 @@
 #include "json.h"
 
 #define BLOCK (64u << 10)  /* block of the block hash (blksum's default) */
-#define CHUNK (4u << 20)   /* bytes read per call (a multiple of BLOCK) */
-#define NBLOCKS (CHUNK / BLOCK)
-#define ZERO_RUN (1u << 20) /* zeros hashed unread; shorter runs are set */
+#define CHUNK (4u << 20)   /* data buffered per batch (a multiple of BLOCK) */
+#define NBLOCKS (CHUNK / BLOCK)  /* its blocks (slots) */
+#define BATCH_BLOCKS 1024u /* content per batch: 64 MiB, zero blocks marked */
+#define ZERO_RUN ((uint64_t)BATCH_BLOCKS * BLOCK) /* zeros hashed apart */
 #define MD_LEN 32          /* SHA-256 */
 #define MAX_THREADS 16
 
@@ -102,15 +103,22 @@ struct share {
     int rc;
 };
 
-/* A chunk of content read and handed to the threads: while they hash it,
- * the next chunk is read into the other batch. */
+/*
+ * A range of content read and handed to the threads: while they hash it,
+ * the next is read into the other batch.  Up to BATCH_BLOCKS blocks, of
+ * which only those not wholly zeros are in buf, one slot of BLOCK bytes
+ * each, in order (so a run of such blocks is contiguous in buf); the
+ * others are only marked.  With --plain every block has its slot (slot i
+ * holds block i: buf is the content).
+ */
 struct batch {
-    uint8_t *buf;                   /* CHUNK bytes, page-aligned */
-    size_t len;
+    uint8_t *buf;                   /* NBLOCKS slots, page-aligned */
+    size_t len;                     /* content bytes */
+    unsigned nslots;                /* slots used */
     bool pending;                   /* threads started, not yet joined */
     unsigned nt;
-    uint8_t digests[NBLOCKS][MD_LEN];
-    bool zero_blk[NBLOCKS];         /* blocks of the chunk known as zeros */
+    int16_t slot[BATCH_BLOCKS];     /* block -> slot, -1: all zeros */
+    uint8_t digests[BATCH_BLOCKS][MD_LEN];
     struct share sh[MAX_THREADS];
     pthread_t tid[MAX_THREADS];
     bool started[MAX_THREADS];
@@ -144,13 +152,13 @@ static void *hash_share(void *arg)
     for (i = s->first; i < nb && s->rc == 0; i += s->step) {
         size_t off = (size_t)i * BLOCK;
         size_t n = b->len - off < BLOCK ? b->len - off : BLOCK;
+        const uint8_t *p =
+            b->slot[i] < 0 ? NULL : b->buf + (size_t)b->slot[i] * BLOCK;
         /* zeros (also in data clusters): the constant digest */
-        if (b->zero_blk[i] ||
-            (n == BLOCK && qcow2_buffer_is_zero(b->buf + off, n)))
+        if (!p || (n == BLOCK && qcow2_buffer_is_zero(p, n)))
             memcpy(s->b->digests[i], s->h->zero_md, MD_LEN);
         else
-            s->rc = block_digest(s->h->md, b->buf + off, n,
-                                 s->b->digests[i]);
+            s->rc = block_digest(s->h->md, p, n, s->b->digests[i]);
     }
     return NULL;
 }
@@ -280,39 +288,84 @@ static int zero_len(const struct source *src, const char *file, uint64_t pos,
     return 0;
 }
 
-/* Zeros at buf + off, n bytes: whole blocks marked in zb (when not NULL),
- * the bytes set otherwise. */
-static void set_zeros(uint8_t *buf, bool *zb, uint64_t off, uint64_t n)
+/* How much of n bytes at cur (data, or zeros to be marked) a batch with
+ * room free slots can take: all, or up to the block boundary where its
+ * slots run out (0: nothing). */
+static uint64_t fit(unsigned room, uint64_t cur, uint64_t n, bool zero)
 {
-    uint64_t b = (off + BLOCK - 1) / BLOCK, e = (off + n) / BLOCK;
+    uint64_t first = (cur + BLOCK - 1) / BLOCK; /* first block begun here */
+    uint64_t last = (cur + n + BLOCK - 1) / BLOCK; /* begun: [first, last) */
 
-    if (!zb || b >= e) {
-        memset(buf + off, 0, (size_t)n);
+    if (zero) { /* whole blocks only marked; a partial one begun, a slot */
+        uint64_t t = (cur + n) / BLOCK * BLOCK; /* the last block's start */
+        return (cur + n) % BLOCK == 0 || t < cur || room > 0 ? n : t - cur;
+    }
+    if (last - first <= room)
+        return n;
+    return (first + room) * BLOCK - cur;
+}
+
+/* The buffer address of content offset cur (its block has a slot). */
+static uint8_t *at(const struct batch *b, uint64_t pos, uint64_t cur)
+{
+    size_t blk = (size_t)((cur - pos) / BLOCK);
+
+    return b->buf + (size_t)b->slot[blk] * BLOCK + (size_t)(cur % BLOCK);
+}
+
+/* Slots for the blocks that begin in [cur, cur + n); with mark_zero, the
+ * whole blocks there marked as zeros instead. */
+static void assign(struct batch *b, uint64_t pos, uint64_t cur, uint64_t n,
+                   bool mark_zero)
+{
+    uint64_t blk, e = cur - pos + n;
+
+    for (blk = (cur - pos + BLOCK - 1) / BLOCK; blk * BLOCK < e; blk++) {
+        if (mark_zero && (blk + 1) * BLOCK <= e)
+            b->slot[blk] = -1;
+        else
+            b->slot[blk] = (int16_t)b->nslots++;
+    }
+}
+
+/* n bytes of zeros at cur: whole blocks marked (with --plain set, as all
+ * the rest), a block's head or tail set in its slot. */
+static void put_zeros(struct batch *b, bool plain, uint64_t pos,
+                      uint64_t cur, uint64_t n)
+{
+    uint64_t head = (BLOCK - cur % BLOCK) % BLOCK, tail;
+
+    assign(b, pos, cur, n, !plain);
+    if (plain || n <= head) {
+        memset(at(b, pos, cur), 0, (size_t)n);
         return;
     }
-    memset(buf + off, 0, (size_t)(b * BLOCK - off));
-    memset(zb + b, 1, (size_t)(e - b) * sizeof(*zb));
-    memset(buf + e * BLOCK, 0, (size_t)(off + n - e * BLOCK));
+    if (head)
+        memset(at(b, pos, cur), 0, (size_t)head);
+    tail = (cur + n) % BLOCK;
+    if (tail)
+        memset(at(b, pos, cur + n - tail), 0, (size_t)tail);
 }
 
 /*
- * Read the content from pos (a block boundary) into buf, at most CHUNK
- * bytes: data read, short zero runs set (their whole blocks only marked
- * in zb, unless zb is NULL), stopping before a run of zeros
- * that starts at a block boundary and is ZERO_RUN long (or runs to the
- * end), which the caller hashes without filling.  Zero runs are measured
- * over consecutive extents (a map call stops at an L2 table's end: 32 KiB
- * of guest with 512-byte clusters).  Returns the bytes filled (0 when pos
+ * Read the content from pos (a block boundary) into batch b, up to
+ * BATCH_BLOCKS blocks (with --plain NBLOCKS) or until its slots run out:
+ * data read, whole blocks of zeros only marked (set with --plain), the
+ * zero head or tail of a block set; stopping before a run of zeros that
+ * starts at a block boundary and is ZERO_RUN long (or runs to the end),
+ * which the caller hashes apart.  Zero runs are measured over consecutive
+ * extents (a map call stops at an L2 table's end: 32 KiB of guest with
+ * 512-byte clusters).  Returns the bytes of content taken (0 when pos
  * starts such a run), or -1 (said).
  */
-static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
-                    bool *zb, uint64_t pos)
+static int64_t fill(const struct source *src, const char *file,
+                    struct batch *b, bool plain, uint64_t pos)
 {
-    uint64_t end = src->size - pos < CHUNK ? src->size : pos + CHUNK;
+    uint64_t lim = (uint64_t)(plain ? NBLOCKS : BATCH_BLOCKS) * BLOCK;
+    uint64_t end = src->size - pos < lim ? src->size : pos + lim;
     uint64_t cur = pos, n;
 
-    if (zb)
-        memset(zb, 0, NBLOCKS * sizeof(*zb));
+    b->nslots = 0;
     while (cur < end) {
         if (zero_len(src, file, cur, ZERO_RUN, &n) < 0)
             return -1;
@@ -320,8 +373,11 @@ static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
             if (cur % BLOCK == 0 &&
                 (n >= ZERO_RUN || cur + n == src->size))
                 break;
-            n = n < end - cur ? n : end - cur;
-            set_zeros(buf, zb, cur - pos, n);
+            n = fit(NBLOCKS - b->nslots, cur,
+                    n < end - cur ? n : end - cur, !plain);
+            if (n == 0)
+                break;
+            put_zeros(b, plain, pos, cur, n);
         } else {
             struct qcow2_extent ext;
             int64_t got;
@@ -329,8 +385,12 @@ static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
                 cli_error_file(file, "%s", qcow2_errmsg(src->img));
                 return -1;
             }
-            n = ext.length < end - cur ? ext.length : end - cur;
-            got = source_read(src, buf + (cur - pos), (size_t)n, cur);
+            n = fit(NBLOCKS - b->nslots, cur,
+                    ext.length < end - cur ? ext.length : end - cur, false);
+            if (n == 0)
+                break;
+            assign(b, pos, cur, n, false);
+            got = source_read(src, at(b, pos, cur), (size_t)n, cur);
             if (got < 0) {
                 cli_error_file(file, "%s", qcow2_errmsg(src->img));
                 return -1;
@@ -375,8 +435,7 @@ static int walk(const struct source *src, const char *file,
 
     while (rc == 0 && pos < src->size) {
         struct batch *b = &bt[cur], *prev = &bt[cur ^ 1];
-        int64_t n = fill(src, file, b->buf, h->plain ? NULL : b->zero_blk,
-                         pos);
+        int64_t n = fill(src, file, b, h->plain, pos);
         if (n < 0) {
             rc = -1;
             break;
