@@ -14,6 +14,11 @@
  * sha256sum of the exported raw file prints); zeros are fed from a zero
  * buffer, never read.
  *
+ * Reading: the content is taken in batches of up to 64 MiB, in which
+ * blocks that are wholly zeros are only marked and the others (at most
+ * 4 MiB of them) are read in runs into a buffer; the threads hash a batch
+ * while the next one is read into a second buffer.
+ *
  * Images are only ever opened read-only (read locks, none with -U).
  */
 #include <errno.h>
