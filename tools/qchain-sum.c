@@ -14,6 +14,11 @@
  * sha256sum of the exported raw file prints); zeros are fed from a zero
  * buffer, never read.
  *
+ * Reading: the content is taken in batches of up to 64 MiB, in which
+ * blocks that are wholly zeros are only marked and the others (at most
+ * 4 MiB of them) are read in runs into a buffer; the threads hash a batch
+ * while the next one is read into a second buffer.
+ *
  * Images are only ever opened read-only (read locks, none with -U).
  */
 #include <errno.h>
@@ -32,9 +37,10 @@
 #include "json.h"
 
 #define BLOCK (64u << 10)  /* block of the block hash (blksum's default) */
-#define CHUNK (4u << 20)   /* bytes read per call (a multiple of BLOCK) */
-#define NBLOCKS (CHUNK / BLOCK)
-#define ZERO_RUN (1u << 20) /* zeros hashed unread; shorter runs are set */
+#define CHUNK (4u << 20)   /* data buffered per batch (a multiple of BLOCK) */
+#define NBLOCKS (CHUNK / BLOCK)  /* its blocks (slots) */
+#define BATCH_BLOCKS 1024u /* content per batch: 64 MiB, zero blocks marked */
+#define ZERO_RUN ((uint64_t)BATCH_BLOCKS * BLOCK) /* zeros hashed apart */
 #define MD_LEN 32          /* SHA-256 */
 #define MAX_THREADS 16
 
@@ -91,23 +97,44 @@ static bool extent_is_zero(const struct qcow2_extent *e)
 
 static const uint8_t zeros[CHUNK];
 
+struct hasher;
+
+/* One thread's share of a batch: blocks first, first + step, ... (with
+ * --plain the whole batch, fed to the stream) */
+struct share {
+    struct hasher *h;
+    struct batch *b;
+    unsigned first, step;
+    int rc;
+};
+
+/*
+ * A range of content read and handed to the threads: while they hash it,
+ * the next is read into the other batch.  Up to BATCH_BLOCKS blocks, of
+ * which only those not wholly zeros are in buf, one slot of BLOCK bytes
+ * each, in order (so a run of such blocks is contiguous in buf); the
+ * others are only marked.  With --plain every block has its slot (slot i
+ * holds block i: buf is the content).
+ */
+struct batch {
+    uint8_t *buf;                   /* NBLOCKS slots, page-aligned */
+    size_t len;                     /* content bytes */
+    unsigned nslots;                /* slots used */
+    bool pending;                   /* threads started, not yet joined */
+    unsigned nt;
+    int16_t slot[BATCH_BLOCKS];     /* block -> slot, -1: all zeros */
+    uint8_t digests[BATCH_BLOCKS][MD_LEN];
+    struct share sh[MAX_THREADS];
+    pthread_t tid[MAX_THREADS];
+    bool started[MAX_THREADS];
+};
+
 struct hasher {
     bool plain;
     const EVP_MD *md;
     EVP_MD_CTX *outer;              /* the stream, or the outer hash */
     uint8_t zero_md[MD_LEN];        /* digest of a zero block of BLOCK */
     unsigned nthreads;
-    uint8_t digests[NBLOCKS][MD_LEN];
-    bool zero_blk[NBLOCKS];         /* blocks of the chunk known as zeros */
-};
-
-/* One thread's share of a chunk: blocks first, first + step, ... */
-struct share {
-    struct hasher *h;
-    const uint8_t *buf;
-    size_t len;
-    unsigned first, step;
-    int rc;
 };
 
 static int block_digest(const EVP_MD *md, const uint8_t *p, size_t n,
@@ -119,66 +146,76 @@ static int block_digest(const EVP_MD *md, const uint8_t *p, size_t n,
 static void *hash_share(void *arg)
 {
     struct share *s = arg;
-    unsigned i, nb = (unsigned)((s->len + BLOCK - 1) / BLOCK);
+    const struct batch *b = s->b;
+    unsigned i, nb = (unsigned)((b->len + BLOCK - 1) / BLOCK);
 
     s->rc = 0;
+    if (s->h->plain) {
+        s->rc = EVP_DigestUpdate(s->h->outer, b->buf, b->len) == 1 ? 0 : -1;
+        return NULL;
+    }
     for (i = s->first; i < nb && s->rc == 0; i += s->step) {
         size_t off = (size_t)i * BLOCK;
-        size_t n = s->len - off < BLOCK ? s->len - off : BLOCK;
+        size_t n = b->len - off < BLOCK ? b->len - off : BLOCK;
+        const uint8_t *p =
+            b->slot[i] < 0 ? NULL : b->buf + (size_t)b->slot[i] * BLOCK;
         /* zeros (also in data clusters): the constant digest */
-        if (s->h->zero_blk[i] ||
-            (n == BLOCK && qcow2_buffer_is_zero(s->buf + off, n)))
-            memcpy(s->h->digests[i], s->h->zero_md, MD_LEN);
+        if (!p || (n == BLOCK && qcow2_buffer_is_zero(p, n)))
+            memcpy(s->b->digests[i], s->h->zero_md, MD_LEN);
         else
-            s->rc = block_digest(s->h->md, s->buf + off, n,
-                                 s->h->digests[i]);
+            s->rc = block_digest(s->h->md, p, n, s->b->digests[i]);
     }
     return NULL;
 }
 
-/* Data at a block boundary: the inner digests of its blocks (threads
- * share them out; a share no thread could take is done here), fed to the
- * outer hash in order. */
-static int hash_blocks(struct hasher *h, const uint8_t *buf, size_t len)
+/* Start hashing the len bytes of data in b (at a block boundary): its
+ * blocks shared out to the threads (one thread takes the stream with
+ * --plain); a share no thread could take is done here and now. */
+static void batch_start(struct hasher *h, struct batch *b, size_t len)
 {
-    struct share sh[MAX_THREADS];
-    pthread_t tid[MAX_THREADS];
-    bool started[MAX_THREADS] = {false};
-    unsigned nb = (unsigned)((len + BLOCK - 1) / BLOCK);
-    unsigned nt = h->nthreads < nb ? h->nthreads : nb, i;
-    int rc = 0;
+    unsigned nb = (unsigned)((len + BLOCK - 1) / BLOCK), i;
 
-    for (i = 0; i < nt; i++)
-        sh[i] = (struct share){h, buf, len, i, nt, 0};
-    for (i = 1; i < nt; i++)
-        started[i] = pthread_create(&tid[i], NULL, hash_share, &sh[i]) == 0;
-    hash_share(&sh[0]);
-    for (i = 1; i < nt; i++) {
-        if (started[i])
-            pthread_join(tid[i], NULL);
-        else
-            hash_share(&sh[i]);
+    b->len = len;
+    b->nt = h->plain ? 1 : h->nthreads < nb ? h->nthreads : nb;
+    for (i = 0; i < b->nt; i++) {
+        b->sh[i] = (struct share){h, b, i, b->nt, 0};
+        b->started[i] =
+            pthread_create(&b->tid[i], NULL, hash_share, &b->sh[i]) == 0;
+        if (!b->started[i])
+            hash_share(&b->sh[i]);
     }
-    for (i = 0; i < nt; i++)
-        if (sh[i].rc < 0)
-            rc = -1;
-    if (rc == 0 &&
-        EVP_DigestUpdate(h->outer, h->digests, (size_t)nb * MD_LEN) != 1)
-        rc = -1;
-    return rc;
+    b->pending = true;
 }
 
-static int hash_data(struct hasher *h, const uint8_t *buf, size_t len)
+/* Wait for b's threads; the inner digests then go to the outer hash in
+ * order.  Nothing to do when b is not pending. */
+static int batch_finish(struct hasher *h, struct batch *b)
 {
-    if (h->plain)
-        return EVP_DigestUpdate(h->outer, buf, len) == 1 ? 0 : -1;
-    return hash_blocks(h, buf, len);
+    unsigned i;
+    int rc = 0;
+
+    if (!b->pending)
+        return 0;
+    b->pending = false;
+    for (i = 0; i < b->nt; i++) {
+        if (b->started[i])
+            pthread_join(b->tid[i], NULL);
+        if (b->sh[i].rc < 0)
+            rc = -1;
+    }
+    if (rc == 0 && !h->plain &&
+        EVP_DigestUpdate(h->outer, b->digests,
+                         (b->len + BLOCK - 1) / BLOCK * MD_LEN) != 1)
+        rc = -1;
+    return rc;
 }
 
 /* len bytes of zeros at a block boundary: whole blocks, and a short last
  * block only at the end of the content. */
 static int hash_zeros(struct hasher *h, uint64_t len)
 {
+    uint8_t digests[NBLOCKS][MD_LEN];
+
     while (len > 0) {
         size_t n = len < CHUNK ? (size_t)len : CHUNK;
         if (h->plain) {
@@ -187,9 +224,8 @@ static int hash_zeros(struct hasher *h, uint64_t len)
         } else if (n >= BLOCK) {
             n -= n % BLOCK;
             for (size_t i = 0; i < n / BLOCK; i++)
-                memcpy(h->digests[i], h->zero_md, MD_LEN);
-            if (EVP_DigestUpdate(h->outer, h->digests,
-                                 n / BLOCK * MD_LEN) != 1)
+                memcpy(digests[i], h->zero_md, MD_LEN);
+            if (EVP_DigestUpdate(h->outer, digests, n / BLOCK * MD_LEN) != 1)
                 return -1;
         } else {
             uint8_t md[MD_LEN]; /* the short last block's own digest */
@@ -257,39 +293,84 @@ static int zero_len(const struct source *src, const char *file, uint64_t pos,
     return 0;
 }
 
-/* Zeros at buf + off, n bytes: whole blocks marked in zb (when not NULL),
- * the bytes set otherwise. */
-static void set_zeros(uint8_t *buf, bool *zb, uint64_t off, uint64_t n)
+/* How much of n bytes at cur (data, or zeros to be marked) a batch with
+ * room free slots can take: all, or up to the block boundary where its
+ * slots run out (0: nothing). */
+static uint64_t fit(unsigned room, uint64_t cur, uint64_t n, bool zero)
 {
-    uint64_t b = (off + BLOCK - 1) / BLOCK, e = (off + n) / BLOCK;
+    uint64_t first = (cur + BLOCK - 1) / BLOCK; /* first block begun here */
+    uint64_t last = (cur + n + BLOCK - 1) / BLOCK; /* begun: [first, last) */
 
-    if (!zb || b >= e) {
-        memset(buf + off, 0, (size_t)n);
+    if (zero) { /* whole blocks only marked; a partial one begun, a slot */
+        uint64_t t = (cur + n) / BLOCK * BLOCK; /* the last block's start */
+        return (cur + n) % BLOCK == 0 || t < cur || room > 0 ? n : t - cur;
+    }
+    if (last - first <= room)
+        return n;
+    return (first + room) * BLOCK - cur;
+}
+
+/* The buffer address of content offset cur (its block has a slot). */
+static uint8_t *at(const struct batch *b, uint64_t pos, uint64_t cur)
+{
+    size_t blk = (size_t)((cur - pos) / BLOCK);
+
+    return b->buf + (size_t)b->slot[blk] * BLOCK + (size_t)(cur % BLOCK);
+}
+
+/* Slots for the blocks that begin in [cur, cur + n); with mark_zero, the
+ * whole blocks there marked as zeros instead. */
+static void assign(struct batch *b, uint64_t pos, uint64_t cur, uint64_t n,
+                   bool mark_zero)
+{
+    uint64_t blk, e = cur - pos + n;
+
+    for (blk = (cur - pos + BLOCK - 1) / BLOCK; blk * BLOCK < e; blk++) {
+        if (mark_zero && (blk + 1) * BLOCK <= e)
+            b->slot[blk] = -1;
+        else
+            b->slot[blk] = (int16_t)b->nslots++;
+    }
+}
+
+/* n bytes of zeros at cur: whole blocks marked (with --plain set, as all
+ * the rest), a block's head or tail set in its slot. */
+static void put_zeros(struct batch *b, bool plain, uint64_t pos,
+                      uint64_t cur, uint64_t n)
+{
+    uint64_t head = (BLOCK - cur % BLOCK) % BLOCK, tail;
+
+    assign(b, pos, cur, n, !plain);
+    if (plain || n <= head) {
+        memset(at(b, pos, cur), 0, (size_t)n);
         return;
     }
-    memset(buf + off, 0, (size_t)(b * BLOCK - off));
-    memset(zb + b, 1, (size_t)(e - b) * sizeof(*zb));
-    memset(buf + e * BLOCK, 0, (size_t)(off + n - e * BLOCK));
+    if (head)
+        memset(at(b, pos, cur), 0, (size_t)head);
+    tail = (cur + n) % BLOCK;
+    if (tail)
+        memset(at(b, pos, cur + n - tail), 0, (size_t)tail);
 }
 
 /*
- * Read the content from pos (a block boundary) into buf, at most CHUNK
- * bytes: data read, short zero runs set (their whole blocks only marked
- * in zb, unless zb is NULL), stopping before a run of zeros
- * that starts at a block boundary and is ZERO_RUN long (or runs to the
- * end), which the caller hashes without filling.  Zero runs are measured
- * over consecutive extents (a map call stops at an L2 table's end: 32 KiB
- * of guest with 512-byte clusters).  Returns the bytes filled (0 when pos
+ * Read the content from pos (a block boundary) into batch b, up to
+ * BATCH_BLOCKS blocks (with --plain NBLOCKS) or until its slots run out:
+ * data read, whole blocks of zeros only marked (set with --plain), the
+ * zero head or tail of a block set; stopping before a run of zeros that
+ * starts at a block boundary and is ZERO_RUN long (or runs to the end),
+ * which the caller hashes apart.  Zero runs are measured over consecutive
+ * extents (a map call stops at an L2 table's end: 32 KiB of guest with
+ * 512-byte clusters).  Returns the bytes of content taken (0 when pos
  * starts such a run), or -1 (said).
  */
-static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
-                    bool *zb, uint64_t pos)
+static int64_t fill(const struct source *src, const char *file,
+                    struct batch *b, bool plain, uint64_t pos)
 {
-    uint64_t end = src->size - pos < CHUNK ? src->size : pos + CHUNK;
+    uint64_t lim = (uint64_t)(plain ? NBLOCKS : BATCH_BLOCKS) * BLOCK;
+    uint64_t end = src->size - pos < lim ? src->size : pos + lim;
     uint64_t cur = pos, n;
 
-    if (zb)
-        memset(zb, 0, NBLOCKS * sizeof(*zb));
+    b->nslots = 0;
     while (cur < end) {
         if (zero_len(src, file, cur, ZERO_RUN, &n) < 0)
             return -1;
@@ -297,8 +378,11 @@ static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
             if (cur % BLOCK == 0 &&
                 (n >= ZERO_RUN || cur + n == src->size))
                 break;
-            n = n < end - cur ? n : end - cur;
-            set_zeros(buf, zb, cur - pos, n);
+            n = fit(NBLOCKS - b->nslots, cur,
+                    n < end - cur ? n : end - cur, !plain);
+            if (n == 0)
+                break;
+            put_zeros(b, plain, pos, cur, n);
         } else {
             struct qcow2_extent ext;
             int64_t got;
@@ -306,8 +390,12 @@ static int64_t fill(const struct source *src, const char *file, uint8_t *buf,
                 cli_error_file(file, "%s", qcow2_errmsg(src->img));
                 return -1;
             }
-            n = ext.length < end - cur ? ext.length : end - cur;
-            got = source_read(src, buf + (cur - pos), (size_t)n, cur);
+            n = fit(NBLOCKS - b->nslots, cur,
+                    ext.length < end - cur ? ext.length : end - cur, false);
+            if (n == 0)
+                break;
+            assign(b, pos, cur, n, false);
+            got = source_read(src, at(b, pos, cur), (size_t)n, cur);
             if (got < 0) {
                 cli_error_file(file, "%s", qcow2_errmsg(src->img));
                 return -1;
@@ -340,49 +428,73 @@ static int64_t zero_run(const struct source *src, const char *file,
     return (int64_t)(n - n % BLOCK);
 }
 
-/* Walk the content: data hashed as read, zero ranges without reading. */
+/* Walk the content: data hashed as read (a chunk hashed by the threads
+ * while the next is read into the other batch), zero ranges without
+ * reading (after the data before them). */
 static int walk(const struct source *src, const char *file,
-                struct hasher *h, uint8_t *buf)
+                struct hasher *h, struct batch *bt)
 {
     uint64_t pos = 0;
+    unsigned cur = 0;
+    int rc = 0;
 
-    while (pos < src->size) {
-        int64_t n = fill(src, file, buf, h->plain ? NULL : h->zero_blk, pos);
-        if (n < 0)
-            return -1;
-        if (n > 0 && hash_data(h, buf, (size_t)n) < 0)
-            return -2;
-        if (n == 0) {
+    while (rc == 0 && pos < src->size) {
+        struct batch *b = &bt[cur], *prev = &bt[cur ^ 1];
+        int64_t n = fill(src, file, b, h->plain, pos);
+        if (n < 0) {
+            rc = -1;
+            break;
+        }
+        if (batch_finish(h, prev) < 0) {
+            rc = -2;
+            break;
+        }
+        if (n > 0) {
+            batch_start(h, b, (size_t)n);
+            cur ^= 1;
+        } else {
             n = zero_run(src, file, pos);
             if (n < 0)
-                return -1;
-            if (hash_zeros(h, (uint64_t)n) < 0)
-                return -2;
+                rc = -1;
+            else if (hash_zeros(h, (uint64_t)n) < 0)
+                rc = -2;
         }
         pos += (uint64_t)n;
     }
-    return 0;
+    /* no thread is left running on a buffer, also after a failure */
+    if (batch_finish(h, &bt[0]) < 0 && rc == 0)
+        rc = -2;
+    if (batch_finish(h, &bt[1]) < 0 && rc == 0)
+        rc = -2;
+    return rc;
 }
 
-/* The checksum of src into hex, or -1 (said). */
+/* The checksum of src into hex, or -1 (said).  bufs: two buffers of CHUNK
+ * bytes. */
 static int sum_source(const struct source *src, const char *file, bool plain,
-                      uint8_t *buf, char *hex)
+                      uint8_t *bufs, char *hex)
 {
     struct hasher *h = calloc(1, sizeof(*h));
+    struct batch *bt = calloc(2, sizeof(*bt));
     int rc = -2;
 
-    if (!h) {
+    if (!h || !bt) {
         cli_error("out of memory");
+        free(h);
+        free(bt);
         return -1;
     }
     h->plain = plain;
+    bt[0].buf = bufs;
+    bt[1].buf = bufs + CHUNK;
     if (hasher_start(h) == 0)
-        rc = walk(src, file, h, buf);
+        rc = walk(src, file, h, bt);
     if (rc == 0 && hasher_finish(h, src->size, hex) < 0)
         rc = -2;
     if (rc == -2)
         cli_error_file(file, "SHA-256 failed (OpenSSL)");
     EVP_MD_CTX_free(h->outer);
+    free(bt);
     free(h);
     return rc < 0 ? -1 : 0;
 }
@@ -489,8 +601,9 @@ int main(int argc, char **argv)
 
     cli_init("qchain-sum", argv);
     parse_args(argc, argv, &a);
-    /* page-aligned: the kernel copies faster into aligned buffers */
-    if (posix_memalign(&mem, 4096, CHUNK) != 0) {
+    /* two buffers (one read while the other is hashed), page-aligned: the
+     * kernel copies faster into aligned buffers */
+    if (posix_memalign(&mem, 4096, 2 * (size_t)CHUNK) != 0) {
         cli_error("out of memory");
         return QCHAIN_EXIT_FAILURE;
     }
