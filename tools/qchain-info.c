@@ -475,24 +475,6 @@ static void human_image(const struct qcow2_image *img)
     }
 }
 
-/* An image read alone: say what is wrong with its backing file, if
- * anything, without failing. */
-static void check_backing(const struct qcow2_image *img)
-{
-    struct qcow2_info in;
-
-    qcow2_info_get(img, &in);
-    if (!in.backing_name)
-        return;
-    if (!in.backing_path)
-        cli_warning("'%s': backing file name '%s' is a protocol or json: "
-                    "name, which qchain never follows", in.filename,
-                    in.backing_name);
-    else if (access(in.backing_path, F_OK) != 0)
-        cli_warning("'%s': backing file '%s' does not exist", in.filename,
-                    in.backing_path);
-}
-
 /* ------------------------------------------------ unfinished commits */
 
 struct pendings {
@@ -503,7 +485,8 @@ struct pendings {
 /* The unfinished commit jobs into `img` or an image of its chain, read
  * without locks (img itself when it has no backing file, or when `chain`
  * says it was opened with its chain); an image whose chain does not open
- * is looked at alone.  Nothing found on failure. */
+ * is looked at alone, with a warning saying why.  Nothing found on
+ * failure. */
 static void find_pending(const struct cli_common *common, const char *file,
                          struct qcow2_image *img, bool chain,
                          struct pendings *p)
@@ -522,6 +505,9 @@ static void find_pending(const struct cli_common *common, const char *file,
         o.warn = NULL; /* said once already, by the first open */
         if (qcow2_open(whole, file, &o) == 0)
             img = whole;
+        else /* a missing or unusable backing file: the image alone */
+            cli_warning("'%s': %s; the image is described by itself", file,
+                        qcow2_errmsg(whole));
     }
     if (cli_chain_load(img, &c) == 0 &&
         (n = cli_pending_find(&c, NULL, &p->v)) > 0)
@@ -647,8 +633,6 @@ int main(int argc, char **argv)
     img = open_image(&common, file, chain);
     if (!img)
         return QCHAIN_EXIT_FAILURE;
-    if (!chain)
-        check_backing(img);
     find_pending(&common, file, img, chain, &pend);
     report(&common, img, chain, &pend);
     free(pend.v);
