@@ -159,8 +159,9 @@ static int parse_extensions(const uint8_t *buf, size_t len, uint64_t ext_end,
     return 0;
 }
 
-static int check_bitmaps_ext(const struct q2_hdr_parsed *p, uint64_t cs,
-                             uint64_t file_size, char *err, size_t errlen)
+static int check_bitmaps_ext(struct q2_hdr_parsed *p, uint64_t cs,
+                             uint64_t file_size, bool defer, char *err,
+                             size_t errlen)
 {
     const struct q2_ext *e = &p->exts[p->ext_bitmaps];
     uint32_t nb = q2_load_be32(e->data);
@@ -182,6 +183,10 @@ static int check_bitmaps_ext(const struct q2_hdr_parsed *p, uint64_t cs,
         return CORRUPT("bitmaps extension: directory offset 0x%" PRIx64
                        " is not cluster aligned (at offset 0x%" PRIx64 ")",
                        doff, e->off);
+    if (!in_file(doff, dsize, file_size) && defer) {
+        p->bitmaps_past_end = true; /* the open says it, and goes on */
+        return 0;
+    }
     if (!in_file(doff, dsize, file_size))
         return CORRUPT("bitmap directory 0x%" PRIx64 "+%" PRIu64
                        " lies past the end of the file (at offset 0x%" PRIx64
@@ -192,7 +197,7 @@ static int check_bitmaps_ext(const struct q2_hdr_parsed *p, uint64_t cs,
 int q2_hdr_parse(const uint8_t *buf, size_t len, uint64_t file_size,
                  struct q2_hdr_parsed *out, char *err, size_t errlen)
 {
-    return q2_hdr_parse_ex(buf, len, file_size, false, out, err, errlen);
+    return q2_hdr_parse_ex(buf, len, file_size, 0, out, err, errlen);
 }
 
 /* The fixed fields (and the version 3 ones), with their own bounds. */
@@ -353,9 +358,10 @@ static int check_backing_name(const uint8_t *buf, size_t len,
 }
 
 /* The L1 table, refcount table and snapshot table positions. */
-static int check_tables(const struct qcow2_header *h, uint64_t file_size,
-                        bool any_snapshot_count, char *err, size_t errlen)
+static int check_tables(struct q2_hdr_parsed *p, uint64_t file_size,
+                        unsigned flags, char *err, size_t errlen)
 {
+    const struct qcow2_header *h = &p->h;
     uint64_t cs = 1ull << h->cluster_bits, bytes_per_l2, need;
     unsigned l2_bits;
 
@@ -402,9 +408,16 @@ static int check_tables(const struct qcow2_header *h, uint64_t file_size,
                        "(at offset 0x30)", h->refcount_table_offset);
 
     /* Snapshot table position (entries are parsed by snapshot.c) */
-    if (h->nb_snapshots > Q2_MAX_SNAPSHOTS && !any_snapshot_count)
+    if (h->nb_snapshots > Q2_MAX_SNAPSHOTS &&
+        !(flags & Q2_HDR_ANY_SNAPSHOT_COUNT))
         return CORRUPT("too many snapshots: %" PRIu32 " (at offset 0x3c)",
                        h->nb_snapshots);
+    if (h->nb_snapshots && h->snapshots_offset &&
+        !(h->snapshots_offset & (cs - 1)) &&
+        h->snapshots_offset >= file_size && (flags & Q2_HDR_DEFER_PARTS)) {
+        p->snap_past_end = true; /* the open says it, and goes on */
+        return 0;
+    }
     if (h->nb_snapshots &&
         ((h->snapshots_offset & (cs - 1)) || h->snapshots_offset == 0 ||
          h->snapshots_offset >= file_size))
@@ -414,8 +427,8 @@ static int check_tables(const struct qcow2_header *h, uint64_t file_size,
 }
 
 int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
-                    bool any_snapshot_count, struct q2_hdr_parsed *out,
-                    char *err, size_t errlen)
+                    unsigned flags, struct q2_hdr_parsed *out, char *err,
+                    size_t errlen)
 {
     struct q2_hdr_parsed p;
     struct qcow2_header *h = &p.h;
@@ -438,7 +451,8 @@ int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
         goto fail;
     if (p.ext_bitmaps >= 0 &&
         (h->autoclear_features & Q2_AUTOCLEAR_BITMAPS)) {
-        rc = check_bitmaps_ext(&p, 1ull << h->cluster_bits, file_size, err,
+        rc = check_bitmaps_ext(&p, 1ull << h->cluster_bits, file_size,
+                               (flags & Q2_HDR_DEFER_PARTS) != 0, err,
                                errlen);
         if (rc < 0)
             goto fail;
@@ -455,7 +469,7 @@ int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
         goto fail;
     }
 
-    rc = check_tables(h, file_size, any_snapshot_count, err, errlen);
+    rc = check_tables(&p, file_size, flags, err, errlen);
     if (rc < 0)
         goto fail;
     *out = p;

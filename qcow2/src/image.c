@@ -18,6 +18,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,50 @@ static int read_exact(struct qcow2_image *img, void *buf, size_t len,
     return 0;
 }
 
+/*
+ * A part of the image the views a read-only open serves do not need (the
+ * snapshot table for the current view, the bitmap directory) is unusable:
+ * a read-only or check-mode open records it (qcow2_damage_get), says it
+ * through the warn callback with its offset, and goes on without it; a
+ * writable open (which would rewrite or depend on it) refuses the image
+ * with the message, as before.  Returns 0 (left aside) or the error.
+ */
+__attribute__((format(printf, 5, 6)))
+static int damaged(struct qcow2_image *img, const char *part, uint64_t off,
+                   int err, const char *fmt, ...)
+{
+    struct q2_damage *d;
+    char msg[sizeof(d->msg)];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if ((img->opts.flags & QCOW2_OPEN_RDWR) &&
+        !(img->opts.flags & QCOW2_OPEN_CHECK))
+        return q2_err(img, err, "%s", msg);
+    if (img->n_damage < Q2_MAX_DAMAGE) {
+        d = &img->damage[img->n_damage++];
+        d->part = part;
+        d->offset = off;
+        d->err = err;
+        memcpy(d->msg, msg, sizeof(d->msg));
+    }
+    q2_warn(img, "'%s': %s; the %s is left aside", img->filename, msg, part);
+    return 0;
+}
+
+static int snaps_damaged(struct qcow2_image *img, uint64_t off,
+                         const char *msg)
+{
+    int rc = damaged(img, "snapshot table", off, -QCOW2_ECORRUPT, "%s",
+                     msg);
+
+    if (rc == 0)
+        img->snaps_damaged = true;
+    return rc;
+}
+
 /* The snapshot table.  A check-mode open (QCOW2_OPEN_CHECK) loads what
  * QEMU's check-mode open loads: the first 65536 entries, and of those the
  * ones that end within 64 MiB of the table's start; the rest is counted in
@@ -154,16 +199,23 @@ static int load_snapshots(struct qcow2_image *img)
 
     if (count == 0)
         return 0;
+    if (img->hp.snap_past_end) {
+        snprintf(err, sizeof(err), "snapshot table offset 0x%" PRIx64 " "
+                 "lies past the end of the file (at offset 0x40)", off);
+        return snaps_damaged(img, off, err);
+    }
     if (count > Q2_MAX_SNAPSHOTS) /* only a lenient header parse lets it */
         count = Q2_MAX_SNAPSHOTS;
     /* first pass: the table's length, from the fixed parts */
     for (i = 0; i < count; i++) {
         prev = pos;
         pos = (pos + 7) & ~7ull;
-        if (pos + Q2_SNAP_FIXED_LEN > end - off)
-            return q2_err(img, -QCOW2_ECORRUPT, "snapshot table entry %"
-                          PRIu32 " lies past the end of the file (at offset "
-                          "0x%" PRIx64 ")", i, off + pos);
+        if (pos + Q2_SNAP_FIXED_LEN > end - off) {
+            snprintf(err, sizeof(err), "snapshot table entry %" PRIu32
+                     " lies past the end of the file (at offset 0x%" PRIx64
+                     ")", i, off + pos);
+            return snaps_damaged(img, off + pos, err);
+        }
         rc = read_exact(img, fixed, sizeof(fixed), off + pos,
                         "snapshot table");
         if (rc < 0)
@@ -185,10 +237,12 @@ static int load_snapshots(struct qcow2_image *img)
             pos = prev;
             break;
         }
-        if (pos > end - off)
-            return q2_err(img, -QCOW2_ECORRUPT, "snapshot table entry %"
-                          PRIu32 " lies past the end of the file (at offset "
-                          "0x%" PRIx64 ")", i, off);
+        if (pos > end - off) {
+            snprintf(err, sizeof(err), "snapshot table entry %" PRIu32
+                     " lies past the end of the file (at offset 0x%" PRIx64
+                     ")", i, off + prev);
+            return snaps_damaged(img, off + prev, err);
+        }
     }
     img->snap_overhang = h->nb_snapshots - count;
     buf = malloc(pos ? pos : 1);
@@ -223,6 +277,15 @@ static int load_bitmaps(struct qcow2_image *img)
     nb = q2_load_be32(e->data);
     dsize = q2_load_be64(e->data + 8);
     doff = q2_load_be64(e->data + 16);
+    if (img->hp.bitmaps_past_end) {
+        rc = damaged(img, "bitmap directory", doff, -QCOW2_ECORRUPT,
+                     "bitmap directory 0x%" PRIx64 "+%" PRIu64 " lies past "
+                     "the end of the file (at offset 0x%" PRIx64 ")", doff,
+                     dsize, e->off);
+        if (rc == 0)
+            img->bitmaps_damaged = true;
+        return rc;
+    }
     buf = malloc(dsize ? dsize : 1);
     if (!buf)
         return -ENOMEM;
@@ -230,10 +293,14 @@ static int load_bitmaps(struct qcow2_image *img)
     if (rc == 0) {
         rc = q2_bitmap_parse(buf, dsize, doff, nb, img->cluster_bits,
                              &img->bitmaps, err, sizeof(err));
-        if (rc < 0)
+        if (rc == -QCOW2_ECORRUPT) {
+            rc = damaged(img, "bitmap directory", doff, rc, "%s", err);
+            img->bitmaps_damaged = rc == 0;
+        } else if (rc < 0) {
             q2_err(img, rc, "%s", err);
-        else
+        } else {
             img->n_bitmaps = nb;
+        }
     }
     free(buf);
     return rc;
@@ -268,8 +335,9 @@ static int open_qcow2(struct qcow2_image *img)
         return rc;
     rc = q2_hdr_parse_ex(img->hdr_buf, img->hdr_len,
                          (uint64_t)img->file_size,
-                         (img->opts.flags & QCOW2_OPEN_CHECK) != 0, p, err,
-                         sizeof(err));
+                         ((img->opts.flags & QCOW2_OPEN_CHECK)
+                              ? Q2_HDR_ANY_SNAPSHOT_COUNT : 0) |
+                             Q2_HDR_DEFER_PARTS, p, err, sizeof(err));
     if (rc < 0)
         return q2_err(img, rc, "%s", err);
 
@@ -671,12 +739,40 @@ int qcow2_snapshot_get(const struct qcow2_image *img, unsigned i,
     return 0;
 }
 
+int qcow2_damage_get(const struct qcow2_image *img, unsigned i,
+                     struct qcow2_damage *out)
+{
+    const struct q2_damage *d;
+
+    if (!q2_usable(img) || i >= img->n_damage || !out)
+        return -EINVAL;
+    d = &img->damage[i];
+    out->part = d->part;
+    out->offset = d->offset;
+    out->err = d->err;
+    out->message = d->msg;
+    return 0;
+}
+
+/* The message of the snapshot table's damage (the open recorded it). */
+static const char *snaps_damage_msg(const struct qcow2_image *img)
+{
+    unsigned i;
+
+    for (i = 0; i < img->n_damage; i++)
+        if (strcmp(img->damage[i].part, "snapshot table") == 0)
+            return img->damage[i].msg;
+    return "the snapshot table is unusable";
+}
+
 int qcow2_snapshot_find(const struct qcow2_image *img, const char *which)
 {
     unsigned i;
 
     if (!q2_usable(img) || !which)
         return -EINVAL;
+    if (img->snaps_damaged)
+        return -QCOW2_ECORRUPT;
     for (i = 0; i < img->n_snaps; i++)
         if (strcmp(img->snaps[i].id, which) == 0)
             return (int)i;
@@ -697,6 +793,9 @@ int qcow2_snapshot_select(struct qcow2_image *img, const char *which)
     if (img->writable)
         return q2_err(img, -EINVAL, "a snapshot view needs a read-only "
                       "image");
+    if (img->snaps_damaged)
+        return q2_err(img, -QCOW2_ECORRUPT, "snapshot '%s': the snapshot "
+                      "table is unusable: %s", which, snaps_damage_msg(img));
     idx = qcow2_snapshot_find(img, which);
     if (idx < 0)
         return q2_err(img, -ENOENT, "snapshot '%s' not found", which);
