@@ -200,6 +200,48 @@ int q2_hdr_parse(const uint8_t *buf, size_t len, uint64_t file_size,
     return q2_hdr_parse_ex(buf, len, file_size, 0, out, err, errlen);
 }
 
+size_t qcow2_header_decode(const void *buf, size_t len,
+                           struct qcow2_header *out)
+{
+    const uint8_t *b = buf;
+    struct qcow2_header h;
+    size_t n;
+
+    if (!b || !out || len < 8 || q2_load_be32(b) != Q2_MAGIC)
+        return 0;
+    memset(&h, 0, sizeof(h));
+    h.magic = Q2_MAGIC;
+    h.version = q2_load_be32(b + 4);
+    n = 8;
+    /* each field only when its bytes are there; none past 104 (+1) */
+#define FIELD(end, stmt) do { if (len < (end)) goto done; stmt; n = (end); } \
+    while (0)
+    FIELD(16, h.backing_file_offset = q2_load_be64(b + 8));
+    FIELD(20, h.backing_file_size = q2_load_be32(b + 16));
+    FIELD(24, h.cluster_bits = q2_load_be32(b + 20));
+    FIELD(32, h.size = q2_load_be64(b + 24));
+    FIELD(36, h.crypt_method = q2_load_be32(b + 32));
+    FIELD(40, h.l1_size = q2_load_be32(b + 36));
+    FIELD(48, h.l1_table_offset = q2_load_be64(b + 40));
+    FIELD(56, h.refcount_table_offset = q2_load_be64(b + 48));
+    FIELD(60, h.refcount_table_clusters = q2_load_be32(b + 56));
+    FIELD(64, h.nb_snapshots = q2_load_be32(b + 60));
+    FIELD(72, h.snapshots_offset = q2_load_be64(b + 64));
+    if (h.version < 3)
+        goto done;
+    FIELD(80, h.incompatible_features = q2_load_be64(b + 72));
+    FIELD(88, h.compatible_features = q2_load_be64(b + 80));
+    FIELD(96, h.autoclear_features = q2_load_be64(b + 88));
+    FIELD(100, h.refcount_order = q2_load_be32(b + 96));
+    FIELD(104, h.header_length = q2_load_be32(b + 100));
+    if (h.header_length > 104)
+        FIELD(105, h.compression_type = b[104]);
+#undef FIELD
+done:
+    *out = h;
+    return n;
+}
+
 /* The fixed fields (and the version 3 ones), with their own bounds. */
 static int parse_fields(const uint8_t *buf, size_t len,
                         struct qcow2_header *h, char *err, size_t errlen)

@@ -69,6 +69,18 @@ refuse() {
     expect_failure "$tool" "$file"
 }
 
+# refuse_header FILE: qchain-info refuses FILE but first prints every
+# header field the file holds (human: the magic and the version at
+# least; json: "refused" and the same header keys as an opened image)
+refuse_header() {
+    refuse info "$1" || return 1
+    grep -qE '^    magic +0x514649fb$' "$QC_OUT" && grep -qE '^    version +[0-9]+$' "$QC_OUT" ||
+        { diag "no header fields on stdout:"; diag_file "$QC_OUT"; return 1; }
+    refuse info "$1" --output=json || return 1
+    $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(not (d["refused"] and d["header"]["magic"] == 0x514649fb))' "$QC_OUT" ||
+        { diag "json: no refused header:"; diag_file "$QC_OUT"; return 1; }
+}
+
 # accept TOOL FILE ARGS...: exit 0, something on stdout
 accept() {
     local tool=$1 file=$2
@@ -141,6 +153,7 @@ while read -r n kind; do
     case $kind in
     header)
         tcase "$n: info fails" refuse info "$f"
+        tcase "$n: info shows the header fields it read, then fails" refuse_header "$f"
         tcase "$n: info --output=json fails" refuse info "$f" --output=json
         tcase "$n: info --backing-chain fails" refuse info "$f" --backing-chain
         tcase "$n: map fails" refuse map "$f"

@@ -224,6 +224,17 @@ struct qcow2_damage {
 QCOW2_API int qcow2_damage_get(const struct qcow2_image *img, unsigned i,
                                struct qcow2_damage *out);
 
+/**
+ * Decode the header fields of a qcow2 file from its first bytes,
+ * buf[0..len), without judging them: for describing an image an open
+ * refused.  Fields whose bytes lie past len (a truncated file) are left
+ * 0; version 3 fields only when the version says 3 or more.
+ * @return the bytes of buf the decoded fields cover (8 .. 105), or 0 when
+ *         buf does not start with the qcow2 magic (out untouched).
+ */
+QCOW2_API size_t qcow2_header_decode(const void *buf, size_t len,
+                                     struct qcow2_header *out);
+
 /** The decoded header of a qcow2 image; NULL for raw images. */
 QCOW2_API const struct qcow2_header *
 qcow2_header_get(const struct qcow2_image *img);
