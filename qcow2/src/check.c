@@ -1159,11 +1159,15 @@ static const char *damage_msg(const struct qcow2_image *img,
 /*
  * Parts the open left aside as unusable (qcow2_damage_get).
  *
- * The snapshot table (past the end of a truncated file): a corruption, as
- * qemu-img check counts errors for it (exit 2).  Without -r all nothing is
- * repaired, not even leaks: the clusters only the lost snapshots name are
- * not the check's to free while the header still names their table.  -r
- * all drops the table: nb_snapshots and snapshots_offset zeroed together
+ * The snapshot table, cut by the end of a truncated file.  When its
+ * entries, with the missing bytes read as zeros, parsed, the open loaded
+ * them as QEMU does: the check counts them as qemu-img check does (the
+ * same exit code).  When they did not, the open left the table aside: a
+ * corruption (qemu-img check finds errors in such garbage too, exit 2).
+ * Without -r all nothing is repaired, not even leaks: the clusters only
+ * the (lost or zero-read) snapshots name are not the check's to free
+ * while the header still names their table.  -r all drops the table either way
+ * (it cannot be trusted): nb_snapshots and snapshots_offset zeroed together
  * by one synced write inside the header's first sector, before anything
  * else is written (nothing is pending); the check that follows frees
  * what only the dropped snapshots referenced and lowers the refcounts
@@ -1193,6 +1197,10 @@ static int left_aside(struct chk *c)
     }
     if (!img->snaps_damaged)
         return 0;
+    if (!c->fix_all)
+        c->fix_leaks = false; /* nothing freed while the table is named */
+    if (!c->fix_all && img->n_snaps)
+        return 0; /* loaded: checked as qemu-img checks it */
     if (!c->fix_all) {
         c->weight = 1;
         corrupt(c, "snapshot-table", 0x3c, "the snapshot table (%" PRIu32
@@ -1207,6 +1215,11 @@ static int left_aside(struct chk *c)
     img->hp.h.nb_snapshots = 0;
     img->hp.h.snapshots_offset = 0;
     img->snaps_damaged = false;
+    q2_snap_free(img->snaps, img->n_snaps);
+    img->snaps = NULL;
+    img->n_snaps = 0;
+    img->snap_overhang = 0;
+    img->snap_too_big = false;
     c->r->corruptions_fixed++;
     repaired(c, "snapshot-table", 0x3c, "unusable snapshot table (%" PRIu32
              " snapshots at 0x%" PRIx64 ") dropped: %s", nb, off,

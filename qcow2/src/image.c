@@ -166,7 +166,7 @@ static int damaged(struct qcow2_image *img, const char *part, uint64_t off,
         d->err = err;
         memcpy(d->msg, msg, sizeof(d->msg));
     }
-    q2_warn(img, "'%s': %s; the %s is left aside", img->filename, msg, part);
+    q2_warn(img, "'%s': %s", img->filename, msg);
     return 0;
 }
 
@@ -181,11 +181,51 @@ static int snaps_damaged(struct qcow2_image *img, uint64_t off,
     return rc;
 }
 
+/* len bytes at off, those past the end of the file (end) as zeros, as
+ * QEMU reads a file.  Returns 0 or a read error. */
+static int read_zero_filled(struct qcow2_image *img, uint8_t *buf,
+                            uint64_t len, uint64_t off, uint64_t end)
+{
+    uint64_t have = off >= end ? 0 : end - off < len ? end - off : len;
+    int rc = have ? read_exact(img, buf, (size_t)have, off, "snapshot table")
+                  : 0;
+
+    memset(buf + have, 0, (size_t)(len - have));
+    return rc;
+}
+
+/*
+ * A snapshot table cut by the end of the file (at `cut`), read with its
+ * missing bytes as zeros as QEMU reads it: when the entries then parse,
+ * they are loaded (qemu-img info lists them, its check counts their
+ * references; so do qchain-info and qcow2_check); either way the table is
+ * damaged: recorded, the snapshot calls refuse, -r all drops it.  When
+ * they do not parse, the table is left aside (no snapshots).
+ */
+static int snaps_cut(struct qcow2_image *img, uint64_t cut, int parsed,
+                     const char *parse_err)
+{
+    char msg[256];
+
+    if (parsed == 0)
+        snprintf(msg, sizeof(msg), "snapshot table runs past the end of "
+                 "the file (at offset 0x%" PRIx64 "): its missing bytes "
+                 "read as zeros, as QEMU reads them; no snapshot can be "
+                 "selected", cut);
+    else
+        snprintf(msg, sizeof(msg), "snapshot table runs past the end of "
+                 "the file (at offset 0x%" PRIx64 "), and read with zeros "
+                 "it is invalid: %s; the image is read without snapshots",
+                 cut, parse_err);
+    return snaps_damaged(img, cut, msg);
+}
+
 /* The snapshot table.  A check-mode open (QCOW2_OPEN_CHECK) loads what
  * QEMU's check-mode open loads: the first 65536 entries, and of those the
  * ones that end within 64 MiB of the table's start; the rest is counted in
  * snap_overhang for qcow2_check to report or drop.  Other opens refuse
- * such a table. */
+ * such a table.  Bytes past the end of the file read as zeros (snaps_cut):
+ * the work stays bounded by the 65536 entries and the 64 MiB. */
 static int load_snapshots(struct qcow2_image *img)
 {
     const struct qcow2_header *h = &img->hp.h;
@@ -194,30 +234,19 @@ static int load_snapshots(struct qcow2_image *img)
     uint8_t fixed[Q2_SNAP_FIXED_LEN], *buf;
     bool lenient = (img->opts.flags & QCOW2_OPEN_CHECK) != 0;
     uint32_t i, count = h->nb_snapshots;
-    char err[256];
+    struct q2_snapshot *snaps = NULL;
+    char err[256] = "";
     int rc;
 
     if (count == 0)
         return 0;
-    if (img->hp.snap_past_end) {
-        snprintf(err, sizeof(err), "snapshot table offset 0x%" PRIx64 " "
-                 "lies past the end of the file (at offset 0x40)", off);
-        return snaps_damaged(img, off, err);
-    }
     if (count > Q2_MAX_SNAPSHOTS) /* only a lenient header parse lets it */
         count = Q2_MAX_SNAPSHOTS;
     /* first pass: the table's length, from the fixed parts */
     for (i = 0; i < count; i++) {
         prev = pos;
         pos = (pos + 7) & ~7ull;
-        if (pos + Q2_SNAP_FIXED_LEN > end - off) {
-            snprintf(err, sizeof(err), "snapshot table entry %" PRIu32
-                     " lies past the end of the file (at offset 0x%" PRIx64
-                     ")", i, off + pos);
-            return snaps_damaged(img, off + pos, err);
-        }
-        rc = read_exact(img, fixed, sizeof(fixed), off + pos,
-                        "snapshot table");
+        rc = read_zero_filled(img, fixed, sizeof(fixed), off + pos, end);
         if (rc < 0)
             return rc;
         pos += Q2_SNAP_FIXED_LEN + (uint64_t)q2_load_be32(fixed + 36) +
@@ -237,28 +266,28 @@ static int load_snapshots(struct qcow2_image *img)
             pos = prev;
             break;
         }
-        if (pos > end - off) {
-            snprintf(err, sizeof(err), "snapshot table entry %" PRIu32
-                     " lies past the end of the file (at offset 0x%" PRIx64
-                     ")", i, off + prev);
-            return snaps_damaged(img, off + prev, err);
-        }
     }
     img->snap_overhang = h->nb_snapshots - count;
     buf = malloc(pos ? pos : 1);
     if (!buf)
         return -ENOMEM;
-    rc = read_exact(img, buf, pos, off, "snapshot table");
-    if (rc == 0) {
+    rc = read_zero_filled(img, buf, pos, off, end);
+    if (rc == 0)
         rc = q2_snap_parse(buf, pos, off, count, h->version, h->size,
-                           &img->snaps, err, sizeof(err));
-        if (rc < 0)
-            q2_err(img, rc, "%s", err);
-        else
-            img->n_snaps = count;
-    }
+                           &snaps, err, sizeof(err));
     free(buf);
-    return rc;
+    if (off + pos > end && (rc == 0 || rc == -QCOW2_ECORRUPT)) {
+        int r = snaps_cut(img, off > end ? off : end, rc, err);
+        if (r < 0 || rc < 0) {
+            q2_snap_free(snaps, rc == 0 ? count : 0);
+            return r;
+        }
+    } else if (rc < 0) {
+        return err[0] ? q2_err(img, rc, "%s", err) : rc;
+    }
+    img->snaps = snaps;
+    img->n_snaps = count;
+    return 0;
 }
 
 static int load_bitmaps(struct qcow2_image *img)
@@ -280,8 +309,9 @@ static int load_bitmaps(struct qcow2_image *img)
     if (img->hp.bitmaps_past_end) {
         rc = damaged(img, "bitmap directory", doff, -QCOW2_ECORRUPT,
                      "bitmap directory 0x%" PRIx64 "+%" PRIu64 " lies past "
-                     "the end of the file (at offset 0x%" PRIx64 ")", doff,
-                     dsize, e->off);
+                     "the end of the file (at offset 0x%" PRIx64 "); the "
+                     "image is read without its bitmaps", doff, dsize,
+                     e->off);
         if (rc == 0)
             img->bitmaps_damaged = true;
         return rc;
@@ -294,7 +324,8 @@ static int load_bitmaps(struct qcow2_image *img)
         rc = q2_bitmap_parse(buf, dsize, doff, nb, img->cluster_bits,
                              &img->bitmaps, err, sizeof(err));
         if (rc == -QCOW2_ECORRUPT) {
-            rc = damaged(img, "bitmap directory", doff, rc, "%s", err);
+            rc = damaged(img, "bitmap directory", doff, rc, "%s; the image "
+                         "is read without its bitmaps", err);
             img->bitmaps_damaged = rc == 0;
         } else if (rc < 0) {
             q2_err(img, rc, "%s", err);
