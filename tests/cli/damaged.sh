@@ -304,4 +304,52 @@ case_snaptable_garbage() {
 }
 tcase "snapshot table that does not parse: left aside, -r leaks changes nothing, -r all drops it" case_snaptable_garbage
 
+# ------------------------------------------------ bitmap directory cut
+
+# qemu-img refuses an image whose bitmap directory the file's end cuts
+# (info and check exit 1); qchain reads the current view without the
+# bitmaps (a warning with the directory's offset), and its check, which
+# cannot judge the bitmaps, exits 1 like qemu-img's and repairs nothing
+case_bitmaps_cut() {
+    local doff qrc
+    cd "$(casedir bitmaps-cut)" || return 1
+    qimg create -q -f qcow2 b.qcow2 4M && qimg bitmap --add b.qcow2 b0 &&
+        qio -f qcow2 -c "write -P 0x61 0 1M" b.qcow2 &&
+        qimg bitmap --add b.qcow2 b1 || return 1
+    rm -f ref.raw && qimg convert -O raw b.qcow2 ref.raw || return 1
+    doff=$($PY -c '
+import struct, sys
+b = open(sys.argv[1], "rb").read(65536)
+off = struct.unpack(">I", b[100:104])[0]
+while True:
+    t, l = struct.unpack(">II", b[off:off + 8])
+    if t == 0: sys.exit(1)
+    if t == 0x23852875:
+        print(struct.unpack(">Q", b[off + 24:off + 32])[0]); break
+    off += 8 + ((l + 7) & ~7)' b.qcow2) || return 1
+    [ "$(stat -c %s b.qcow2)" -gt $((doff + 16)) ] || { diag "test error: the directory is not last"; return 1; }
+    truncate -s $((doff + 16)) b.qcow2 && cp b.qcow2 before.qcow2 || return 1
+    "$QEMU_IMG" info b.qcow2 > /dev/null 2>&1
+    qrc=$?
+    [ "$qrc" -eq 1 ] || { diag "qemu-img info now opens it (exit $qrc): revisit"; return 1; }
+    qc info --output=json b.qcow2
+    expect_rc 0 || return 1
+    expect_stderr_match "^qchain-info: warning: 'b\.qcow2': bitmap directory 0x[0-9a-f]+\+[0-9]+ lies past the end of the file \(at offset 0x" || return 1
+    rm -f out.raw
+    qc export b.qcow2 out.raw
+    expect_rc 0 || return 1
+    expect_same_bytes ref.raw out.raw || return 1
+    "$QEMU_IMG" check b.qcow2 > /dev/null 2>&1
+    qrc=$?
+    local m
+    for m in "" "-r leaks" "-r all"; do
+        # shellcheck disable=SC2086
+        qc check $m b.qcow2
+        expect_rc "$qrc" || return 1
+        expect_stderr_match "bitmap directory is unusable" || return 1
+        expect_same_bytes before.qcow2 b.qcow2 || return 1
+    done
+}
+tcase "bitmap directory cut: the current view without bitmaps; check exits as qemu-img's, repairs nothing" case_bitmaps_cut
+
 finish
