@@ -205,7 +205,7 @@ static int read_zero_filled(struct qcow2_image *img, uint8_t *buf,
 static int snaps_cut(struct qcow2_image *img, uint64_t cut, int parsed,
                      const char *parse_err)
 {
-    char msg[256];
+    char msg[sizeof(((struct q2_damage *)0)->msg)];
 
     if (parsed == 0)
         snprintf(msg, sizeof(msg), "snapshot table runs past the end of "
@@ -215,7 +215,8 @@ static int snaps_cut(struct qcow2_image *img, uint64_t cut, int parsed,
     else
         snprintf(msg, sizeof(msg), "snapshot table runs past the end of "
                  "the file (at offset 0x%" PRIx64 "), and read with zeros "
-                 "it is invalid: %s; the image is read without snapshots",
+                 "it is invalid: %.300s; the image is read without "
+                 "snapshots",
                  cut, parse_err);
     return snaps_damaged(img, cut, msg);
 }

@@ -295,7 +295,7 @@ struct q2_damage {
     const char *part;   /* static string */
     uint64_t offset;
     int err;
-    char msg[320];
+    char msg[512];
 };
 
 enum q2_state { Q2_STATE_NEW = 0, Q2_STATE_OPEN, Q2_STATE_CLOSED };
