@@ -230,20 +230,22 @@ static struct qcow2_image *open_image(const struct cli_common *common,
                                       const char *file, unsigned fix)
 {
     struct qcow2_open_opts opts;
-    struct qcow2_image *img = qcow2_new();
+    struct qcow2_image *img;
     char *msg;
     int rc;
 
+    /* the check reads this image only: its backing chain is opened as
+     * qemu-img check opens it, but a missing or unusable backing file is
+     * a warning, and the image is checked by itself (as qemu-img checks
+     * it opened with "backing": null) */
+    cli_open_opts(common, &opts,
+                  fix ? QCOW2_OPEN_RDWR | QCOW2_OPEN_CHECK : 0);
+    rc = cli_open_alone_if_needed(common, file, opts.flags & ~(unsigned)
+                                  QCOW2_OPEN_FORCE_SHARE, &img);
     if (!img) {
         cli_error("out of memory");
         return NULL;
     }
-    /* the check reads this image only, but opens its backing chain as
-     * qemu-img check does: a missing or unusable backing file fails the
-     * check (exit 1) like qemu-img's "Could not open backing file" */
-    cli_open_opts(common, &opts,
-                  fix ? QCOW2_OPEN_RDWR | QCOW2_OPEN_CHECK : 0);
-    rc = qcow2_open(img, file, &opts);
     if (rc == 0)
         return img;
     /* the handle goes first: its own locks would be in the way of the

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -475,24 +476,6 @@ static void human_image(const struct qcow2_image *img)
     }
 }
 
-/* An image read alone: say what is wrong with its backing file, if
- * anything, without failing. */
-static void check_backing(const struct qcow2_image *img)
-{
-    struct qcow2_info in;
-
-    qcow2_info_get(img, &in);
-    if (!in.backing_name)
-        return;
-    if (!in.backing_path)
-        cli_warning("'%s': backing file name '%s' is a protocol or json: "
-                    "name, which qchain never follows", in.filename,
-                    in.backing_name);
-    else if (access(in.backing_path, F_OK) != 0)
-        cli_warning("'%s': backing file '%s' does not exist", in.filename,
-                    in.backing_path);
-}
-
 /* ------------------------------------------------ unfinished commits */
 
 struct pendings {
@@ -503,7 +486,8 @@ struct pendings {
 /* The unfinished commit jobs into `img` or an image of its chain, read
  * without locks (img itself when it has no backing file, or when `chain`
  * says it was opened with its chain); an image whose chain does not open
- * is looked at alone.  Nothing found on failure. */
+ * is looked at alone, with a warning saying why.  Nothing found on
+ * failure. */
 static void find_pending(const struct cli_common *common, const char *file,
                          struct qcow2_image *img, bool chain,
                          struct pendings *p)
@@ -522,6 +506,9 @@ static void find_pending(const struct cli_common *common, const char *file,
         o.warn = NULL; /* said once already, by the first open */
         if (qcow2_open(whole, file, &o) == 0)
             img = whole;
+        else /* a missing or unusable backing file: the image alone */
+            cli_warning("'%s': %s; the image is described by itself", file,
+                        qcow2_errmsg(whole));
     }
     if (cli_chain_load(img, &c) == 0 &&
         (n = cli_pending_find(&c, NULL, &p->v)) > 0)
@@ -557,6 +544,98 @@ static void human_pending(const struct pendings *p, int depth)
 
 /* ---------------------------------------------------------------- main */
 
+/* ------------------------------------------------ a refused image */
+
+/* The header fields of a refused qcow2 image, as far as the file holds
+ * them (qcow2_header_decode), so that the examiner sees what was read
+ * before the refusal; the JSON keys are the ones of "header" above. */
+static void refused_header(const struct cli_common *common, const char *file)
+{
+    struct qcow2_header h;
+    unsigned char buf[112];
+    size_t n, used, i;
+    struct stat st;
+    FILE *f;
+
+    /* a FIFO would block the open: regular files and devices only */
+    if (stat(file, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)))
+        return;
+    f = fopen(file, "rb");
+    if (!f)
+        return;
+    n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    used = qcow2_header_decode(buf, n, &h);
+    if (used == 0)
+        return;
+    {
+        const struct {
+            const char *key, *label;
+            size_t end;
+            uint64_t v;
+            bool hex;
+        } fl[] = {
+            {"magic", "magic", 4, h.magic, true},
+            {"version", "version", 8, h.version, false},
+            {"backing-file-offset", "backing file offset", 16,
+             h.backing_file_offset, true},
+            {"backing-file-size", "backing file size", 20,
+             h.backing_file_size, false},
+            {"cluster-bits", "cluster bits", 24, h.cluster_bits, false},
+            {"size", "size", 32, h.size, false},
+            {"crypt-method", "crypt method", 36, h.crypt_method, false},
+            {"l1-size", "L1 entries", 40, h.l1_size, false},
+            {"l1-table-offset", "L1 table", 48, h.l1_table_offset, true},
+            {"refcount-table-offset", "refcount table", 56,
+             h.refcount_table_offset, true},
+            {"refcount-table-clusters", "refcount table clusters", 60,
+             h.refcount_table_clusters, false},
+            {"nb-snapshots", "snapshots", 64, h.nb_snapshots, false},
+            {"snapshots-offset", "snapshot table", 72, h.snapshots_offset,
+             true},
+            {"incompatible-features", "incompatible features", 80,
+             h.incompatible_features, true},
+            {"compatible-features", "compatible features", 88,
+             h.compatible_features, true},
+            {"autoclear-features", "autoclear features", 96,
+             h.autoclear_features, true},
+            {"refcount-order", "refcount order", 100, h.refcount_order,
+             false},
+            {"header-length", "header length", 104, h.header_length, false},
+            {"compression-type", "compression type", 105, h.compression_type,
+             false},
+        };
+        struct json j;
+
+        if (common->output == CLI_OUTPUT_JSON) {
+            json_init(&j, stdout, true);
+            json_object_begin(&j, NULL);
+            json_string(&j, "filename", file);
+            json_bool(&j, "refused", true);
+            json_object_begin(&j, "header");
+        } else {
+            printf("image: %s\nHeader as read (%zu bytes; the image is "
+                   "refused):\n", file, used);
+        }
+        for (i = 0; i < sizeof(fl) / sizeof(fl[0]); i++) {
+            if (fl[i].end > used)
+                break;
+            if (common->output == CLI_OUTPUT_JSON)
+                json_u64(&j, fl[i].key, fl[i].v);
+            else if (fl[i].hex)
+                printf("    %-25s0x%" PRIx64 "\n", fl[i].label, fl[i].v);
+            else
+                printf("    %-25s%" PRIu64 "\n", fl[i].label, fl[i].v);
+        }
+        if (common->output == CLI_OUTPUT_JSON) {
+            json_object_end(&j);
+            json_object_end(&j);
+            json_end(&j);
+        }
+        fflush(stdout);
+    }
+}
+
 /* Open `file` (with its chain when `chain`).  NULL on failure (said). */
 static struct qcow2_image *open_image(const struct cli_common *common,
                                       const char *file, bool chain)
@@ -582,8 +661,12 @@ static struct qcow2_image *open_image(const struct cli_common *common,
         cli_busy_error(file, common->format, opts.flags,
                        msg ? msg : qcow2_strerror(rc),
                        "stop the VM, or use -U for read-only figures");
-    else
+    else {
+        /* every header field the file holds, then the refusal */
+        if (rc != -ENOENT && rc != -EACCES && rc != -EISDIR)
+            refused_header(common, file);
         cli_error_file(file, "%s", msg ? msg : qcow2_strerror(rc));
+    }
     free(msg);
     return NULL;
 }
@@ -647,8 +730,6 @@ int main(int argc, char **argv)
     img = open_image(&common, file, chain);
     if (!img)
         return QCHAIN_EXIT_FAILURE;
-    if (!chain)
-        check_backing(img);
     find_pending(&common, file, img, chain, &pend);
     report(&common, img, chain, &pend);
     free(pend.v);

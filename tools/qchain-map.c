@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chain.h"
 #include "cli.h"
 #include "json.h"
 
@@ -177,10 +178,10 @@ static void dump_layer_entry(const struct entry *e, enum cli_output out,
 
 /* --all-layers: each layer alone over [start, min(end, its size)).
  * Returns 0, or 1 after printing an error. */
-static int map_all_layers(struct qcow2_image *top, const char *file,
+static int map_all_layers(const struct cli_layers *ls, const char *file,
                           uint64_t start, uint64_t end, enum cli_output out)
 {
-    struct qcow2_image *layer;
+    struct qcow2_image *layer, *top = ls->v[0];
     bool first = true;
     unsigned depth = 0;
 
@@ -189,10 +190,12 @@ static int map_all_layers(struct qcow2_image *top, const char *file,
     else
         printf("%-7s%-16s%-16s%-12s%-24s%s\n", "Depth", "Offset", "Length",
                "Kind", "Mapped to", "File");
-    for (layer = top; layer; layer = qcow2_backing(layer), depth++) {
-        uint64_t lend = qcow2_virtual_size(layer), pos;
+    for (depth = 0; depth < ls->n; depth++) {
+        uint64_t lend, pos;
         struct entry curr = {0}, next;
 
+        layer = ls->v[depth];
+        lend = qcow2_virtual_size(layer);
         if (end < lend)
             lend = end;
         for (pos = start; pos < lend; pos += next.length) {
@@ -244,6 +247,37 @@ static int map_all_layers(struct qcow2_image *top, const char *file,
     return 0;
 }
 
+/* --all-layers: the layers that open (a view of each needs only that
+ * layer), and where the chain stops when it does not open whole. */
+static int all_layers_main(const struct cli_common *common,
+                           const char *file, uint64_t start,
+                           uint64_t max_len)
+{
+    struct qcow2_image *failed;
+    struct cli_layers ls;
+    uint64_t end;
+    int rc;
+
+    if (cli_layers_open(common, file, 0, &ls, &failed, &rc) < 0) {
+        if (failed)
+            cli_error_file(file, "%s", qcow2_errmsg(failed));
+        qcow2_close(failed);
+        return QCHAIN_EXIT_FAILURE;
+    }
+    if (ls.stop)
+        cli_warning("'%s': %s; the chain stops at depth %u: the layers "
+                    "above it are listed", file, ls.stop, ls.n);
+    /* lower layers may be larger than the top: clip to the request only */
+    end = max_len > UINT64_MAX - start ? UINT64_MAX : start + max_len;
+    rc = map_all_layers(&ls, file, start, end, common->output);
+    cli_layers_close(&ls);
+    if (rc == 0 && (fflush(stdout) != 0 || ferror(stdout))) {
+        cli_error("error writing the output");
+        rc = 1;
+    }
+    return rc ? QCHAIN_EXIT_FAILURE : QCHAIN_EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -287,6 +321,8 @@ int main(int argc, char **argv)
                                        : "too many arguments");
     file = argv[optind];
 
+    if (all_layers)
+        return all_layers_main(&common, file, start, max_len);
     img = qcow2_new();
     if (!img) {
         cli_error("out of memory");
@@ -305,18 +341,6 @@ int main(int argc, char **argv)
         end = start + max_len;
     if (start > end)
         end = start; /* nothing to map, as qemu-img */
-    if (all_layers) {
-        /* lower layers may be larger than the top: clip to the request
-         * only */
-        end = max_len > UINT64_MAX - start ? UINT64_MAX : start + max_len;
-        rc = map_all_layers(img, file, start, end, common.output);
-        qcow2_close(img);
-        if (rc == 0 && (fflush(stdout) != 0 || ferror(stdout))) {
-            cli_error("error writing the output");
-            rc = 1;
-        }
-        return rc ? QCHAIN_EXIT_FAILURE : QCHAIN_EXIT_OK;
-    }
     if (common.output == CLI_OUTPUT_JSON)
         putchar('[');
     else

@@ -1144,6 +1144,89 @@ static int drop_overhang(struct chk *c)
     return 0;
 }
 
+/* What the open recorded about a part it left aside ("" if nothing). */
+static const char *damage_msg(const struct qcow2_image *img,
+                              const char *part)
+{
+    unsigned i;
+
+    for (i = 0; i < img->n_damage; i++)
+        if (strcmp(img->damage[i].part, part) == 0)
+            return img->damage[i].msg;
+    return "";
+}
+
+/*
+ * Parts the open left aside as unusable (qcow2_damage_get).
+ *
+ * The snapshot table, cut by the end of a truncated file.  When its
+ * entries, with the missing bytes read as zeros, parsed, the open loaded
+ * them as QEMU does: the check counts them as qemu-img check does (the
+ * same exit code).  When they did not, the open left the table aside: a
+ * corruption (qemu-img check finds errors in such garbage too, exit 2).
+ * Without -r all nothing is repaired, not even leaks: the clusters only
+ * the (lost or zero-read) snapshots name are not the check's to free
+ * while the header still names their table.  -r all drops the table either way
+ * (it cannot be trusted): nb_snapshots and snapshots_offset zeroed together
+ * by one synced write inside the header's first sector, before anything
+ * else is written (nothing is pending); the check that follows frees
+ * what only the dropped snapshots referenced and lowers the refcounts
+ * they shared (leaks), fixes the COPIED flags, and checks again.  An
+ * interruption leaves at worst those leaks and flags, which any -r all
+ * repairs; refcounts never fall below the references.
+ *
+ * The bitmap directory: qemu-img cannot open such an image (check exits
+ * 1); here the check runs without its bitmaps and counts an internal
+ * error (exit 1), and repairs nothing (they would free the bitmaps'
+ * clusters).
+ */
+static int left_aside(struct chk *c)
+{
+    struct qcow2_image *img = c->img;
+    uint64_t off = img->hp.h.snapshots_offset;
+    uint32_t nb = img->hp.h.nb_snapshots;
+    uint8_t b[12] = {0};
+    int rc;
+
+    if (img->bitmaps_damaged) {
+        check_error(c, "bitmap-directory", img->hp.exts[img->hp.ext_bitmaps]
+                    .off, "the bitmap directory is unusable: %s; the check "
+                    "went on without its bitmaps and repaired nothing",
+                    damage_msg(img, "bitmap directory"));
+        c->fix_leaks = c->fix_all = false;
+    }
+    if (!img->snaps_damaged)
+        return 0;
+    if (!c->fix_all)
+        c->fix_leaks = false; /* nothing freed while the table is named */
+    if (!c->fix_all && img->n_snaps)
+        return 0; /* loaded: checked as qemu-img checks it */
+    if (!c->fix_all) {
+        c->weight = 1;
+        corrupt(c, "snapshot-table", 0x3c, "the snapshot table (%" PRIu32
+                " snapshots at 0x%" PRIx64 ") is unusable: %s; -r all "
+                "drops it", nb, off, damage_msg(img, "snapshot table"));
+        c->fix_leaks = false;
+        return 0;
+    }
+    if ((rc = q2_flush(img)) < 0 ||
+        (rc = q2_header_write(img, 60, b, sizeof(b))) < 0)
+        return rc;
+    img->hp.h.nb_snapshots = 0;
+    img->hp.h.snapshots_offset = 0;
+    img->snaps_damaged = false;
+    q2_snap_free(img->snaps, img->n_snaps);
+    img->snaps = NULL;
+    img->n_snaps = 0;
+    img->snap_overhang = 0;
+    img->snap_too_big = false;
+    c->r->corruptions_fixed++;
+    repaired(c, "snapshot-table", 0x3c, "unusable snapshot table (%" PRIu32
+             " snapshots at 0x%" PRIx64 ") dropped: %s", nb, off,
+             damage_msg(img, "snapshot table"));
+    return 0;
+}
+
 /* Ready for one pass: counters for the file's clusters, the budget, no
  * table met yet, no page cached. */
 static int pass_setup(struct chk *c)
@@ -1370,6 +1453,8 @@ int qcow2_check(struct qcow2_image *img, const struct qcow2_check_opts *opts,
     c.fix_leaks = (flags & QCOW2_CHECK_FIX_LEAKS) != 0;
     c.fix_all = (flags & QCOW2_CHECK_FIX_ALL) == QCOW2_CHECK_FIX_ALL;
     rc = drop_overhang(&c);
+    if (rc == 0)
+        rc = left_aside(&c);
     if (rc < 0)
         goto out;
     rc = run(&c);

@@ -159,8 +159,9 @@ static int parse_extensions(const uint8_t *buf, size_t len, uint64_t ext_end,
     return 0;
 }
 
-static int check_bitmaps_ext(const struct q2_hdr_parsed *p, uint64_t cs,
-                             uint64_t file_size, char *err, size_t errlen)
+static int check_bitmaps_ext(struct q2_hdr_parsed *p, uint64_t cs,
+                             uint64_t file_size, bool defer, char *err,
+                             size_t errlen)
 {
     const struct q2_ext *e = &p->exts[p->ext_bitmaps];
     uint32_t nb = q2_load_be32(e->data);
@@ -182,6 +183,10 @@ static int check_bitmaps_ext(const struct q2_hdr_parsed *p, uint64_t cs,
         return CORRUPT("bitmaps extension: directory offset 0x%" PRIx64
                        " is not cluster aligned (at offset 0x%" PRIx64 ")",
                        doff, e->off);
+    if (!in_file(doff, dsize, file_size) && defer) {
+        p->bitmaps_past_end = true; /* the open says it, and goes on */
+        return 0;
+    }
     if (!in_file(doff, dsize, file_size))
         return CORRUPT("bitmap directory 0x%" PRIx64 "+%" PRIu64
                        " lies past the end of the file (at offset 0x%" PRIx64
@@ -192,7 +197,49 @@ static int check_bitmaps_ext(const struct q2_hdr_parsed *p, uint64_t cs,
 int q2_hdr_parse(const uint8_t *buf, size_t len, uint64_t file_size,
                  struct q2_hdr_parsed *out, char *err, size_t errlen)
 {
-    return q2_hdr_parse_ex(buf, len, file_size, false, out, err, errlen);
+    return q2_hdr_parse_ex(buf, len, file_size, 0, out, err, errlen);
+}
+
+size_t qcow2_header_decode(const void *buf, size_t len,
+                           struct qcow2_header *out)
+{
+    const uint8_t *b = buf;
+    struct qcow2_header h;
+    size_t n;
+
+    if (!b || !out || len < 8 || q2_load_be32(b) != Q2_MAGIC)
+        return 0;
+    memset(&h, 0, sizeof(h));
+    h.magic = Q2_MAGIC;
+    h.version = q2_load_be32(b + 4);
+    n = 8;
+    /* each field only when its bytes are there; none past 104 (+1) */
+#define FIELD(end, stmt) do { if (len < (end)) goto done; stmt; n = (end); } \
+    while (0)
+    FIELD(16, h.backing_file_offset = q2_load_be64(b + 8));
+    FIELD(20, h.backing_file_size = q2_load_be32(b + 16));
+    FIELD(24, h.cluster_bits = q2_load_be32(b + 20));
+    FIELD(32, h.size = q2_load_be64(b + 24));
+    FIELD(36, h.crypt_method = q2_load_be32(b + 32));
+    FIELD(40, h.l1_size = q2_load_be32(b + 36));
+    FIELD(48, h.l1_table_offset = q2_load_be64(b + 40));
+    FIELD(56, h.refcount_table_offset = q2_load_be64(b + 48));
+    FIELD(60, h.refcount_table_clusters = q2_load_be32(b + 56));
+    FIELD(64, h.nb_snapshots = q2_load_be32(b + 60));
+    FIELD(72, h.snapshots_offset = q2_load_be64(b + 64));
+    if (h.version < 3)
+        goto done;
+    FIELD(80, h.incompatible_features = q2_load_be64(b + 72));
+    FIELD(88, h.compatible_features = q2_load_be64(b + 80));
+    FIELD(96, h.autoclear_features = q2_load_be64(b + 88));
+    FIELD(100, h.refcount_order = q2_load_be32(b + 96));
+    FIELD(104, h.header_length = q2_load_be32(b + 100));
+    if (h.header_length > 104)
+        FIELD(105, h.compression_type = b[104]);
+#undef FIELD
+done:
+    *out = h;
+    return n;
 }
 
 /* The fixed fields (and the version 3 ones), with their own bounds. */
@@ -353,9 +400,10 @@ static int check_backing_name(const uint8_t *buf, size_t len,
 }
 
 /* The L1 table, refcount table and snapshot table positions. */
-static int check_tables(const struct qcow2_header *h, uint64_t file_size,
-                        bool any_snapshot_count, char *err, size_t errlen)
+static int check_tables(struct q2_hdr_parsed *p, uint64_t file_size,
+                        unsigned flags, char *err, size_t errlen)
 {
+    const struct qcow2_header *h = &p->h;
     uint64_t cs = 1ull << h->cluster_bits, bytes_per_l2, need;
     unsigned l2_bits;
 
@@ -402,9 +450,16 @@ static int check_tables(const struct qcow2_header *h, uint64_t file_size,
                        "(at offset 0x30)", h->refcount_table_offset);
 
     /* Snapshot table position (entries are parsed by snapshot.c) */
-    if (h->nb_snapshots > Q2_MAX_SNAPSHOTS && !any_snapshot_count)
+    if (h->nb_snapshots > Q2_MAX_SNAPSHOTS &&
+        !(flags & Q2_HDR_ANY_SNAPSHOT_COUNT))
         return CORRUPT("too many snapshots: %" PRIu32 " (at offset 0x3c)",
                        h->nb_snapshots);
+    if (h->nb_snapshots && h->snapshots_offset &&
+        !(h->snapshots_offset & (cs - 1)) &&
+        h->snapshots_offset >= file_size && (flags & Q2_HDR_DEFER_PARTS)) {
+        p->snap_past_end = true; /* the open says it, and goes on */
+        return 0;
+    }
     if (h->nb_snapshots &&
         ((h->snapshots_offset & (cs - 1)) || h->snapshots_offset == 0 ||
          h->snapshots_offset >= file_size))
@@ -414,8 +469,8 @@ static int check_tables(const struct qcow2_header *h, uint64_t file_size,
 }
 
 int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
-                    bool any_snapshot_count, struct q2_hdr_parsed *out,
-                    char *err, size_t errlen)
+                    unsigned flags, struct q2_hdr_parsed *out, char *err,
+                    size_t errlen)
 {
     struct q2_hdr_parsed p;
     struct qcow2_header *h = &p.h;
@@ -438,7 +493,8 @@ int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
         goto fail;
     if (p.ext_bitmaps >= 0 &&
         (h->autoclear_features & Q2_AUTOCLEAR_BITMAPS)) {
-        rc = check_bitmaps_ext(&p, 1ull << h->cluster_bits, file_size, err,
+        rc = check_bitmaps_ext(&p, 1ull << h->cluster_bits, file_size,
+                               (flags & Q2_HDR_DEFER_PARTS) != 0, err,
                                errlen);
         if (rc < 0)
             goto fail;
@@ -455,7 +511,7 @@ int q2_hdr_parse_ex(const uint8_t *buf, size_t len, uint64_t file_size,
         goto fail;
     }
 
-    rc = check_tables(h, file_size, any_snapshot_count, err, errlen);
+    rc = check_tables(&p, file_size, flags, err, errlen);
     if (rc < 0)
         goto fail;
     *out = p;

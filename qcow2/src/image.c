@@ -18,6 +18,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,11 +137,96 @@ static int read_exact(struct qcow2_image *img, void *buf, size_t len,
     return 0;
 }
 
+/*
+ * A part of the image the views a read-only open serves do not need (the
+ * snapshot table for the current view, the bitmap directory) is unusable:
+ * a read-only or check-mode open records it (qcow2_damage_get), says it
+ * through the warn callback with its offset, and goes on without it; a
+ * writable open (which would rewrite or depend on it) refuses the image
+ * with the message, as before.  Returns 0 (left aside) or the error.
+ */
+__attribute__((format(printf, 5, 6)))
+static int damaged(struct qcow2_image *img, const char *part, uint64_t off,
+                   int err, const char *fmt, ...)
+{
+    struct q2_damage *d;
+    char msg[sizeof(d->msg)];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if ((img->opts.flags & QCOW2_OPEN_RDWR) &&
+        !(img->opts.flags & QCOW2_OPEN_CHECK))
+        return q2_err(img, err, "%s", msg);
+    if (img->n_damage < Q2_MAX_DAMAGE) {
+        d = &img->damage[img->n_damage++];
+        d->part = part;
+        d->offset = off;
+        d->err = err;
+        memcpy(d->msg, msg, sizeof(d->msg));
+    }
+    q2_warn(img, "'%s': %s", img->filename, msg);
+    return 0;
+}
+
+static int snaps_damaged(struct qcow2_image *img, uint64_t off,
+                         const char *msg)
+{
+    int rc = damaged(img, "snapshot table", off, -QCOW2_ECORRUPT, "%s",
+                     msg);
+
+    if (rc == 0)
+        img->snaps_damaged = true;
+    return rc;
+}
+
+/* len bytes at off, those past the end of the file (end) as zeros, as
+ * QEMU reads a file.  Returns 0 or a read error. */
+static int read_zero_filled(struct qcow2_image *img, uint8_t *buf,
+                            uint64_t len, uint64_t off, uint64_t end)
+{
+    uint64_t have = off >= end ? 0 : end - off < len ? end - off : len;
+    int rc = have ? read_exact(img, buf, (size_t)have, off, "snapshot table")
+                  : 0;
+
+    memset(buf + have, 0, (size_t)(len - have));
+    return rc;
+}
+
+/*
+ * A snapshot table cut by the end of the file (at `cut`), read with its
+ * missing bytes as zeros as QEMU reads it: when the entries then parse,
+ * they are loaded (qemu-img info lists them, its check counts their
+ * references; so do qchain-info and qcow2_check); either way the table is
+ * damaged: recorded, the snapshot calls refuse, -r all drops it.  When
+ * they do not parse, the table is left aside (no snapshots).
+ */
+static int snaps_cut(struct qcow2_image *img, uint64_t cut, int parsed,
+                     const char *parse_err)
+{
+    char msg[sizeof(((struct q2_damage *)0)->msg)];
+
+    if (parsed == 0)
+        snprintf(msg, sizeof(msg), "snapshot table runs past the end of "
+                 "the file (at offset 0x%" PRIx64 "): its missing bytes "
+                 "read as zeros, as QEMU reads them; no snapshot can be "
+                 "selected", cut);
+    else
+        snprintf(msg, sizeof(msg), "snapshot table runs past the end of "
+                 "the file (at offset 0x%" PRIx64 "), and read with zeros "
+                 "it is invalid: %.300s; the image is read without "
+                 "snapshots",
+                 cut, parse_err);
+    return snaps_damaged(img, cut, msg);
+}
+
 /* The snapshot table.  A check-mode open (QCOW2_OPEN_CHECK) loads what
  * QEMU's check-mode open loads: the first 65536 entries, and of those the
  * ones that end within 64 MiB of the table's start; the rest is counted in
  * snap_overhang for qcow2_check to report or drop.  Other opens refuse
- * such a table. */
+ * such a table.  Bytes past the end of the file read as zeros (snaps_cut):
+ * the work stays bounded by the 65536 entries and the 64 MiB. */
 static int load_snapshots(struct qcow2_image *img)
 {
     const struct qcow2_header *h = &img->hp.h;
@@ -149,7 +235,8 @@ static int load_snapshots(struct qcow2_image *img)
     uint8_t fixed[Q2_SNAP_FIXED_LEN], *buf;
     bool lenient = (img->opts.flags & QCOW2_OPEN_CHECK) != 0;
     uint32_t i, count = h->nb_snapshots;
-    char err[256];
+    struct q2_snapshot *snaps = NULL;
+    char err[256] = "";
     int rc;
 
     if (count == 0)
@@ -160,12 +247,7 @@ static int load_snapshots(struct qcow2_image *img)
     for (i = 0; i < count; i++) {
         prev = pos;
         pos = (pos + 7) & ~7ull;
-        if (pos + Q2_SNAP_FIXED_LEN > end - off)
-            return q2_err(img, -QCOW2_ECORRUPT, "snapshot table entry %"
-                          PRIu32 " lies past the end of the file (at offset "
-                          "0x%" PRIx64 ")", i, off + pos);
-        rc = read_exact(img, fixed, sizeof(fixed), off + pos,
-                        "snapshot table");
+        rc = read_zero_filled(img, fixed, sizeof(fixed), off + pos, end);
         if (rc < 0)
             return rc;
         pos += Q2_SNAP_FIXED_LEN + (uint64_t)q2_load_be32(fixed + 36) +
@@ -185,26 +267,28 @@ static int load_snapshots(struct qcow2_image *img)
             pos = prev;
             break;
         }
-        if (pos > end - off)
-            return q2_err(img, -QCOW2_ECORRUPT, "snapshot table entry %"
-                          PRIu32 " lies past the end of the file (at offset "
-                          "0x%" PRIx64 ")", i, off);
     }
     img->snap_overhang = h->nb_snapshots - count;
     buf = malloc(pos ? pos : 1);
     if (!buf)
         return -ENOMEM;
-    rc = read_exact(img, buf, pos, off, "snapshot table");
-    if (rc == 0) {
+    rc = read_zero_filled(img, buf, pos, off, end);
+    if (rc == 0)
         rc = q2_snap_parse(buf, pos, off, count, h->version, h->size,
-                           &img->snaps, err, sizeof(err));
-        if (rc < 0)
-            q2_err(img, rc, "%s", err);
-        else
-            img->n_snaps = count;
-    }
+                           &snaps, err, sizeof(err));
     free(buf);
-    return rc;
+    if (off + pos > end && (rc == 0 || rc == -QCOW2_ECORRUPT)) {
+        int r = snaps_cut(img, off > end ? off : end, rc, err);
+        if (r < 0 || rc < 0) {
+            q2_snap_free(snaps, rc == 0 ? count : 0);
+            return r;
+        }
+    } else if (rc < 0) {
+        return err[0] ? q2_err(img, rc, "%s", err) : rc;
+    }
+    img->snaps = snaps;
+    img->n_snaps = count;
+    return 0;
 }
 
 static int load_bitmaps(struct qcow2_image *img)
@@ -223,6 +307,16 @@ static int load_bitmaps(struct qcow2_image *img)
     nb = q2_load_be32(e->data);
     dsize = q2_load_be64(e->data + 8);
     doff = q2_load_be64(e->data + 16);
+    if (img->hp.bitmaps_past_end) {
+        rc = damaged(img, "bitmap directory", doff, -QCOW2_ECORRUPT,
+                     "bitmap directory 0x%" PRIx64 "+%" PRIu64 " lies past "
+                     "the end of the file (at offset 0x%" PRIx64 "); the "
+                     "image is read without its bitmaps", doff, dsize,
+                     e->off);
+        if (rc == 0)
+            img->bitmaps_damaged = true;
+        return rc;
+    }
     buf = malloc(dsize ? dsize : 1);
     if (!buf)
         return -ENOMEM;
@@ -230,10 +324,15 @@ static int load_bitmaps(struct qcow2_image *img)
     if (rc == 0) {
         rc = q2_bitmap_parse(buf, dsize, doff, nb, img->cluster_bits,
                              &img->bitmaps, err, sizeof(err));
-        if (rc < 0)
+        if (rc == -QCOW2_ECORRUPT) {
+            rc = damaged(img, "bitmap directory", doff, rc, "%s; the image "
+                         "is read without its bitmaps", err);
+            img->bitmaps_damaged = rc == 0;
+        } else if (rc < 0) {
             q2_err(img, rc, "%s", err);
-        else
+        } else {
             img->n_bitmaps = nb;
+        }
     }
     free(buf);
     return rc;
@@ -268,8 +367,9 @@ static int open_qcow2(struct qcow2_image *img)
         return rc;
     rc = q2_hdr_parse_ex(img->hdr_buf, img->hdr_len,
                          (uint64_t)img->file_size,
-                         (img->opts.flags & QCOW2_OPEN_CHECK) != 0, p, err,
-                         sizeof(err));
+                         ((img->opts.flags & QCOW2_OPEN_CHECK)
+                              ? Q2_HDR_ANY_SNAPSHOT_COUNT : 0) |
+                             Q2_HDR_DEFER_PARTS, p, err, sizeof(err));
     if (rc < 0)
         return q2_err(img, rc, "%s", err);
 
@@ -671,12 +771,40 @@ int qcow2_snapshot_get(const struct qcow2_image *img, unsigned i,
     return 0;
 }
 
+int qcow2_damage_get(const struct qcow2_image *img, unsigned i,
+                     struct qcow2_damage *out)
+{
+    const struct q2_damage *d;
+
+    if (!q2_usable(img) || i >= img->n_damage || !out)
+        return -EINVAL;
+    d = &img->damage[i];
+    out->part = d->part;
+    out->offset = d->offset;
+    out->err = d->err;
+    out->message = d->msg;
+    return 0;
+}
+
+/* The message of the snapshot table's damage (the open recorded it). */
+static const char *snaps_damage_msg(const struct qcow2_image *img)
+{
+    unsigned i;
+
+    for (i = 0; i < img->n_damage; i++)
+        if (strcmp(img->damage[i].part, "snapshot table") == 0)
+            return img->damage[i].msg;
+    return "the snapshot table is unusable";
+}
+
 int qcow2_snapshot_find(const struct qcow2_image *img, const char *which)
 {
     unsigned i;
 
     if (!q2_usable(img) || !which)
         return -EINVAL;
+    if (img->snaps_damaged)
+        return -QCOW2_ECORRUPT;
     for (i = 0; i < img->n_snaps; i++)
         if (strcmp(img->snaps[i].id, which) == 0)
             return (int)i;
@@ -697,6 +825,9 @@ int qcow2_snapshot_select(struct qcow2_image *img, const char *which)
     if (img->writable)
         return q2_err(img, -EINVAL, "a snapshot view needs a read-only "
                       "image");
+    if (img->snaps_damaged)
+        return q2_err(img, -QCOW2_ECORRUPT, "snapshot '%s': the snapshot "
+                      "table is unusable: %s", which, snaps_damage_msg(img));
     idx = qcow2_snapshot_find(img, which);
     if (idx < 0)
         return q2_err(img, -ENOENT, "snapshot '%s' not found", which);

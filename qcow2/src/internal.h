@@ -147,6 +147,11 @@ struct q2_hdr_parsed {
     int ext_bitmaps;
     int ext_crypto;
     int ext_data_file;
+    /* validation left to the open (an unusable part, not a refusal):
+     * snapshots_offset lies past the end of the file; the bitmap
+     * directory does */
+    bool snap_past_end;
+    bool bitmaps_past_end;
 };
 
 /* Parse and validate a qcow2 header held in buf[0..len) (the first cluster,
@@ -156,11 +161,16 @@ struct q2_hdr_parsed {
 Q2_HIDDEN int q2_hdr_parse(const uint8_t *buf, size_t len, uint64_t file_size,
                            struct q2_hdr_parsed *out, char *err,
                            size_t errlen);
-/* The same; with any_snapshot_count, more than QEMU's 65536 snapshots are
- * accepted (a check reads the first 65536 and reports the rest, as QEMU's
- * check-mode open does; the table's offset is validated all the same). */
+/* The same, with flags: Q2_HDR_ANY_SNAPSHOT_COUNT, more than QEMU's 65536
+ * snapshots are accepted (a check reads the first 65536 and reports the
+ * rest, as QEMU's check-mode open does; the table's offset is validated
+ * all the same); Q2_HDR_DEFER_PARTS, a snapshot table or bitmap directory
+ * that lies past the end of the file is not a refusal but noted
+ * (snap_past_end, bitmaps_past_end) for the open to leave aside. */
+#define Q2_HDR_ANY_SNAPSHOT_COUNT 0x1
+#define Q2_HDR_DEFER_PARTS 0x2
 Q2_HIDDEN int q2_hdr_parse_ex(const uint8_t *buf, size_t len,
-                              uint64_t file_size, bool any_snapshot_count,
+                              uint64_t file_size, unsigned flags,
                               struct q2_hdr_parsed *out, char *err,
                               size_t errlen);
 
@@ -279,6 +289,15 @@ Q2_HIDDEN void q2_bitmap_free(struct q2_bitmap *b, unsigned n);
 /* ---- The image handle ---- */
 #define Q2_HANDLE_MAGIC 0x71326831U /* "q2h1" */
 
+/* A part of an image an open left aside (struct qcow2_damage). */
+#define Q2_MAX_DAMAGE 4
+struct q2_damage {
+    const char *part;   /* static string */
+    uint64_t offset;
+    int err;
+    char msg[512];
+};
+
 enum q2_state { Q2_STATE_NEW = 0, Q2_STATE_OPEN, Q2_STATE_CLOSED };
 
 struct qcow2_image {
@@ -325,6 +344,13 @@ struct qcow2_image {
     bool snap_too_big;
     struct q2_bitmap *bitmaps;
     unsigned n_bitmaps;
+    /* parts a read-only or check-mode open left aside as unusable
+     * (qcow2_damage_get): the snapshot table, the bitmap directory; the
+     * image opens without them (n_snaps or n_bitmaps 0) */
+    struct q2_damage damage[Q2_MAX_DAMAGE];
+    unsigned n_damage;
+    bool snaps_damaged;        /* the snapshot table is one of them */
+    bool bitmaps_damaged;      /* the bitmap directory is one of them */
     struct q2_cache cache;     /* L1 pages, L2 tables, refcount pages */
     struct qcow2_io data_io;   /* external data file, opened on demand */
     bool data_io_open;

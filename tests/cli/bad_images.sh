@@ -10,7 +10,8 @@
 
 BAD=$QCHAIN_IMAGES/bad
 
-# name kind  (kinds: header data chain decode snap vmstate; see README.md)
+# name kind  (kinds: header data chain decode snap vmstate snaptable; see
+# README.md)
 IMAGES="
 truncated-header header
 truncated-header-v3 header
@@ -38,9 +39,9 @@ compressed-offset-huge data
 compressed-garbage-zlib decode
 compressed-garbage-zstd decode
 snapshot-count-huge header
-snapshot-offset-past-end header
+snapshot-offset-past-end snaptable
 snapshot-offset-unaligned header
-snapshot-name-past-end header
+snapshot-name-past-end snaptable
 snapshot-l1-past-end snap
 vmstate-size-past-l1 vmstate
 vmstate-size-huge vmstate
@@ -68,6 +69,18 @@ refuse() {
     expect_failure "$tool" "$file"
 }
 
+# refuse_header FILE: qchain-info refuses FILE but first prints every
+# header field the file holds (human: the magic and the version at
+# least; json: "refused" and the same header keys as an opened image)
+refuse_header() {
+    refuse info "$1" || return 1
+    grep -qE '^    magic +0x514649fb$' "$QC_OUT" && grep -qE '^    version +[0-9]+$' "$QC_OUT" ||
+        { diag "no header fields on stdout:"; diag_file "$QC_OUT"; return 1; }
+    refuse info "$1" --output=json || return 1
+    $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(not (d["refused"] and d["header"]["magic"] == 0x514649fb))' "$QC_OUT" ||
+        { diag "json: no refused header:"; diag_file "$QC_OUT"; return 1; }
+}
+
 # accept TOOL FILE ARGS...: exit 0, something on stdout
 accept() {
     local tool=$1 file=$2
@@ -75,6 +88,19 @@ accept() {
     qc "$tool" "$@" "$file"
     expect_rc 0 || return 1
     if [ ! -s "$QC_OUT" ]; then diag "$QC_CMD: empty stdout"; return 1; fi
+}
+
+# accept_warned TOOL FILE ARGS...: accept, with a warning naming the
+# snapshot table and its offset
+accept_warned() {
+    accept "$@" || return 1
+    expect_stderr_match "^qchain-$1: warning: .*snapshot table.*at offset 0x"
+}
+
+# check_rc RC FILE: qchain-check FILE exits RC
+check_rc() {
+    qc check "$2"
+    expect_rc "$1"
 }
 
 # export_refuse FILE [ARGS...]: exit 1, message, OUTPUT not left behind
@@ -127,6 +153,7 @@ while read -r n kind; do
     case $kind in
     header)
         tcase "$n: info fails" refuse info "$f"
+        tcase "$n: info shows the header fields it read, then fails" refuse_header "$f"
         tcase "$n: info --output=json fails" refuse info "$f" --output=json
         tcase "$n: info --backing-chain fails" refuse info "$f" --backing-chain
         tcase "$n: map fails" refuse map "$f"
@@ -161,6 +188,16 @@ while read -r n kind; do
         tcase "$n: export of the active image works" export_accept "$f"
         tcase "$n: export -s s1 fails" export_refuse "$f" -s s1
         tcase "$n: export -s 1 fails" export_refuse "$f" -s 1
+        ;;
+    snaptable)
+        # qemu-img opens these too (info 0, check 2): a warning with the
+        # table's offset, the current view served without the table
+        tcase "$n: info warns and shows the image" accept_warned info "$f"
+        tcase "$n: info --output=json shows the image" accept_warned info "$f" --output=json
+        tcase "$n: map maps it" accept_warned map "$f" --output=json
+        tcase "$n: export of the active image works" export_accept "$f"
+        tcase "$n: export -s s1 fails" export_refuse "$f" -s s1
+        tcase "$n: check finds it corrupt (exit 2)" check_rc 2 "$f"
         ;;
     vmstate)
         tcase "$n: info shows the image" accept info "$f" --output=json

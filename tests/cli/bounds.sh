@@ -133,6 +133,11 @@ measure() {
     return $ok
 }
 
+# Cases whose damage lies in the backing chain alone (too deep, a loop, a
+# FIFO): map --all-layers lists the layers that open, warns where the
+# chain stops and exits 0 (each layer's view needs only that layer)
+CHAIN_ONLY=" chain-300 loop-ab loop-self loop-symlink loop-long-names backing-fifo "
+
 # run_all NAME DIR TOP WANT_MAP: the six commands on DIR/TOP
 run_all() {
     local name=$1 dir=$2 top=$3 want_map=$4 label args input want tool
@@ -145,7 +150,10 @@ run_all() {
         want=any
         case $label in
         info) input=$top_bytes ;;
-        map|map-all) want=$want_map ;;
+        map) want=$want_map ;;
+        map-all)
+            want=$want_map
+            case $CHAIN_ONLY in *" $name "*) want=0 ;; esac ;;
         esac
         # shellcheck disable=SC2086
         set -- $args

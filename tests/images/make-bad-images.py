@@ -442,7 +442,7 @@ def _(p):
     poke(p, 60, "I", 0x7fffffff, "nb_snapshots")
 
 
-@image("snapshot-offset-past-end", "header",
+@image("snapshot-offset-past-end", "snaptable",
        "image with one snapshot; snapshots_offset 0x10000000, past the end "
        "of the file")
 def _(p):
@@ -458,7 +458,7 @@ def _(p):
     poke(p, 64, "Q", off - 0x200, "snapshots_offset")
 
 
-@image("snapshot-name-past-end", "header",
+@image("snapshot-name-past-end", "snaptable",
        "image with one snapshot; the entry's name_size is 0xffff, so the name "
        "runs past the end of the file")
 def _(p):
@@ -654,11 +654,14 @@ Kinds (the exit codes `bad_images.sh` expects):
 | decode | 0           | 0                    | 0          | 1             |
 | snap   | 0           | 0                    | 0          | 0; `-s s1`: 1 |
 | vmstate | 0          | 0                    | 0          | 0; `--vmstate s1`: 1 |
+| snaptable | 0 (a warning) | 0                  | 0          | 0; `-s s1`: 1 |
 
 (`data` damage lies in tables qchain-info never reads; `chain` images with
 a protocol or json: backing name also get a warning from qchain-info;
 `decode` images map fine, as qemu-img map maps them: only reading the
-data finds the damage.)  A failed qchain-export leaves no OUTPUT behind.
+data finds the damage; `snaptable` images have a snapshot table past the
+end of the file, which qemu-img opens too (its check exits 2): the
+commands warn, with the offset, and serve the current view without it.)  A failed qchain-export leaves no OUTPUT behind.
 
 Failures must say `qchain-X: 'FILE': message` on stderr, exit exactly 1
 and show no sanitizer report.  The backing-loop and self-referencing

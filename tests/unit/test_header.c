@@ -873,8 +873,27 @@ TEST(bitmap_directory_size_mismatch)
     struct qimg q;
     struct qcow2_image *img;
 
+    struct qcow2_open_opts o = {.size = sizeof(o),
+                                .flags = QCOW2_OPEN_RDWR};
+    struct qcow2_damage d;
+    struct qcow2_info info;
+
+    /* read-only: opened without its bitmaps, the damage recorded */
     bitmap_image(&q, 40);
-    EXPECT_EQ_INT(qimg_open(&q, "bm.qcow2", NULL, &img), -QCOW2_ECORRUPT);
+    REQUIRE_EQ_INT(qimg_open(&q, "bm.qcow2", NULL, &img), 0);
+    REQUIRE_EQ_INT(qcow2_info_get(img, &info), 0);
+    EXPECT_EQ_INT(info.nb_bitmaps, 0);
+    REQUIRE_EQ_INT(qcow2_damage_get(img, 0, &d), 0);
+    EXPECT_EQ_STR(d.part, "bitmap directory");
+    EXPECT_EQ_U64(d.offset, 3 * 65536);
+    EXPECT_EQ_INT(d.err, -QCOW2_ECORRUPT);
+    EXPECT_CONTAINS(d.message, "32 of 40 bytes");
+    EXPECT_EQ_INT(qcow2_damage_get(img, 1, &d), -EINVAL);
+    qcow2_close(img);
+    qimg_free(&q);
+    /* writable: refused, as before */
+    bitmap_image(&q, 40);
+    EXPECT_EQ_INT(qimg_open(&q, "bm.qcow2", &o, &img), -QCOW2_ECORRUPT);
     EXPECT_CONTAINS(qcow2_errmsg(img), "32 of 40 bytes");
     qcow2_close(img);
     qimg_free(&q);

@@ -160,3 +160,160 @@ int cli_chain_resolve(struct cli_chain *c, const char *active,
     }
     return 0;
 }
+
+/* ------------------------------------------------ layers, each alone */
+
+static int layers_push(struct cli_layers *l, struct qcow2_image *img)
+{
+    struct qcow2_image **v = realloc(l->v, (l->n + 1) * sizeof(*v));
+
+    if (!v)
+        return -1;
+    l->v = v;
+    l->v[l->n++] = img;
+    return 0;
+}
+
+/* Below the top (opened alone): each backing file alone, as a chain open
+ * would find it (resolved name, recorded format, its locks), until one
+ * does not open, is a protocol name, loops or is deeper than the cap.
+ * The chain open that failed already said every warning these opens
+ * would say (the same layers, in the same order): theirs are dropped. */
+static void layers_walk(const struct cli_common *common,
+                        struct cli_layers *l)
+{
+    for (;;) {
+        struct qcow2_image *cur = l->v[l->n - 1], *next;
+        struct qcow2_open_opts o;
+        struct qcow2_info in;
+        uint64_t dev, ino, d2, i2;
+        unsigned k;
+
+        if (qcow2_info_get(cur, &in) < 0 || !in.backing_name ||
+            !in.backing_path || l->n > QCOW2_DEFAULT_MAX_DEPTH)
+            return;
+        next = qcow2_new();
+        if (!next)
+            return;
+        cli_open_opts(common, &o, QCOW2_OPEN_NO_BACKING);
+        o.format = in.backing_format;
+        o.warn = NULL;
+        if (qcow2_open(next, in.backing_path, &o) < 0) {
+            qcow2_close(next);
+            return;
+        }
+        if (qcow2_identity(next, &dev, &ino) == 0) {
+            for (k = 0; k < l->n; k++) {
+                if (qcow2_identity(l->v[k], &d2, &i2) == 0 && d2 == dev &&
+                    i2 == ino) {
+                    qcow2_close(next);
+                    return;
+                }
+            }
+        }
+        if (layers_push(l, next) < 0) {
+            qcow2_close(next);
+            return;
+        }
+    }
+}
+
+/* The chain open failed with `first`: FILE alone, its message kept when
+ * it fails too (rc < 0). */
+static int open_alone(const struct cli_common *common, const char *file,
+                      unsigned flags, struct qcow2_image **img)
+{
+    struct qcow2_open_opts o;
+
+    *img = qcow2_new();
+    if (!*img)
+        return -ENOMEM;
+    cli_open_opts(common, &o, flags | QCOW2_OPEN_NO_BACKING);
+    o.warn = NULL; /* said by the chain open, which opened FILE first */
+    return qcow2_open(*img, file, &o);
+}
+
+int cli_layers_open(const struct cli_common *common, const char *file,
+                    unsigned flags, struct cli_layers *out,
+                    struct qcow2_image **failed, int *rc)
+{
+    struct qcow2_open_opts o;
+    struct qcow2_image *img, *l;
+    char *first;
+
+    memset(out, 0, sizeof(*out));
+    *failed = NULL;
+    img = qcow2_new();
+    if (!img) {
+        *rc = -ENOMEM;
+        cli_error("out of memory");
+        return -1;
+    }
+    cli_open_opts(common, &o, flags);
+    *rc = qcow2_open(img, file, &o);
+    if (*rc == 0) {
+        for (l = img; l; l = qcow2_backing(l))
+            if (layers_push(out, l) < 0) {
+                cli_error("out of memory");
+                cli_layers_close(out);
+                return -1;
+            }
+        return 0;
+    }
+    if (*rc == -EBUSY || *rc == -ENOMEM) {
+        *failed = img;
+        return -1;
+    }
+    first = strdup(qcow2_errmsg(img));
+    qcow2_close(img);
+    *rc = open_alone(common, file, flags, &img);
+    if (*rc < 0 || !first || layers_push(out, img) < 0) {
+        free(first);
+        if (*rc == 0)
+            *rc = -ENOMEM;
+        *failed = img;
+        return -1;
+    }
+    out->separate = true;
+    out->stop = first;
+    layers_walk(common, out);
+    return 0;
+}
+
+void cli_layers_close(struct cli_layers *l)
+{
+    unsigned i;
+
+    for (i = 0; i < l->n; i++)
+        if (i == 0 || l->separate)
+            qcow2_close(l->v[i]);
+    free(l->v);
+    free(l->stop);
+    memset(l, 0, sizeof(*l));
+}
+
+int cli_open_alone_if_needed(const struct cli_common *common,
+                             const char *file, unsigned flags,
+                             struct qcow2_image **img)
+{
+    struct qcow2_open_opts o;
+    char *first;
+    int rc;
+
+    *img = qcow2_new();
+    if (!*img)
+        return -ENOMEM;
+    cli_open_opts(common, &o, flags);
+    rc = qcow2_open(*img, file, &o);
+    if (rc == 0 || rc == -EBUSY || rc == -ENOMEM)
+        return rc;
+    first = strdup(qcow2_errmsg(*img));
+    if (!first)
+        return rc; /* the first failure stands */
+    qcow2_close(*img);
+    rc = open_alone(common, file, flags, img);
+    if (rc == 0)
+        cli_warning("'%s': %s; the image is read by itself", file, first);
+    free(first);
+    return rc;
+}

@@ -202,6 +202,39 @@ struct qcow2_info {
 QCOW2_API int qcow2_info_get(const struct qcow2_image *img,
                              struct qcow2_info *out);
 
+/*
+ * Damaged parts.  A part of an image that the views of a read-only open
+ * do not need (the snapshot table for the current view, the bitmap
+ * directory) may be unusable: past the end of a truncated file, or
+ * malformed.  A read-only open, or a check-mode one (QCOW2_OPEN_CHECK),
+ * then opens the image without it: the warn callback gets a message with
+ * the part's offset, the part reads as empty (no snapshots, no bitmaps),
+ * the snapshot calls refuse with -QCOW2_ECORRUPT, and qcow2_check reports
+ * it (and with QCOW2_CHECK_FIX_ALL drops an unusable snapshot table).  A
+ * writable open refuses such an image as before.
+ */
+struct qcow2_damage {
+    const char *part;     /* "snapshot table" or "bitmap directory" */
+    uint64_t offset;      /* file offset where it is broken */
+    int err;              /* what the open would have failed with */
+    const char *message;  /* what is wrong (owned by the handle) */
+};
+
+/** i-th part an open left aside.  @return 0 or -EINVAL (no such part). */
+QCOW2_API int qcow2_damage_get(const struct qcow2_image *img, unsigned i,
+                               struct qcow2_damage *out);
+
+/**
+ * Decode the header fields of a qcow2 file from its first bytes,
+ * buf[0..len), without judging them: for describing an image an open
+ * refused.  Fields whose bytes lie past len (a truncated file) are left
+ * 0; version 3 fields only when the version says 3 or more.
+ * @return the bytes of buf the decoded fields cover (8 .. 105), or 0 when
+ *         buf does not start with the qcow2 magic (out untouched).
+ */
+QCOW2_API size_t qcow2_header_decode(const void *buf, size_t len,
+                                     struct qcow2_header *out);
+
 /** The decoded header of a qcow2 image; NULL for raw images. */
 QCOW2_API const struct qcow2_header *
 qcow2_header_get(const struct qcow2_image *img);
@@ -259,7 +292,8 @@ QCOW2_API int qcow2_snapshot_get(const struct qcow2_image *img, unsigned i,
                                  struct qcow2_snapshot *out);
 
 /** Index of the snapshot whose id, or else whose name, is `which`.
- *  @return the index or -ENOENT. */
+ *  @return the index, -ENOENT, or -QCOW2_ECORRUPT when the snapshot
+ *          table is unusable (qcow2_damage_get). */
 QCOW2_API int qcow2_snapshot_find(const struct qcow2_image *img,
                                   const char *which);
 
@@ -267,7 +301,8 @@ QCOW2_API int qcow2_snapshot_find(const struct qcow2_image *img,
  * Switch the guest view of this image (not of its backing files) to an
  * internal snapshot: reads and maps then use the snapshot's L1 table and
  * disk size.  The image must be opened read-only.
- * @return 0, -ENOENT (no such snapshot), -EINVAL, -QCOW2_ECORRUPT.
+ * @return 0, -ENOENT (no such snapshot), -EINVAL, -QCOW2_ECORRUPT (also
+ *         when the open left the snapshot table aside as unusable).
  */
 QCOW2_API int qcow2_snapshot_select(struct qcow2_image *img,
                                     const char *which);
