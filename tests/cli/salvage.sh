@@ -2,9 +2,10 @@
 # salvage.sh - qchain-export --salvage (issue 18) against qemu-img convert:
 # an image truncated through its data clusters (at a cluster boundary and
 # in the middle of one), also as the backing file of an overlay; an L2
-# table past the end of the file and one misaligned; a compressed cluster
+# table past the end of the file (of an image, and of an overlay, where we
+# differ from qemu-img on purpose) and one misaligned; a compressed cluster
 # that does not decompress (zlib and zstd); an undamaged image; the same
-# damaged images without --salvage (refused as before); an 2 TiB image
+# damaged images without --salvage (refused as before); a 2 TiB image
 # whose L1 entries all point past the end (one range, at once); and
 # --layer 0 of an overlay copied without its backing file.
 #
@@ -140,6 +141,26 @@ case_l2_past_eof() {
     expect_refused img.qcow2 "L2 table at 0x10000000000 lies past the end of the file"
 }
 
+# The same in an overlay: qemu-img reads the table as unallocated, so the
+# backing file's bytes show through where the overlay had its own data;
+# we write zeros there and list the range (the overlay did allocate it).
+# Everything else equals qemu-img's output.
+case_l2_past_eof_overlay() {
+    cd "$(casedir l2-eof-overlay)" && mk_l2 base.qcow2 || return 1
+    qimg create -q -f qcow2 -o cluster_size=4k -b base.qcow2 -F qcow2 \
+        top.qcow2 8M && qio -c "write -P 0x77 2M 1M" top.qcow2 || return 1
+    hpoke top.qcow2 "$(l1_entry top.qcow2 1)" Q '(1 << 63) | (1 << 40)'
+    qimg convert -O raw top.qcow2 qemu.raw || return 1
+    # qemu-img shows the base's 0x11..., not zeros, at guest 2M
+    if cmp -s -i 2097152:0 -n 1048576 qemu.raw /dev/zero; then
+        diag "qemu-img convert no longer shows the backing file there: update the test"
+        return 1
+    fi
+    salvage top.qcow2
+    expect_salvaged qemu.raw \
+        '[[2097152, 2097152, "L2 table past the end of the file"]]'
+}
+
 # L1 entry 2 (guest 4M..6M) misaligned: qemu-img convert fails; we list
 # the range, and the rest equals the undamaged image.
 case_l2_misaligned() {
@@ -265,6 +286,7 @@ tcase "truncated at a cluster boundary" case_truncated 2424832
 tcase "truncated inside a data cluster" case_truncated 3000000
 tcase "truncated backing file" case_truncated_backing
 tcase "L2 table past the end of the file" case_l2_past_eof
+tcase "L2 table past the end of an overlay" case_l2_past_eof_overlay
 tcase "misaligned L2 table" case_l2_misaligned
 tcase "corrupt compressed cluster (zlib)" case_compressed zlib
 tcase "corrupt compressed cluster (zstd)" case_compressed zstd
