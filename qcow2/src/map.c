@@ -33,6 +33,16 @@
  * with QCOW2_MAP_HOLES holes in the host file read as zeros (for raw
  * layers always, for qcow2 data clusters when QEMU's metadata
  * preallocation heuristic says so).
+ *
+ * Salvage mode (img->salvage, set by qcow2_set_salvage in read.c): where
+ * an error would end the call, the damaged range comes back as an extent
+ * of kind ZERO flagged QCOW2_EXTENT_UNREADABLE, with a constant reason in
+ * img->salvage_why: the whole rest of the L2 table's span for an unusable
+ * L1 entry or L2 table (one extent, so a huge image with no usable tables
+ * is walked at one call per table), runs of units with the same reason
+ * for bad L2 entries, and data extents end at the end of the file (the
+ * rest reads as "past the end").  The whole-table q2_l1_check is skipped;
+ * only its duplicate rule is kept (l1_dups), to keep work bounded.
  */
 #include <errno.h>
 #include <inttypes.h>

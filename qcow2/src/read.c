@@ -9,6 +9,12 @@
  * compressed ones.  The forensic reads (end of file) use the same walk on
  * one image alone: qcow2_layer_pread over its own L1 table, and the VM
  * state of an internal snapshot over the snapshot's L1 table past its disk.
+ *
+ * Salvage mode (qcow2_set_salvage) turns damage into zeros: map.c flags
+ * what the tables cannot describe, map_chain reports those extents to the
+ * caller's callback (with the backing file named when it is at fault), and
+ * read_view zeroes and reports the extents whose data or compressed stream
+ * cannot be read.  Reports carry guest offsets of the view read.
  */
 #include <errno.h>
 #include <inttypes.h>
