@@ -5,9 +5,9 @@
 # table past the end of the file (of an image, and of an overlay, where we
 # differ from qemu-img on purpose) and one misaligned; a compressed cluster
 # that does not decompress (zlib and zstd); an undamaged image; the same
-# damaged images without --salvage (refused as before); a 2 TiB image
-# whose L1 entries all point past the end (one range, at once); and
-# --layer 0 of an overlay copied without its backing file.
+# damaged images without --salvage (refused as before); OUTPUT - (a
+# pipe); a 2 TiB image whose L1 entries all point past the end (one range,
+# at once); and --layer 0 of an overlay copied without its backing file.
 #
 # Where qemu-img convert recovers (past-EOF data and L2 tables read as
 # zeros), our output equals its output; where it fails (misaligned L2
@@ -84,6 +84,14 @@ case_truncated() {
     expect_same_text <(grep 'cannot read guest' salvage.err) \
         <(grep 'cannot read guest' "$QC_ERR") "human stderr" || return 1
     expect_same_bytes ref.raw out.raw || return 1
+    # to a pipe: the same bytes, ranges and exit code
+    timeout -k 5 "$QC_TIMEOUT" "$QCHAIN_BIN/qchain-export" --salvage \
+        cut.qcow2 - 2> pipe.err < /dev/null | cat > piped.raw
+    expect_eq "exit code of the export to a pipe" 3 "${PIPESTATUS[0]}" ||
+        return 1
+    expect_same_text <(grep 'cannot read guest' salvage.err) \
+        <(grep 'cannot read guest' pipe.err) "piped stderr" || return 1
+    expect_same_bytes ref.raw piped.raw || return 1
     expect_refused cut.qcow2 "data cluster at 0x[0-9a-f]+ lies past the end of the file"
 }
 
