@@ -29,6 +29,12 @@
  *   4. each internal snapshot is selected and mapped and read again;
  *   5. (before 4) each layer alone (qcow2_layer_pread) and each snapshot's
  *      VM state (qcow2_vmstate_*) is read and held against its own map.
+ *   6. (before 4) salvage mode (qcow2_set_salvage): the chain is mapped
+ *      and read again, and so are the views of 5; a salvage map never
+ *      fails (but for memory), a salvage read only for what is not damage
+ *      (an external data file that cannot be opened, encryption); every
+ *      range reported lies inside the call's range, reads as zeros, and an
+ *      extent flagged QCOW2_EXTENT_UNREADABLE is reported as it is.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -65,6 +71,12 @@ struct layers {
 struct run {
     struct qcow2_image *top;
     unsigned long extents; /* budget used */
+    /* salvage mode: the range of the call in progress, and what was
+     * reported during it */
+    uint64_t lo, hi;
+    unsigned long reports;
+    uint64_t last_start, last_len;
+    bool any_external; /* a layer has an external data file */
 };
 
 static void split_layers(const uint8_t *data, size_t size, struct layers *l)
@@ -639,6 +651,157 @@ out:
     free(host);
 }
 
+/* ---- 6. salvage mode ---- */
+
+static void salvage_cb(void *ctx, uint64_t start, uint64_t len,
+                       const char *why)
+{
+    struct run *r = ctx;
+
+    FUZZ_ASSERT(len > 0 && why != NULL && why[0] != '\0');
+    FUZZ_ASSERT(strlen(why) < 1200);
+    FUZZ_ASSERT(start >= r->lo && start < r->hi && len <= r->hi - start);
+    r->reports++;
+    r->last_start = start;
+    r->last_len = len;
+}
+
+/* Where the map without salvage mode answers (n), salvage mode (e) gives
+ * the same answer, but for data past the end of the layer's file: there
+ * it stops at the end, and a range entered past it is unreadable. */
+static void salvage_same(const struct qcow2_extent *n,
+                         const struct qcow2_extent *e)
+{
+    struct qcow2_info info;
+    uint64_t fsize;
+
+    FUZZ_ASSERT(qcow2_info_get(n->layer, &info) == 0);
+    fsize = (uint64_t)info.file_size;
+    if (e->flags & QCOW2_EXTENT_UNREADABLE) {
+        FUZZ_ASSERT(n->kind == QCOW2_KIND_DATA && !n->in_data_file &&
+                    n->offset >= fsize);
+        return;
+    }
+    FUZZ_ASSERT(e->kind == n->kind && e->flags == n->flags &&
+                e->depth == n->depth && e->layer == n->layer &&
+                e->offset == n->offset && e->csize == n->csize &&
+                e->in_data_file == n->in_data_file);
+    if (e->length != n->length)
+        FUZZ_ASSERT(e->kind == QCOW2_KIND_DATA && e->length < n->length &&
+                    e->offset + e->length == fsize);
+}
+
+/* Map [start, end) of the chain in salvage mode: it never fails, and it
+ * answers as the map without salvage mode where that one answers. */
+static void salvage_map(struct run *r, uint64_t start, uint64_t end)
+{
+    uint64_t pos = start;
+    struct qcow2_extent e, n;
+
+    while (pos < end && r->extents < MAX_EXTENTS) {
+        unsigned long before;
+        int rc, nrc;
+        FUZZ_ASSERT(qcow2_set_salvage(r->top, NULL, NULL) == 0);
+        nrc = qcow2_map(r->top, pos, end - pos, QCOW2_MAP_CHAIN, &n);
+        FUZZ_ASSERT(qcow2_set_salvage(r->top, salvage_cb, r) == 0);
+        r->lo = pos;
+        r->hi = end;
+        before = r->reports;
+        rc = qcow2_map(r->top, pos, end - pos, QCOW2_MAP_CHAIN, &e);
+        if (rc == -ENOMEM)
+            return;
+        FUZZ_ASSERT(rc == 0);
+        if (nrc == 0)
+            salvage_same(&n, &e);
+        check_extent(r, &e, start, pos, end, QCOW2_MAP_CHAIN);
+        r->extents++;
+        if (e.flags & QCOW2_EXTENT_UNREADABLE) {
+            FUZZ_ASSERT(e.flags & QCOW2_EXTENT_ZERO);
+            FUZZ_ASSERT(e.kind == QCOW2_KIND_ZERO);
+            FUZZ_ASSERT(r->reports == before + 1);
+            FUZZ_ASSERT(r->last_start == pos && r->last_len == e.length);
+        } else {
+            FUZZ_ASSERT(r->reports == before);
+        }
+        pos += e.length;
+    }
+}
+
+/* Read [0, span) of the chain in salvage mode in odd pieces: each read
+ * succeeds unless something other than damage stops it, and holds what
+ * its extents say. */
+static void salvage_read(struct run *r, uint64_t span)
+{
+    uint64_t vs = qcow2_virtual_size(r->top), pos;
+    uint8_t *buf = malloc(READ_PIECE), *host = malloc(READ_PIECE);
+    size_t len;
+
+    if (span > vs)
+        span = vs;
+    if (!buf || !host)
+        goto out;
+    for (pos = 0; pos < span; pos += len) {
+        int64_t n;
+        len = span - pos < READ_PIECE ? (size_t)(span - pos) : READ_PIECE;
+        r->lo = pos;
+        r->hi = pos + len;
+        n = qcow2_pread(r->top, buf, len, pos);
+        if (n < 0) {
+            FUZZ_ASSERT(qcow2_errmsg(r->top)[0] != '\0');
+            FUZZ_ASSERT(n != -QCOW2_ECORRUPT || r->any_external);
+            goto out;
+        }
+        FUZZ_ASSERT((uint64_t)n == len);
+        if (!verify_piece(r, buf, host, pos, len))
+            goto out;
+    }
+out:
+    free(buf);
+    free(host);
+}
+
+/* The views of 5 in salvage mode: reports stay inside each view. */
+static void salvage_views(struct run *r)
+{
+    struct qcow2_image *l;
+    struct qcow2_info info;
+    struct qcow2_vmstate vm;
+    unsigned i;
+
+    for (l = r->top; l; l = qcow2_backing(l)) {
+        r->lo = 0;
+        r->hi = qcow2_virtual_size(l);
+        read_view_alone(r, l, 0, r->hi, layer_read, layer_map);
+    }
+    FUZZ_ASSERT(qcow2_info_get(r->top, &info) == 0);
+    for (i = 0; i < info.nb_snapshots && i < MAX_SNAPS; i++) {
+        if (qcow2_vmstate_get(r->top, i, &vm) < 0)
+            continue;
+        r->lo = 0;
+        r->hi = vm.size;
+        read_view_alone(r, r->top, i, vm.size, qcow2_vmstate_pread,
+                        qcow2_vmstate_map);
+    }
+}
+
+static void salvage(struct run *r)
+{
+    uint64_t vs = qcow2_virtual_size(r->top);
+    struct qcow2_image *l;
+    struct qcow2_info info;
+
+    for (l = r->top; l; l = qcow2_backing(l)) {
+        FUZZ_ASSERT(qcow2_info_get(l, &info) == 0);
+        r->any_external |= info.has_external_data;
+    }
+    FUZZ_ASSERT(qcow2_set_salvage(r->top, salvage_cb, r) == 0);
+    if (vs > 0)
+        salvage_map(r, 0, vs < MAP_SPAN ? vs : MAP_SPAN);
+    salvage_read(r, READ_SPAN);
+    salvage_views(r);
+    FUZZ_ASSERT(qcow2_set_salvage(r->top, NULL, NULL) == 0);
+}
+
 static void select_snapshots(struct run *r)
 {
     struct qcow2_info info;
@@ -707,11 +870,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         depth++;
     }
 
+    memset(&r, 0, sizeof(r));
     r.top = img;
-    r.extents = 0;
     map_image(&r);                /* 2. */
     read_image(&r, READ_SPAN);    /* 3. */
     forensic_reads(&r);           /* 5. (before 4 changes the view) */
+    salvage(&r);                  /* 6. (before 4) */
     select_snapshots(&r);         /* 4. */
 
     qcow2_close(img);

@@ -190,6 +190,50 @@ seed datafile-raw datafile-raw.qcow2 data2.raw
 python3 "$here/../tests/cli/vmstate_image.py" tiny . >/dev/null
 seed vmstate-tiny tiny.qcow2
 
+# --- damaged images (salvage mode, issue 18) ---------------------------------
+# poke FILE OFFSET VALUE: a big-endian 64-bit value at OFFSET
+poke() {
+    python3 -c 'import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(int(sys.argv[2], 0)); f.write(struct.pack(">Q", int(sys.argv[3], 0)))' "$@"
+}
+l1() { python3 -c 'import struct, sys; print(struct.unpack(">Q", open(sys.argv[1], "rb").read(48)[40:48])[0] + 8 * int(sys.argv[2]))' "$1" "$2"; }
+# truncated through its data clusters (in the middle of one)
+cp data-4k.qcow2 trunc.qcow2
+truncate -s $(( $(stat -c %s data-4k.qcow2) - 6000 )) trunc.qcow2
+seed damaged-truncated trunc.qcow2
+# L2 tables past the end of the file, shifted by a cluster (garbage
+# entries), with reserved bits in the L1 entry; one table named twice
+# (512-byte clusters: an L2 table maps 32 KiB)
+create -o cluster_size=512 l2.qcow2 160k
+io l2.qcow2 'write -P 0xd1 0 1k' 'write -P 0xd2 32k 1k' 'write -P 0xd3 64k 1k' \
+    'write -P 0xd4 96k 1k' 'write -P 0xd5 128k 1k'
+poke l2.qcow2 $(l1 l2.qcow2 1) 0x8000001000000000
+python3 -c 'import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(int(sys.argv[2])); v = struct.unpack(">Q", f.read(8))[0]
+    f.seek(int(sys.argv[2])); f.write(struct.pack(">Q", v + 512))' l2.qcow2 $(l1 l2.qcow2 2)
+poke l2.qcow2 $(l1 l2.qcow2 3) 0x8100000000000000
+python3 -c 'import sys
+d = bytearray(open(sys.argv[1], "rb").read()); o = int(sys.argv[2])
+d[o + 32:o + 40] = d[o:o + 8]; open(sys.argv[1], "wb").write(d)' l2.qcow2 $(l1 l2.qcow2 0)
+seed damaged-l2 l2.qcow2
+# compressed clusters whose streams are broken (0xff over their start)
+for c in zlib zstd; do
+    cp $c.qcow2 broken-$c.qcow2
+    python3 -c 'import struct, sys
+d = bytearray(open(sys.argv[1], "rb").read())
+l1 = struct.unpack(">Q", d[40:48])[0]
+l2 = struct.unpack(">Q", d[l1:l1 + 8])[0] & 0x00fffffffffffe00
+for i in (1, 2, 5):
+    e = struct.unpack(">Q", d[l2 + 8 * i:l2 + 8 * i + 8])[0]
+    if e >> 62 & 1:
+        o = e & ((1 << 58) - 1)
+        d[o:o + 4] = b"\xff" * 4
+open(sys.argv[1], "wb").write(d)' broken-$c.qcow2
+    seed damaged-compressed-$c broken-$c.qcow2
+done
+
 # --- fuzz_header: the first 4 KiB of each top image --------------------------
 for f in "$out_map"/seed-*; do
     head -c 4096 "$f" > "$out_hdr/$(basename "$f")"

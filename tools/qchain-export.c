@@ -18,6 +18,18 @@
  * that fails (EPIPE when the reader went away: SIGPIPE is ignored so that
  * it is reported) ends the export with an error, exit 1.  No file named
  * "-" is ever made, and --output=json is refused (stdout carries data).
+ *
+ * --salvage gets out what a damaged image still holds (the library's
+ * salvage mode, qcow2_set_salvage): what cannot be read (clusters past the
+ * end of the file, unusable L2 tables, compressed clusters that do not
+ * decompress, read errors) is written as zeros, and each such guest range
+ * is listed on stderr as it is met (adjacent ones with the same reason
+ * merged) and, with --output=json, in "unreadable".  Exit 3 when anything
+ * was salvaged, 0 when all was read.  The listing for JSON is spooled to
+ * an anonymous temporary file: memory does not grow with the damage.
+ *
+ * --layer 0 and --vmstate need only the image itself: its backing chain is
+ * not opened (a copy of an overlay without its base exports).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,6 +48,8 @@
 
 #define CHUNK (4u << 20)   /* bytes read per call: bounds memory */
 #define ZERO_BLOCK 4096u   /* granularity of zero detection */
+#define EXIT_SALVAGED 3    /* --salvage: some ranges were written as zeros */
+#define REASON_MAX 1280    /* longest reason kept (library: < 1200) */
 
 static void usage(void)
 {
@@ -50,6 +64,10 @@ static void usage(void)
            "  --vmstate=SNAP       export the saved VM state of internal "
            "snapshot SNAP\n"
            "  -f, --format=FMT     format of IMAGE (qcow2 or raw)\n"
+           "  --salvage            write what cannot be read as zeros, list "
+           "those ranges\n"
+           "                       (stderr, and \"unreadable\" in JSON); exit "
+           "3 if any\n"
            "  -U, --force-share    read an image another process holds\n"
            "  --output=human|json  report format (default human); --json\n"
            "  -h, --help           this help\n"
@@ -149,18 +167,121 @@ struct args {
     const char *snapshot, *vmstate;
     uint64_t layer;
     enum what what;
+    bool salvage;
 };
+
+/* --salvage: the ranges that could not be read, merged as they come. */
+struct salvage {
+    const char *file;     /* the image, for messages */
+    FILE *log;            /* --output=json: records of merged ranges */
+    uint64_t start, len;  /* the range being merged (len 0: none) */
+    char why[REASON_MAX];
+    uint64_t ranges, bytes;
+    bool log_failed;
+};
+
+static struct salvage salv;
+
+/* A merged range is complete: list it. */
+static void salvage_flush(struct salvage *s)
+{
+    size_t n;
+
+    if (!s->len)
+        return;
+    cli_warning("'%s': cannot read guest offset 0x%" PRIx64 ", %" PRIu64
+                " bytes, written as zeros: %s", s->file, s->start, s->len,
+                s->why);
+    s->ranges++;
+    s->bytes += s->len;
+    if (s->log) {
+        n = strlen(s->why) + 1;
+        if (fwrite(&s->start, sizeof(s->start), 1, s->log) != 1 ||
+            fwrite(&s->len, sizeof(s->len), 1, s->log) != 1 ||
+            fwrite(s->why, 1, n, s->log) != n)
+            s->log_failed = true;
+    }
+    s->len = 0;
+}
+
+/* qcow2_unreadable_fn: merge with the range before when adjacent (or
+ * overlapping) with the same reason, else list that one. */
+static void salvage_cb(void *ctx, uint64_t start, uint64_t len,
+                       const char *why)
+{
+    struct salvage *s = ctx;
+
+    if (s->len && start >= s->start && start <= s->start + s->len &&
+        !strncmp(why, s->why, sizeof(s->why) - 1)) {
+        if (start + len > s->start + s->len)
+            s->len = start + len - s->start;
+        return;
+    }
+    salvage_flush(s);
+    s->start = start;
+    s->len = len;
+    snprintf(s->why, sizeof(s->why), "%s", why);
+}
+
+/* After a whole export: the last range listed, a summary.  Returns the
+ * exit status (0 or EXIT_SALVAGED), or 1 when the listing for JSON was
+ * lost. */
+static int salvage_finish(const struct args *a)
+{
+    char sz[32];
+
+    salvage_flush(&salv);
+    if (salv.log && (fflush(salv.log) != 0 || salv.log_failed)) {
+        cli_error("cannot keep the list of unreadable ranges: %s",
+                  strerror(errno));
+        return QCHAIN_EXIT_FAILURE;
+    }
+    if (!salv.ranges)
+        return QCHAIN_EXIT_OK;
+    cli_warning("'%s': %" PRIu64 " range%s (%s) could not be read; the "
+                "output holds zeros there", a->file, salv.ranges,
+                salv.ranges == 1 ? "" : "s",
+                cli_size_str(salv.bytes, sz, sizeof(sz)));
+    return EXIT_SALVAGED;
+}
+
+/* The "unreadable" array of the JSON report, from the spooled records. */
+static void salvage_json(struct json *j)
+{
+    uint64_t start, len;
+    char why[REASON_MAX];
+
+    json_array_begin(j, "unreadable");
+    rewind(salv.log);
+    while (fread(&start, sizeof(start), 1, salv.log) == 1 &&
+           fread(&len, sizeof(len), 1, salv.log) == 1) {
+        size_t n = 0;
+        int c;
+        while ((c = getc(salv.log)) != EOF && c != '\0')
+            if (n + 1 < sizeof(why))
+                why[n++] = (char)c;
+        why[n] = '\0';
+        json_object_begin(j, NULL);
+        json_u64(j, "start", start);
+        json_u64(j, "length", len);
+        json_string(j, "reason", why);
+        json_object_end(j);
+    }
+    json_array_end(j);
+    json_u64(j, "unreadable-bytes", salv.bytes);
+}
 
 static struct cli_common common;
 
 static void parse_args(int argc, char **argv, struct args *a)
 {
-    enum { OPT_LAYER = 0x2000, OPT_VMSTATE };
+    enum { OPT_LAYER = 0x2000, OPT_VMSTATE, OPT_SALVAGE };
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
         {"snapshot", required_argument, NULL, 's'},
         {"layer", required_argument, NULL, OPT_LAYER},
         {"vmstate", required_argument, NULL, OPT_VMSTATE},
+        {"salvage", no_argument, NULL, OPT_SALVAGE},
         {NULL, 0, NULL, 0}};
     int opt;
 
@@ -181,6 +302,9 @@ static void parse_args(int argc, char **argv, struct args *a)
             break;
         case OPT_VMSTATE:
             a->vmstate = optarg;
+            break;
+        case OPT_SALVAGE:
+            a->salvage = true;
             break;
         default:
             cli_usage_error("incorrect parameter");
@@ -215,10 +339,19 @@ static int open_source(const struct args *a, struct qcow2_image **img,
         cli_error("out of memory");
         return -1;
     }
-    cli_open_opts(&common, &opts, 0);
+    /* the top layer alone, or a VM state, needs no backing file */
+    cli_open_opts(&common, &opts,
+                  (a->what == WHAT_LAYER && a->layer == 0) ||
+                          a->what == WHAT_VMSTATE
+                      ? QCOW2_OPEN_NO_BACKING
+                      : 0);
     rc = qcow2_open(*img, a->file, &opts);
     if (rc == 0 && a->snapshot)
         rc = qcow2_snapshot_select(*img, a->snapshot);
+    if (rc == 0 && a->salvage) {
+        salv.file = a->file;
+        rc = qcow2_set_salvage(*img, salvage_cb, &salv);
+    }
     if (rc < 0) {
         cli_error_file(a->file, "%s", qcow2_errmsg(*img));
         return -1;
@@ -405,7 +538,7 @@ static int export_stream(const struct args *a, uint8_t *buf)
         cli_error("out of memory");
     else if (open_source(a, &img, &src) == 0 &&
              copy_stream(a, &src, buf, zeros, &written) == 0)
-        status = QCHAIN_EXIT_OK;
+        status = a->salvage ? salvage_finish(a) : QCHAIN_EXIT_OK;
     free(zeros);
     qcow2_close(img);
     return status;
@@ -454,6 +587,8 @@ static void report_json(const struct args *a, const struct source *src,
         json_u64(&j, "virtual-size", src->size);
     }
     json_u64(&j, "data-bytes-written", written);
+    if (salv.log)
+        salvage_json(&j);
     json_object_end(&j);
     json_end(&j);
 }
@@ -493,7 +628,10 @@ int main(int argc, char **argv)
     /* page-aligned: the kernel copies faster into aligned buffers */
     if (posix_memalign(&mem, 4096, CHUNK) == 0)
         buf = mem;
-    if (!buf)
+    if (a.salvage && common.output == CLI_OUTPUT_JSON &&
+        !(salv.log = tmpfile()))
+        cli_error("cannot make a temporary file: %s", strerror(errno));
+    else if (!buf)
         cli_error("out of memory");
     else if (open_source(&a, &img, &src) == 0) {
         /* a file is written under a temporary name and named when whole:
@@ -508,20 +646,23 @@ int main(int argc, char **argv)
         } else {
             if (device_fits(&a, &src, &out) == 0 &&
                 copy(&a, &src, buf, &out, &written) == 0)
-                status = QCHAIN_EXIT_OK;
+                status = a.salvage ? salvage_finish(&a) : QCHAIN_EXIT_OK;
             out.close(out.ctx);
-            if (status == QCHAIN_EXIT_OK && !device &&
+            if (status != QCHAIN_EXIT_FAILURE && !device &&
                 (rc = qcow2_io_publish(tmp, a.outfile)) < 0) {
                 cli_error_file(a.outfile, "cannot name the output: %s",
                                strerror(-rc));
                 status = QCHAIN_EXIT_FAILURE;
             }
-            if (status != QCHAIN_EXIT_OK && !device)
+            if (status == QCHAIN_EXIT_FAILURE && !device)
                 unlink(tmp); /* we made it */
-            if (status == QCHAIN_EXIT_OK && common.output == CLI_OUTPUT_JSON)
+            if (status != QCHAIN_EXIT_FAILURE &&
+                common.output == CLI_OUTPUT_JSON)
                 report_json(&a, &src, written);
         }
     }
+    if (salv.log)
+        fclose(salv.log);
     free(buf);
     qcow2_close(img);
     return status;

@@ -49,6 +49,8 @@ void q2_cache_free(struct q2_cache *c)
 {
     free(c->slots);
     free(c->mem);
+    free(c->aux);
+    c->aux = NULL;
     c->slots = NULL;
     c->mem = NULL;
     c->nslots = 0;

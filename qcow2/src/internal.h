@@ -207,6 +207,8 @@ struct q2_cache {
     uint64_t hits, misses;
     int (*flush)(void *ctx); /* write every dirty page (owner's order) */
     void *flush_ctx;
+    void *aux;            /* freed with the cache: map.c's salvage bits of
+                             duplicate L1 entries (one bit an entry) */
 };
 
 Q2_HIDDEN int q2_cache_init(struct q2_cache *c, size_t page, size_t budget);
@@ -374,6 +376,19 @@ struct qcow2_image {
     /* chain */
     struct qcow2_image *backing;
     unsigned depth;            /* position in the chain, 0 = top */
+
+    /* salvage mode (qcow2_set_salvage in read.c; map.c honours it) */
+    bool salvage;              /* unusable metadata and data read as zeros */
+    qcow2_unreadable_fn salvage_fn; /* told each range that could not be
+                                       read (NULL: nobody) */
+    void *salvage_ctx;
+    const char *salvage_why;   /* map.c: why the last extent it flagged
+                                  QCOW2_EXTENT_UNREADABLE is (a constant) */
+    uint64_t salvage_base;     /* guest offset reported as 0 (VM state) */
+    bool l1_dup_valid;         /* cache.aux holds the duplicate-entry bits
+                                  of the L1 table at l1_dup_offset */
+    uint64_t l1_dup_offset;
+    uint32_t l1_dup_size;
 };
 
 /* A handle that is open (magic and state checked). */

@@ -33,6 +33,16 @@
  * with QCOW2_MAP_HOLES holes in the host file read as zeros (for raw
  * layers always, for qcow2 data clusters when QEMU's metadata
  * preallocation heuristic says so).
+ *
+ * Salvage mode (img->salvage, set by qcow2_set_salvage in read.c): where
+ * an error would end the call, the damaged range comes back as an extent
+ * of kind ZERO flagged QCOW2_EXTENT_UNREADABLE, with a constant reason in
+ * img->salvage_why: the whole rest of the L2 table's span for an unusable
+ * L1 entry or L2 table (one extent, so a huge image with no usable tables
+ * is walked at one call per table), runs of units with the same reason
+ * for bad L2 entries, and data extents end at the end of the file (the
+ * rest reads as "past the end").  The whole-table q2_l1_check is skipped;
+ * only its duplicate rule is kept (l1_dups), to keep work bounded.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -50,7 +60,26 @@ struct unit {
     uint64_t host;   /* host offset of the unit's first byte */
     uint64_t coff;   /* compressed: byte offset */
     uint32_t csize;  /* compressed: bytes */
+    const char *bad; /* salvage mode: why the unit cannot be used */
 };
+
+/* Reasons for salvaged ranges (constants: callers merge equal ones). */
+#define WHY_L1_READ "L1 table cannot be read"
+#define WHY_L1_RESERVED "L1 entry has reserved bits set"
+#define WHY_L2_ALIGN "L2 table offset is not cluster aligned"
+#define WHY_L2_EOF "L2 table past the end of the file"
+#define WHY_L2_READ "L2 table cannot be read"
+#define WHY_L2_DUP "L2 table named by an earlier L1 entry too"
+#define WHY_L2_ENTRY "invalid L2 entry"
+#define WHY_DATA_ALIGN "data cluster offset is not cluster aligned"
+#define WHY_DATA_EOF "data cluster past the end of the file"
+#define WHY_COMP_EOF "compressed cluster past the end of the file"
+
+/* A unit of damaged metadata: in salvage mode it reads as zeros (kind
+ * ZERO, bad set); otherwise the caller's error stands. */
+#define SALVAGE_OR(img, u, why, err) \
+    ((img)->salvage ? ((u)->kind = QCOW2_KIND_ZERO, (u)->bad = (why), 0) \
+                    : (err))
 
 static int read_l1_entry(struct qcow2_image *img, uint64_t idx, uint64_t *out)
 {
@@ -82,46 +111,54 @@ static int decode(struct qcow2_image *img, const uint8_t *l2, uint64_t l2_off,
     if (e & Q2_OFLAG_COMPRESSED) {
         uint64_t nb;
         if (img->external_data)
-            return q2_err(img, -QCOW2_ECORRUPT, "compressed cluster in an "
+            return SALVAGE_OR(img, u, WHY_L2_ENTRY,
+                   q2_err(img, -QCOW2_ECORRUPT, "compressed cluster in an "
                           "image with an external data file (at offset 0x%"
-                          PRIx64 ")", pos);
+                          PRIx64 ")", pos));
         if (bitmap)
-            return q2_err(img, -QCOW2_ECORRUPT, "compressed cluster with a "
+            return SALVAGE_OR(img, u, WHY_L2_ENTRY,
+                   q2_err(img, -QCOW2_ECORRUPT, "compressed cluster with a "
                           "non-zero subcluster bitmap (at offset 0x%" PRIx64
-                          ")", pos);
+                          ")", pos));
         u->kind = QCOW2_KIND_COMPRESSED;
         u->coff = e & img->coffset_mask;
         nb = ((e >> img->csize_shift) & img->csize_mask) + 1;
         u->csize = (uint32_t)(nb * 512 - (u->coff & 511));
         if (u->coff >= Q2_MAX_HOST_OFFSET ||
             u->coff >= (uint64_t)img->file_size)
-            return q2_err(img, -QCOW2_ECORRUPT, "compressed cluster data at "
+            return SALVAGE_OR(img, u, WHY_COMP_EOF,
+                   q2_err(img, -QCOW2_ECORRUPT, "compressed cluster data at "
                           "0x%" PRIx64 " lies past the end of the file "
-                          "(L2 entry at offset 0x%" PRIx64 ")", u->coff, pos);
+                          "(L2 entry at offset 0x%" PRIx64 ")", u->coff,
+                          pos));
         return 0;
     }
 
     host = e & Q2_L2E_OFFSET_MASK;
     if (host & (img->cluster_size - 1))
-        return q2_err(img, -QCOW2_ECORRUPT, "data cluster offset 0x%" PRIx64
+        return SALVAGE_OR(img, u, WHY_DATA_ALIGN,
+               q2_err(img, -QCOW2_ECORRUPT, "data cluster offset 0x%" PRIx64
                       " is not cluster aligned (L2 entry at offset 0x%" PRIx64
-                      ")", host, pos);
+                      ")", host, pos));
     if (host == 0 && img->external_data && (e & Q2_OFLAG_COPIED))
         host = 0, u->has_offset = true; /* data file offset 0 */
     else if (host)
         u->has_offset = true;
     if (u->has_offset && !img->external_data &&
-        host >= (uint64_t)img->file_size)
-        return q2_err(img, -QCOW2_ECORRUPT, "data cluster at 0x%" PRIx64
+        host >= (uint64_t)img->file_size &&
+        !(img->salvage && (img->extended_l2 || (e & Q2_OFLAG_ZERO))))
+        return SALVAGE_OR(img, u, WHY_DATA_EOF,
+               q2_err(img, -QCOW2_ECORRUPT, "data cluster at 0x%" PRIx64
                       " lies past the end of the file (L2 entry at offset "
-                      "0x%" PRIx64 ")", host, pos);
+                      "0x%" PRIx64 ")", host, pos));
 
     if (!img->extended_l2) {
         if (e & Q2_OFLAG_ZERO) {
             if (img->hp.h.version < 3)
-                return q2_err(img, -QCOW2_ECORRUPT, "zero cluster in a "
+                return SALVAGE_OR(img, u, WHY_L2_ENTRY,
+                       q2_err(img, -QCOW2_ECORRUPT, "zero cluster in a "
                               "version 2 image (L2 entry at offset 0x%" PRIx64
-                              ")", pos);
+                              ")", pos));
             u->kind = QCOW2_KIND_ZERO;
         } else {
             u->kind = u->has_offset ? QCOW2_KIND_DATA
@@ -136,12 +173,15 @@ static int decode(struct qcow2_image *img, const uint8_t *l2, uint64_t l2_off,
         uint64_t scsize = img->cluster_size >> 5;
 
         if (alloc & zero)
-            return q2_err(img, -QCOW2_ECORRUPT, "subcluster both allocated "
-                          "and zero (L2 entry at offset 0x%" PRIx64 ")", pos);
+            return SALVAGE_OR(img, u, WHY_L2_ENTRY,
+                   q2_err(img, -QCOW2_ECORRUPT, "subcluster both allocated "
+                          "and zero (L2 entry at offset 0x%" PRIx64 ")",
+                          pos));
         if (!u->has_offset && alloc)
-            return q2_err(img, -QCOW2_ECORRUPT, "allocated subclusters in an "
+            return SALVAGE_OR(img, u, WHY_L2_ENTRY,
+                   q2_err(img, -QCOW2_ECORRUPT, "allocated subclusters in an "
                           "unallocated cluster (L2 entry at offset 0x%" PRIx64
-                          ")", pos);
+                          ")", pos));
         if (zero >> sc & 1)
             u->kind = QCOW2_KIND_ZERO;
         else if (alloc >> sc & 1)
@@ -151,9 +191,10 @@ static int decode(struct qcow2_image *img, const uint8_t *l2, uint64_t l2_off,
         u->host = host + sc * scsize;
         if (u->kind == QCOW2_KIND_DATA && !img->external_data &&
             u->host >= (uint64_t)img->file_size)
-            return q2_err(img, -QCOW2_ECORRUPT, "data subcluster at 0x%"
+            return SALVAGE_OR(img, u, WHY_DATA_EOF,
+                   q2_err(img, -QCOW2_ECORRUPT, "data subcluster at 0x%"
                           PRIx64 " lies past the end of the file (L2 entry "
-                          "at offset 0x%" PRIx64 ")", u->host, pos);
+                          "at offset 0x%" PRIx64 ")", u->host, pos));
     }
     return 0;
 }
@@ -179,6 +220,97 @@ static unsigned layer_flags(const struct qcow2_image *img, const struct unit *u)
     return f;
 }
 
+/* Salvage mode: [ext->start, + len) reads as zeros, flagged unreadable. */
+static int unreadable(struct qcow2_image *img, struct qcow2_extent *ext,
+                      uint64_t len, const char *why)
+{
+    ext->length = len;
+    ext->kind = QCOW2_KIND_ZERO;
+    ext->flags = QCOW2_EXTENT_ZERO | QCOW2_EXTENT_UNREADABLE;
+    img->salvage_why = why;
+    return 0;
+}
+
+static int l1_dups(struct qcow2_image *img);
+
+/*
+ * The L2 table of L1 index l1_idx: *l2_off 0 when there is none.  In
+ * salvage mode an unusable one comes back as *why (no error); a table an
+ * earlier L1 entry names too is unusable there (q2_l1_check refuses the
+ * whole table otherwise).
+ */
+static int find_l2(struct qcow2_image *img, uint64_t l1_idx,
+                   uint64_t *l2_off, const char **why)
+{
+    uint64_t l1e = 0, pos = img->l1_offset + l1_idx * 8, off;
+    int rc;
+
+    *l2_off = 0;
+    *why = NULL;
+    if (l1_idx >= img->l1_size)
+        return 0;
+    rc = read_l1_entry(img, l1_idx, &l1e);
+    if (rc < 0 && img->salvage && rc != -ENOMEM) {
+        q2_err_clear(img);
+        *why = WHY_L1_READ;
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    if (l1e & Q2_L1E_RESERVED_MASK) {
+        *why = WHY_L1_RESERVED;
+        return img->salvage ? 0
+               : q2_err(img, -QCOW2_ECORRUPT, "L1 entry %" PRIu64 " has "
+                        "reserved bits set: 0x%016" PRIx64 " (at offset 0x%"
+                        PRIx64 ")", l1_idx, l1e, pos);
+    }
+    off = l1e & Q2_L1E_OFFSET_MASK;
+    if (off == 0)
+        return 0;
+    if (off & (img->cluster_size - 1)) {
+        *why = WHY_L2_ALIGN;
+        return img->salvage ? 0
+               : q2_err(img, -QCOW2_ECORRUPT, "L2 table offset 0x%" PRIx64
+                        " is not cluster aligned (L1 entry at offset 0x%"
+                        PRIx64 ")", off, pos);
+    }
+    if (off >= (uint64_t)img->file_size) {
+        *why = WHY_L2_EOF;
+        return img->salvage ? 0
+               : q2_err(img, -QCOW2_ECORRUPT, "L2 table at 0x%" PRIx64 " lies "
+                        "past the end of the file (L1 entry at offset 0x%"
+                        PRIx64 ")", off, pos);
+    }
+    if (img->salvage) {
+        const uint8_t *dup;
+        rc = l1_dups(img);
+        if (rc < 0)
+            return rc;
+        dup = img->cache.aux;
+        if (dup[l1_idx / 8] >> (l1_idx % 8) & 1) {
+            *why = WHY_L2_DUP;
+            return 0;
+        }
+    }
+    *l2_off = off;
+    return 0;
+}
+
+/* Salvage mode: a data extent ends where the file does, and a unit entered
+ * past it (after such an end) is unusable. */
+static void clip_at_eof(const struct qcow2_image *img,
+                        struct qcow2_extent *ext, struct unit *first)
+{
+    uint64_t fsize = (uint64_t)img->file_size;
+
+    if (!img->salvage || first->kind != QCOW2_KIND_DATA || ext->in_data_file)
+        return;
+    if (ext->offset >= fsize) {
+        first->kind = QCOW2_KIND_ZERO;
+        first->bad = WHY_DATA_EOF;
+    }
+}
+
 static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
                      struct qcow2_extent *ext)
 {
@@ -190,12 +322,14 @@ static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
     uint64_t l1_idx = cluster >> img->l2_bits;
     uint64_t l2_span = 1ull << (img->cluster_bits + img->l2_bits);
     uint64_t table_end = (start & ~(l2_span - 1)) + l2_span;
-    uint64_t l1e, l2_off, pos, done;
+    uint64_t l2_off, pos, done;
     const uint8_t *l2;
+    const char *why;
     struct unit first, u;
     int rc;
 
-    if (!img->l1_checked) {
+    /* salvage mode checks each entry as it is met (find_l2) */
+    if (!img->l1_checked && !img->salvage) {
         rc = q2_l1_check(img);
         if (rc < 0)
             return rc;
@@ -208,31 +342,19 @@ static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
     ext->start = start;
     ext->layer = img;
 
-    l1e = 0;
-    if (l1_idx < img->l1_size) {
-        rc = read_l1_entry(img, l1_idx, &l1e);
-        if (rc < 0)
-            return rc;
-    }
-    if (l1e & Q2_L1E_RESERVED_MASK)
-        return q2_err(img, -QCOW2_ECORRUPT, "L1 entry %" PRIu64 " has "
-                      "reserved bits set: 0x%016" PRIx64 " (at offset 0x%"
-                      PRIx64 ")", l1_idx, l1e, img->l1_offset + l1_idx * 8);
-    l2_off = l1e & Q2_L1E_OFFSET_MASK;
+    rc = find_l2(img, l1_idx, &l2_off, &why);
+    if (rc < 0)
+        return rc;
+    if (why)
+        return unreadable(img, ext, len, why);
     if (l2_off == 0) {
         ext->length = len;
         ext->kind = QCOW2_KIND_UNALLOCATED;
         return 0;
     }
-    if (l2_off & (cs - 1))
-        return q2_err(img, -QCOW2_ECORRUPT, "L2 table offset 0x%" PRIx64
-                      " is not cluster aligned (L1 entry at offset 0x%" PRIx64
-                      ")", l2_off, img->l1_offset + l1_idx * 8);
-    if (l2_off >= (uint64_t)img->file_size)
-        return q2_err(img, -QCOW2_ECORRUPT, "L2 table at 0x%" PRIx64 " lies "
-                      "past the end of the file (L1 entry at offset 0x%"
-                      PRIx64 ")", l2_off, img->l1_offset + l1_idx * 8);
     rc = q2_cache_get(&img->cache, &img->io, l2_off, &l2);
+    if (rc < 0 && img->salvage && rc != -ENOMEM)
+        return unreadable(img, ext, len, WHY_L2_READ);
     if (rc < 0)
         return q2_err(img, rc, "cannot read L2 table: %s (at offset 0x%"
                       PRIx64 ")", qcow2_strerror(rc), l2_off);
@@ -248,16 +370,23 @@ static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
         done = cs - (start & (cs - 1));
     if (done > len)
         done = len;
+    ext->in_data_file = img->external_data && first.has_offset;
+    ext->offset = first.host + (start & (usize - 1));
+    clip_at_eof(img, ext, &first);
     ext->kind = first.kind;
     ext->flags = layer_flags(img, &first);
-    ext->in_data_file = img->external_data && first.has_offset;
     if (first.kind == QCOW2_KIND_COMPRESSED) {
         ext->offset = first.coff;
         ext->csize = first.csize;
         ext->length = done;
         return 0;
     }
-    ext->offset = first.host + (start & (usize - 1));
+    if (first.bad) {
+        ext->offset = 0;
+        ext->in_data_file = false;
+        img->salvage_why = first.bad;
+        ext->flags = QCOW2_EXTENT_ZERO | QCOW2_EXTENT_UNREADABLE;
+    }
     pos += done;
 
     /* Fast path: unallocated runs of all-zero entries (most of a sparse
@@ -287,13 +416,20 @@ static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
                     (unsigned)((pos & (cs - 1)) >> ubits), &u);
         if (rc < 0)
             return rc;
-        if (u.kind != first.kind || u.has_offset != first.has_offset)
+        if (u.bad != first.bad)
             break;
-        if (u.has_offset && u.host != ext->offset + (pos - start))
+        if (!first.bad && (u.kind != first.kind ||
+                           u.has_offset != first.has_offset ||
+                           (u.has_offset &&
+                            u.host != ext->offset + (pos - start))))
             break;
         pos += usize;
     }
     ext->length = pos - start < len ? pos - start : len;
+    /* salvage: data stops at the end of the file */
+    if (img->salvage && ext->kind == QCOW2_KIND_DATA && !ext->in_data_file &&
+        ext->length > (uint64_t)img->file_size - ext->offset)
+        ext->length = (uint64_t)img->file_size - ext->offset;
     return 0;
 }
 
@@ -368,6 +504,87 @@ int q2_l1_check(struct qcow2_image *img)
 out:
     free(buf);
     free(l2s);
+    return rc;
+}
+
+/* An L2 table reference, for finding tables named twice. */
+struct l1_ref {
+    uint64_t off; /* L2 table offset */
+    uint64_t idx; /* L1 index */
+};
+
+static int cmp_ref(const void *a, const void *b)
+{
+    const struct l1_ref *x = a, *y = b;
+
+    if (x->off != y->off)
+        return x->off < y->off ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/*
+ * Salvage mode: mark (one bit an entry, in img->cache.aux) the L1 entries
+ * of the active view that name an L2 table an entry before them names too.
+ * QEMU never writes that; q2_l1_check refuses it because one table named
+ * by every entry would let a small file describe unbounded mapping work.
+ * Salvage reads the first entry's table only.  Entries that are unusable
+ * anyway (reserved bits, misaligned, past the end) or sit in a part of the
+ * table that cannot be read are left to find_l2.  Memory: 16 bytes an
+ * entry while it runs (the table is in the file), a bit an entry kept.
+ */
+static int l1_dups(struct qcow2_image *img)
+{
+    enum { CHUNK = 8192 }; /* entries per read */
+    struct l1_ref *refs = NULL;
+    uint8_t *buf = NULL, *bits = NULL;
+    uint64_t i, n = 0;
+    int rc = 0;
+
+    if (img->l1_dup_valid && img->l1_dup_offset == img->l1_offset &&
+        img->l1_dup_size == img->l1_size)
+        return 0;
+    free(img->cache.aux);
+    img->cache.aux = NULL;
+    img->l1_dup_valid = false;
+    bits = calloc((size_t)img->l1_size / 8 + 1, 1);
+    buf = q2_buf_alloc(CHUNK * 8);
+    refs = malloc((img->l1_size ? img->l1_size : 1) * sizeof(*refs));
+    if (!bits || !buf || !refs) {
+        rc = q2_err(img, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (i = 0; i < img->l1_size; i++) {
+        uint64_t e, off;
+        if (i % CHUNK == 0) {
+            uint64_t left = img->l1_size - i;
+            size_t len = (size_t)(left < CHUNK ? left : CHUNK) * 8;
+            if (q2_pread_full(&img->io, buf, len,
+                              img->l1_offset + i * 8) < 0)
+                memset(buf, 0, len);
+        }
+        e = q2_load_be64(buf + (i % CHUNK) * 8);
+        off = e & Q2_L1E_OFFSET_MASK;
+        if (!off || (e & Q2_L1E_RESERVED_MASK) ||
+            (off & (img->cluster_size - 1)) ||
+            off >= (uint64_t)img->file_size)
+            continue;
+        refs[n].off = off;
+        refs[n].idx = i;
+        n++;
+    }
+    qsort(refs, n, sizeof(*refs), cmp_ref);
+    for (i = 1; i < n; i++)
+        if (refs[i].off == refs[i - 1].off)
+            bits[refs[i].idx / 8] |= (uint8_t)(1u << (refs[i].idx % 8));
+    img->cache.aux = bits;
+    bits = NULL;
+    img->l1_dup_valid = true;
+    img->l1_dup_offset = img->l1_offset;
+    img->l1_dup_size = img->l1_size;
+out:
+    free(bits);
+    free(buf);
+    free(refs);
     return rc;
 }
 

@@ -9,6 +9,12 @@
  * compressed ones.  The forensic reads (end of file) use the same walk on
  * one image alone: qcow2_layer_pread over its own L1 table, and the VM
  * state of an internal snapshot over the snapshot's L1 table past its disk.
+ *
+ * Salvage mode (qcow2_set_salvage) turns damage into zeros: map.c flags
+ * what the tables cannot describe, map_chain reports those extents to the
+ * caller's callback (with the backing file named when it is at fault), and
+ * read_view zeroes and reports the extents whose data or compressed stream
+ * cannot be read.  Reports carry guest offsets of the view read.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -179,6 +185,43 @@ static int layer_status(struct qcow2_image *img, uint64_t start, uint64_t len,
     return 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Salvage mode                                                             */
+/* ------------------------------------------------------------------------ */
+
+int qcow2_set_salvage(struct qcow2_image *img, qcow2_unreadable_fn fn,
+                      void *ctx)
+{
+    struct qcow2_image *l;
+
+    if (!q2_usable(img) || img->writable)
+        return -EINVAL;
+    q2_err_clear(img);
+    for (l = img; l; l = l->backing) {
+        l->salvage = fn != NULL;
+        l->salvage_fn = fn;
+        l->salvage_ctx = ctx;
+    }
+    return 0;
+}
+
+/* Tell top's reporter that guest bytes [start, start + len) of its view
+ * could not be read in layer l. */
+static void report(const struct qcow2_image *top, const struct qcow2_image *l,
+                   uint64_t start, uint64_t len, const char *why)
+{
+    char msg[1200];
+
+    if (!top->salvage_fn)
+        return;
+    if (l != top) {
+        snprintf(msg, sizeof(msg), "backing file '%s': %s", l->filename,
+                 why);
+        why = msg;
+    }
+    top->salvage_fn(top->salvage_ctx, start - top->salvage_base, len, why);
+}
+
 static int map_chain(struct qcow2_image *img, uint64_t start, uint64_t len,
                      unsigned flags, unsigned stop, struct qcow2_extent *ext)
 {
@@ -197,6 +240,8 @@ static int map_chain(struct qcow2_image *img, uint64_t start, uint64_t len,
             return rc;
         }
         len = ext->length;
+        if (ext->flags & QCOW2_EXTENT_UNREADABLE)
+            report(img, cur, start, len, cur->salvage_why);
         if (!(flags & QCOW2_MAP_CHAIN) ||
             (ext->flags & (QCOW2_EXTENT_DATA | QCOW2_EXTENT_ZERO)))
             break;
@@ -280,8 +325,10 @@ static const char *layer_prefix(const struct qcow2_image *top,
     return buf;
 }
 
+/* One compressed extent into buf; on failure *why says what failed. */
 static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
-                           const struct qcow2_extent *e, uint8_t *buf)
+                           const struct qcow2_extent *e, uint8_t *buf,
+                           const char **why)
 {
     char pfx[600];
 
@@ -299,6 +346,7 @@ static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
     if (l->dbuf_key != e->offset + 1) {
         l->dbuf_key = 0;
         n = q2_pread_full(&l->io, l->cbuf, e->csize, e->offset);
+        *why = "compressed cluster cannot be read";
         if (n < 0)
             return q2_err(top, (int)n, "%scannot read compressed cluster: "
                           "%s (at offset 0x%" PRIx64 ")",
@@ -306,6 +354,9 @@ static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
                           qcow2_strerror((int)n), e->offset);
         rc = q2_decompress(l->hp.h.compression_type, l->cbuf, e->csize,
                            l->dbuf, l->cluster_size);
+        *why = l->hp.h.compression_type
+                   ? "compressed cluster cannot be decompressed (zstd)"
+                   : "compressed cluster cannot be decompressed (zlib)";
         if (rc < 0)
             return q2_err(top, rc, "%scompressed cluster cannot be "
                           "decompressed (%s) (at offset 0x%" PRIx64 ")",
@@ -316,6 +367,21 @@ static int read_compressed(struct qcow2_image *top, struct qcow2_image *l,
     }
     memcpy(buf, l->dbuf + in_cluster, e->length);
     return 0;
+}
+
+/* A read of extent e (into buf) that failed with rc: in salvage mode
+ * (damage, not a lack of memory) the bytes become zeros and are reported,
+ * and the failure is forgotten. */
+static bool salvaged(struct qcow2_image *img, const struct qcow2_image *l,
+                     const struct qcow2_extent *e, uint8_t *buf, int rc,
+                     const char *why)
+{
+    if (!img->salvage || rc == -ENOMEM || !why)
+        return false;
+    q2_err_clear(img);
+    memset(buf, 0, e->length);
+    report(img, l, e->start, e->length, why);
+    return true;
 }
 
 /* Read guest bytes of the current view through extents from map_chain
@@ -345,8 +411,9 @@ static int64_t read_view(struct qcow2_image *img, void *buf, size_t len,
                           "cannot read encrypted data",
                           layer_prefix(img, e.layer, pfx, sizeof(pfx)));
         } else if (e.kind == QCOW2_KIND_COMPRESSED) {
-            rc = read_compressed(img, e.layer, &e, p + done);
-            if (rc < 0)
+            const char *why = NULL;
+            rc = read_compressed(img, e.layer, &e, p + done, &why);
+            if (rc < 0 && !salvaged(img, e.layer, &e, p + done, rc, why))
                 return rc;
         } else {
             struct qcow2_io *io = &e.layer->io;
@@ -361,7 +428,8 @@ static int64_t read_view(struct qcow2_image *img, void *buf, size_t len,
                                                    e.layer->errmsg);
             }
             n = q2_pread_full(io, p + done, e.length, e.offset);
-            if (n < 0) {
+            if (n < 0 && !salvaged(img, e.layer, &e, p + done, (int)n,
+                                   "data cannot be read")) {
                 char pfx[600];
                 return q2_err(img, (int)n, "%scannot read data: %s (at "
                               "offset 0x%" PRIx64 ")",
@@ -469,6 +537,7 @@ static void enter_vmstate_view(struct qcow2_image *img, unsigned idx,
     img->l1_size = s->l1_size;
     img->l1_checked = img->vmstate_checked == (int)idx;
     img->virtual_size = vm->offset + vm->size;
+    img->salvage_base = vm->offset; /* salvage reports: VM state offsets */
 }
 
 static void leave_vmstate_view(struct qcow2_image *img, unsigned idx,
@@ -480,6 +549,7 @@ static void leave_vmstate_view(struct qcow2_image *img, unsigned idx,
     img->l1_size = save->l1_size;
     img->l1_checked = save->l1_checked;
     img->virtual_size = save->virtual_size;
+    img->salvage_base = 0;
 }
 
 static int vmstate_args(struct qcow2_image *img, unsigned idx,

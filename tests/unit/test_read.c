@@ -5,6 +5,7 @@
  * an internal snapshot.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -838,6 +839,116 @@ TEST(encrypted_data_not_readable)
     EXPECT_EQ_INT(qcow2_pread(img, got, 512, 0), 512);
     EXPECT_EQ_INT(qcow2_pread(img, got, 1024, 0), -ENOTSUP);
     EXPECT_CONTAINS(qcow2_errmsg(img), "encrypted");
+    qcow2_close(img);
+    qimg_free(&q);
+}
+
+/* ---- salvage mode (qcow2_set_salvage) ---- */
+
+struct reports {
+    unsigned n;
+    uint64_t start[8], len[8];
+    char why[8][128];
+};
+
+static void record(void *ctx, uint64_t start, uint64_t len, const char *why)
+{
+    struct reports *r = ctx;
+
+    if (r->n < 8) {
+        r->start[r->n] = start;
+        r->len[r->n] = len;
+        snprintf(r->why[r->n], sizeof(r->why[0]), "%s", why);
+    }
+    r->n++;
+}
+
+TEST(salvage_read_io_error)
+{
+    struct qimg q;
+    struct qcow2_image *img;
+    struct reports r = {0};
+    uint8_t got[2048], want[2048];
+
+    qimg_init(&q, 3, 9, 4096, 0);
+    qimg_data(&q, 0, NULL);
+    qimg_data(&q, 1024, NULL);
+    img = open_img(&q);
+    REQUIRE_TRUE(img);
+    /* the tables are cached by a first read; then every read fails */
+    EXPECT_EQ_INT(qcow2_pread(img, got, sizeof(got), 0), sizeof(got));
+    EXPECT_EQ_INT(qcow2_set_salvage(img, record, &r), 0);
+    q2_io_mem_fail_after(&img->io, 0);
+    memset(got, 0xee, sizeof(got));
+    memset(want, 0, sizeof(want));
+    EXPECT_EQ_INT(qcow2_pread(img, got, sizeof(got), 0), sizeof(got));
+    EXPECT_EQ_MEM(got, want, sizeof(got));
+    EXPECT_EQ_STR(qcow2_errmsg(img), "");
+    REQUIRE_EQ_INT(r.n, 2);
+    EXPECT_EQ_U64(r.start[0], 0);
+    EXPECT_EQ_U64(r.len[0], 512);
+    EXPECT_EQ_STR(r.why[0], "data cannot be read");
+    EXPECT_EQ_U64(r.start[1], 1024);
+    EXPECT_EQ_U64(r.len[1], 512);
+
+    failure("without salvage mode the failure is back");
+    EXPECT_EQ_INT(qcow2_set_salvage(img, NULL, NULL), 0);
+    EXPECT_EQ_INT(qcow2_pread(img, got, sizeof(got), 0), -EIO);
+    q2_io_mem_fail_after(&img->io, -1);
+    qcow2_close(img);
+    qimg_free(&q);
+}
+
+/* Two L1 entries naming one L2 table: refused whole without salvage mode;
+ * with it the first entry's range reads, the second is unreadable. */
+TEST(salvage_l2_named_twice)
+{
+    struct qimg q;
+    struct qcow2_image *img;
+    struct reports r = {0};
+    struct qcow2_extent e;
+    uint8_t got[512], want[512];
+
+    qimg_init(&q, 3, 9, 4 * 32768, 0); /* an L2 table maps 32 KiB */
+    qimg_data(&q, 0, NULL);
+    qimg_data(&q, 32768, NULL);
+    qimg_finish(&q);
+    qimg_put64(&q, q.l1_off + 8, qimg_get64(&q, q.l1_off));
+    img = open_img(&q);
+    REQUIRE_TRUE(img);
+    EXPECT_EQ_INT(qcow2_pread(img, got, sizeof(got), 0), -QCOW2_ECORRUPT);
+    EXPECT_CONTAINS(qcow2_errmsg(img), "is named by two L1 entries");
+
+    EXPECT_EQ_INT(qcow2_set_salvage(img, record, &r), 0);
+    EXPECT_EQ_INT(qcow2_pread(img, got, sizeof(got), 0), sizeof(got));
+    expect_pattern(want, &q, 0);
+    EXPECT_EQ_MEM(got, want, sizeof(got));
+    EXPECT_EQ_INT(r.n, 0);
+    EXPECT_EQ_INT(qcow2_map(img, 32768, 65536, QCOW2_MAP_CHAIN, &e), 0);
+    EXPECT_EQ_U64(e.length, 32768);
+    EXPECT_EQ_INT(e.kind, QCOW2_KIND_ZERO);
+    EXPECT_EQ_INT(e.flags, QCOW2_EXTENT_ZERO | QCOW2_EXTENT_UNREADABLE);
+    REQUIRE_EQ_INT(r.n, 1);
+    EXPECT_EQ_U64(r.start[0], 32768);
+    EXPECT_EQ_U64(r.len[0], 32768);
+    EXPECT_EQ_STR(r.why[0], "L2 table named by an earlier L1 entry too");
+    qcow2_close(img);
+    qimg_free(&q);
+}
+
+/* Salvage mode is for read-only handles. */
+TEST(salvage_read_only)
+{
+    struct qimg q;
+    struct qcow2_image *img;
+    struct qcow2_open_opts o = {.size = sizeof(o), .flags = QCOW2_OPEN_RDWR};
+    struct reports r = {0};
+
+    EXPECT_EQ_INT(qcow2_set_salvage(NULL, record, &r), -EINVAL);
+    qimg_init(&q, 3, 9, 4096, 0);
+    qimg_data(&q, 0, NULL);
+    REQUIRE_EQ_INT(qimg_open(&q, "w.qcow2", &o, &img), 0);
+    EXPECT_EQ_INT(qcow2_set_salvage(img, record, &r), -EINVAL);
     qcow2_close(img);
     qimg_free(&q);
 }

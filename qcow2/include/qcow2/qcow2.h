@@ -374,6 +374,10 @@ enum qcow2_kind {
 #define QCOW2_EXTENT_ZERO 0x02         /* reads as zeros */
 #define QCOW2_EXTENT_DATA 0x04         /* read from a file */
 #define QCOW2_EXTENT_OFFSET_VALID 0x08 /* offset is a host offset */
+#define QCOW2_EXTENT_UNREADABLE 0x10   /* salvage mode (qcow2_set_salvage):
+                                          the metadata or data for these
+                                          bytes is unusable; they read as
+                                          zeros (ZERO is set too) */
 
 struct qcow2_extent {
     uint64_t start;             /* guest offset */
@@ -441,6 +445,44 @@ QCOW2_API uint64_t qcow2_virtual_size(const struct qcow2_image *img);
  */
 QCOW2_API int64_t qcow2_pread(struct qcow2_image *img, void *buf, size_t len,
                               uint64_t off);
+
+/**
+ * Told, in salvage mode, of a guest range that could not be read and reads
+ * as zeros: `start` and `length` in guest bytes of the view read (for a VM
+ * state, bytes of the VM state), `reason` a short constant description
+ * ("data cluster past the end of the file", ...), prefixed with
+ * "backing file 'NAME': " when a backing layer is at fault; valid during
+ * the call only.
+ */
+typedef void (*qcow2_unreadable_fn)(void *ctx, uint64_t start,
+                                    uint64_t length, const char *reason);
+
+/**
+ * Salvage mode, for getting out what a damaged image still holds: maps
+ * and reads of this image (and of the layers of its chain) no longer fail
+ * on unusable parts, which read as zeros instead and are reported:
+ *  - qcow2_map returns such a range as an extent flagged
+ *    QCOW2_EXTENT_UNREADABLE | QCOW2_EXTENT_ZERO (kind QCOW2_KIND_ZERO)
+ *    and tells `fn` of it: an L1 entry with reserved bits, an L2 table
+ *    misaligned, past the end of the file, unreadable or named by an
+ *    earlier L1 entry too (the whole range of the table, one extent), an
+ *    invalid L2 entry, a data cluster misaligned or (partly) past the end
+ *    of the file, compressed data starting past it;
+ *  - qcow2_pread, qcow2_layer_pread and qcow2_vmstate_pread zero and report
+ *    what fails while reading: data the backend cannot read, compressed
+ *    clusters that cannot be read or decompressed (and what qcow2_map
+ *    flags, should they be asked for it).
+ * A range is reported each time a call meets it; callers merge.  Work and
+ * memory stay bounded by the file, not by the virtual size (an L2 table
+ * that cannot be used is one extent).  Failures that are not damage
+ * (encryption, a missing external data file, no memory, a bad argument)
+ * still fail.  Without salvage mode nothing of this changes.
+ * @param[in] img  a read-only handle; its backing layers get the mode too
+ * @param[in] fn   the reporter, or NULL to leave salvage mode
+ * @return 0, -EINVAL (not an open read-only handle).
+ */
+QCOW2_API int qcow2_set_salvage(struct qcow2_image *img,
+                                qcow2_unreadable_fn fn, void *ctx);
 
 /**
  * Read from the host file of an image (its own file, or its external data
