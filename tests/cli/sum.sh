@@ -131,7 +131,7 @@ case_chunks() {
         c.qcow2 || return 1
     cmp_sum c.qcow2 || return 1
     # 512-byte clusters: an L2 table maps 32 KiB, a zero run is many
-    # extents; zeros inside data blocks, runs shorter and longer than 1 MiB
+    # extents; zeros inside data blocks, short zero runs
     qimg create -q -f qcow2 -o cluster_size=512 s.qcow2 9M || return 1
     qio -f qcow2 -c "write -P 0x72 0 1536" -c "write -P 0x73 100k 1k" \
         -c "write -z 130k 900k" -c "write -P 0x74 1100k 512" \
@@ -141,7 +141,15 @@ case_chunks() {
     qimg create -q -f qcow2 -o cluster_size=4k m.qcow2 8M || return 1
     qio -f qcow2 -c "write -P 0x81 0 4M" -c "write -P 0x82 4M 100k" \
         -c "write -P 0x83 4346k 3M" m.qcow2 || return 1
-    cmp_sum m.qcow2
+    cmp_sum m.qcow2 || return 1
+    # zero runs around the batch size (64 MiB, hashed apart from the data
+    # when at least that long): one longer, one a block shorter, one exactly
+    # as long ending at a data block, and the tail of zeros past the last data
+    qimg create -q -f qcow2 z.qcow2 300M || return 1
+    qio -f qcow2 -c "write -P 0x91 0 100k" -c "write -P 0x92 70M 64k" \
+        -c "write -P 0x93 138240k 64k" -c "write -P 0x94 203840k 64k" \
+        -c "write -z 230M 1M" z.qcow2 || return 1
+    cmp_sum z.qcow2
 }
 tcase "beyond one read: many blocks, long zero ranges" case_chunks
 
