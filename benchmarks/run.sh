@@ -83,6 +83,10 @@
 #       into this base is faster than that on this disk, so a ratio to
 #       qemu-img above (qemu-img time / this time) cannot be reached here.
 #
+# commit-qcow2-reflink   (issue 20)
+#       The images of commit-qcow2 on an XFS loop mount with reflinks: see
+#       the case's comment below.  Target: speedup >= 10.
+#
 # commit-raw-device   (issue 13, no target)
 #       The images of commit-raw with the base behind a loop device (the
 #       stand-in for an LVM volume: `losetup -f --show`, root only; skipped
@@ -145,7 +149,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-ALL_CASES=(map delta check commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device sum sum-plain sum-floor sum-plain-floor)
+ALL_CASES=(map delta check commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device sum sum-plain sum-floor sum-plain-floor commit-qcow2-reflink)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # --- parameters of case map (change the stamp if you change these) ---------
@@ -223,16 +227,21 @@ need_tool() {
 # --- work dir ---------------------------------------------------------------
 LOOPDEV= # a loop device attached by a case, detached at exit
 detach_loop() { [[ -z $LOOPDEV ]] || losetup -d "$LOOPDEV" || true; LOOPDEV=; }
+XFSMNT= # the XFS mount of commit-qcow2-reflink, unmounted at exit
+xfs_umount() {
+    [[ -z $XFSMNT ]] || umount "$XFSMNT" 2>/dev/null || umount -l "$XFSMNT" || true
+    XFSMNT=
+}
 if [[ -z $WORK ]]; then
     WORK=$(mktemp -d /var/tmp/qchain-bench.XXXXXX)
     if ((KEEP)); then
-        trap 'detach_loop; note "work dir kept: $WORK"' EXIT
+        trap 'detach_loop; xfs_umount; note "work dir kept: $WORK"' EXIT
     else
-        trap 'detach_loop; rm -rf -- "$WORK"' EXIT
+        trap 'detach_loop; xfs_umount; rm -rf -- "$WORK"' EXIT
     fi
 else
     mkdir -p -- "$WORK"
-    trap 'detach_loop' EXIT
+    trap 'detach_loop; xfs_umount' EXIT
 fi
 WORK=$(cd "$WORK" && pwd)
 
@@ -630,6 +639,55 @@ case_commit-raw-device() {
     run_pair commit-raw-device
     detach_loop
     rm -f -- "$dir/dev-base.img"
+}
+
+# --- case commit-qcow2-reflink ----------------------------------------------
+# The images of commit-qcow2 (a 1 GiB qcow2 base with its first 512 MiB
+# written, an overlay with 4096 scattered 64 KiB clusters) copied before
+# every run onto an XFS file system made with `mkfs.xfs -m reflink=1` in a
+# 4 GiB file under the work dir and loop-mounted there (root; skipped with
+# the reason otherwise), unmounted at exit.  Compared: `qchain-commit TOP`
+# (which clones the overlay's clusters into new base clusters) vs.
+# `qemu-img commit -d TOP`, both followed by `sync BASE`.  Target (issue
+# 20): at most 0.1 of qemu-img's time, i.e. speedup >= 10.
+reflink_prep() {
+    local p=$WORK/commit-qcow2/pristine
+    rm -f -- "$XFSMNT/base.img" "$XFSMNT/top.qcow2" "$XFSMNT/base.img.qchain-"*
+    cp --reflink=never -- "$p/base.img" "$XFSMNT/base.img"
+    cp --reflink=never -- "$p/top.qcow2" "$XFSMNT/top.qcow2"
+    sync -f "$XFSMNT"
+    sleep 0.3
+}
+case_commit-qcow2-reflink() {
+    local qc why= img=$WORK/xfs-reflink.img mnt=$WORK/xfs-reflink
+    if ((EUID != 0)); then why="mounting a file system needs root"
+    elif ! command -v mkfs.xfs >/dev/null; then why="mkfs.xfs missing (package xfsprogs)"
+    fi
+    if [[ -z $why ]]; then
+        rm -f -- "$img"; truncate -s 4G "$img"; mkdir -p -- "$mnt"
+        if ! mkfs.xfs -q -f -m reflink=1 "$img" 2>"$WORK/.mkfs.err"; then
+            why="mkfs.xfs failed: $(head -c 200 "$WORK/.mkfs.err")"
+        elif ! mount -o loop "$img" "$mnt" 2>"$WORK/.mkfs.err"; then
+            why="cannot mount a loop device here: $(head -c 200 "$WORK/.mkfs.err")"
+        else
+            XFSMNT=$mnt
+        fi
+    fi
+    if [[ -n $why ]]; then
+        note "[commit-qcow2-reflink] skipped: $why"
+        rm -f -- "$img"
+        return
+    fi
+    qc=$(need_tool qchain-commit)
+    commit_setup commit-qcow2 qcow2 scattered
+    OURS=(bash -c '"$0" "$1" >/dev/null && sync "$2"' "$qc" "$XFSMNT/top.qcow2" "$XFSMNT/base.img")
+    REF=(bash -c 'qemu-img commit -q -d "$0" && sync "$1"' "$XFSMNT/top.qcow2" "$XFSMNT/base.img")
+    PREP=reflink_prep
+    LABEL_OURS=qchain-commit
+    LABEL_REF="qemu-img commit"
+    run_pair commit-qcow2-reflink --min-speedup 10
+    xfs_umount
+    rm -f -- "$img"
 }
 
 # --- cases sum, sum-plain, sum-floor, sum-plain-floor ----------------------

@@ -23,7 +23,12 @@
  *                                                large writes; into a raw
  *                                                base, copy_file_range
  *                                                (reflinks where the file
- *                                                system shares extents)
+ *                                                system shares extents);
+ *                                                into a qcow2 base there,
+ *                                                whole clusters cloned
+ *                                                into new clusters, in
+ *                                                runs as the layer's file
+ *                                                holds them (clone_flush)
  *             compressed                      -> decompress, copy
  *   FLUSH   everything durable in the base
  *
@@ -31,7 +36,9 @@
  * guest view through the top never changes, whenever the copy stops; and a
  * COPY that runs again writes the same bytes (the job is idempotent, which
  * is what makes it resumable).  Memory: two buffers of COPY_CHUNK bytes
- * (the gathered data; what a raw base holds there, to compare).
+ * (the gathered data; what a raw base holds there, to compare), and for a
+ * qcow2 base on storage that can share extents, CLONE_BATCH queued pieces
+ * (512 KiB).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -232,6 +239,9 @@ struct copy {
     uint8_t *buf;              /* COPY_CHUNK bytes gathered */
     struct pending p;
     bool offload;              /* try copy offload (raw base) */
+    enum { CLONE_OFF, CLONE_PROBE, CLONE_ON } clone; /* qcow2 base */
+    struct q2_clone_piece *pieces; /* CLONE_BATCH queued clusters to share */
+    size_t n_pieces;
     struct qcow2_commit_stats st;
     int (*cancel)(void *ctx);  /* the caller's, asked every chunk */
     void *cancel_ctx;
@@ -266,31 +276,17 @@ static int copy_zero(struct copy *c, const struct qcow2_extent *e,
     return 0;
 }
 
-/* A data or compressed extent at pos: offloaded where the storage can,
- * else gathered into the buffer (written when it is full or the next
- * extent does not follow). */
-static int copy_data(struct copy *c, const struct qcow2_extent *e,
-                     uint64_t pos)
+/* Bytes [done, end) of a data or compressed extent at pos, gathered into
+ * the buffer (written when it is full or the next extent does not
+ * follow). */
+static int gather(struct copy *c, const struct qcow2_extent *e, uint64_t pos,
+                  uint64_t done, uint64_t end)
 {
     struct qcow2_image *top = c->top;
     struct pending *p = &c->p;
-    uint64_t done = 0;
     int rc;
 
-    if (e->kind == QCOW2_KIND_COMPRESSED)
-        c->st.compressed_bytes += e->length;
-    c->st.data_bytes += e->length;
-    if (c->offload && e->kind == QCOW2_KIND_DATA) {
-        if ((rc = flush_pending(top, c->base, c->buf, p)) < 0)
-            return rc;
-        rc = offload_copy(top, c->base, e, pos, &done);
-        if (rc == -ENOTSUP)
-            c->offload = false; /* this base cannot: read and write */
-        else if (rc < 0)
-            return rc;
-        c->st.offloaded_bytes += done;
-    }
-    while (done < e->length) {
+    while (done < end) {
         size_t n;
         int64_t got;
         if (p->len && p->start + p->len != pos + done &&
@@ -299,8 +295,8 @@ static int copy_data(struct copy *c, const struct qcow2_extent *e,
         if (p->len == 0)
             p->start = pos + done;
         n = COPY_CHUNK - p->len;
-        if (n > e->length - done)
-            n = (size_t)(e->length - done);
+        if (n > end - done)
+            n = (size_t)(end - done);
         if (e->kind == QCOW2_KIND_DATA)
             got = qcow2_host_pread(e->layer, e->in_data_file, c->buf + p->len,
                                    n, e->offset + done);
@@ -319,6 +315,142 @@ static int copy_data(struct copy *c, const struct qcow2_extent *e,
             return rc;
     }
     return 0;
+}
+
+/*
+ * Clone into a qcow2 base (a file system that shares extents): the whole
+ * base clusters of uncompressed data extents are queued, CLONE_BATCH at a
+ * time, then sorted by where they lie in their layer's file, so that what
+ * a layer holds contiguously (its clusters in the order the guest wrote
+ * them, whatever their guest offsets) becomes one run of new base clusters
+ * shared in one call: a call costs about as much as 64 KiB of copying, a
+ * run of any length about the same.  The clusters the base held there are
+ * freed (they stay in the file for later allocations).  The first piece
+ * is sent alone, as the probe: where the storage cannot share, nothing
+ * more is queued and the data is copied as before, in guest order.
+ */
+#define CLONE_BATCH 16384u
+#define CLONE_ALIGN 4096u  /* what copy_range asks of both offsets */
+#define CLONE_RUN_MAX (1ull << 30)
+
+static int piece_cmp(const void *a, const void *b)
+{
+    const struct q2_clone_piece *x = a, *y = b;
+
+    if (x->src != y->src)
+        return (uintptr_t)x->src < (uintptr_t)y->src ? -1 : 1;
+    return x->src_off < y->src_off ? -1 : x->src_off > y->src_off;
+}
+
+/* Pieces p[0..n) of one run: shared, or copied where the storage cannot
+ * (the first refusal for good ends queueing). */
+static int clone_pieces(struct copy *c, const struct q2_clone_piece *p,
+                        size_t n)
+{
+    uint64_t shared = 0;
+    bool cannot = false;
+    size_t k;
+    int rc = q2_clone_run(c->base, p, n, &shared, &cannot);
+
+    if (rc < 0)
+        return q2_err(c->top, rc, "writing the base: %s",
+                      qcow2_errmsg(c->base));
+    c->st.offloaded_bytes += shared;
+    if (cannot)
+        c->clone = CLONE_OFF;
+    else if (shared && c->clone == CLONE_PROBE)
+        c->clone = CLONE_ON;
+    for (k = 0; shared == 0 && k < n; k++) {
+        /* not shared: read and written as any data */
+        uint64_t done = 0;
+        while (done < p[k].len) {
+            size_t len = p[k].len - done < COPY_CHUNK
+                             ? (size_t)(p[k].len - done) : COPY_CHUNK;
+            int64_t got;
+            if ((rc = flush_pending(c->top, c->base, c->buf, &c->p)) < 0)
+                return rc;
+            got = q2_pread_full(p[k].src, c->buf, len, p[k].src_off + done);
+            if (got < 0)
+                return q2_err(c->top, (int)got, "reading a layer: %s",
+                              qcow2_strerror((int)got));
+            if ((size_t)got < len)
+                memset(c->buf + got, 0, len - (size_t)got); /* past its end */
+            c->p.start = p[k].guest + done;
+            c->p.len = len;
+            done += len;
+        }
+    }
+    return 0;
+}
+
+static int clone_flush(struct copy *c)
+{
+    struct q2_clone_piece *p = c->pieces;
+    size_t n = c->n_pieces, i = 0, j;
+    int rc;
+
+    c->n_pieces = 0;
+    if (n == 0)
+        return 0;
+    qsort(p, n, sizeof(*p), piece_cmp);
+    while (i < n) {
+        uint64_t len = p[i].len;
+        for (j = i + 1; j < n && p[j].src == p[i].src &&
+                        p[j].src_off == p[j - 1].src_off + p[j - 1].len &&
+                        len + p[j].len <= CLONE_RUN_MAX;
+             j++)
+            len += p[j].len;
+        if ((rc = clone_pieces(c, p + i, j - i)) < 0 ||
+            (rc = cancelled(c)) < 0)
+            return rc;
+        i = j;
+    }
+    return 0;
+}
+
+/* A data or compressed extent at pos: offloaded where the storage can,
+ * else gathered into the buffer. */
+static int copy_data(struct copy *c, const struct qcow2_extent *e,
+                     uint64_t pos)
+{
+    uint64_t done = 0, end = e->length;
+    int rc;
+
+    if (e->kind == QCOW2_KIND_COMPRESSED)
+        c->st.compressed_bytes += e->length;
+    c->st.data_bytes += e->length;
+    if (c->offload && e->kind == QCOW2_KIND_DATA) {
+        if ((rc = flush_pending(c->top, c->base, c->buf, &c->p)) < 0)
+            return rc;
+        rc = offload_copy(c->top, c->base, e, pos, &done);
+        if (rc == -ENOTSUP)
+            c->offload = false; /* this base cannot: read and write */
+        else if (rc < 0)
+            return rc;
+        c->st.offloaded_bytes += done;
+    }
+    if (c->clone != CLONE_OFF && e->kind == QCOW2_KIND_DATA) {
+        uint64_t cs = c->base->cluster_size;
+        uint64_t a = (pos + cs - 1) / cs * cs, b = (pos + e->length) / cs * cs;
+        struct qcow2_io *src;
+        if (a < b && (e->offset + (a - pos)) % CLONE_ALIGN == 0 &&
+            q2_data_io(e->layer, &src) == 0) {
+            struct q2_clone_piece *q = &c->pieces[c->n_pieces++];
+            *q = (struct q2_clone_piece){.guest = a, .src = src,
+                                         .src_off = e->offset + (a - pos),
+                                         .len = b - a};
+            /* the bytes before and after: by hand, in guest order */
+            if ((rc = gather(c, e, pos, 0, a - pos)) < 0)
+                return rc;
+            done = b - pos;
+            if (c->clone == CLONE_PROBE || c->n_pieces == CLONE_BATCH) {
+                if ((rc = flush_pending(c->top, c->base, c->buf, &c->p)) < 0 ||
+                    (rc = clone_flush(c)) < 0)
+                    return rc;
+            }
+        }
+    }
+    return gather(c, e, pos, done, end);
 }
 
 /* The work to report: the guest bytes the layers hold (data and zeros),
@@ -392,6 +524,14 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
                 !base->write_err;
     if (base->format == QCOW2_FORMAT_RAW)
         c.p.cmp = q2_buf_alloc(COPY_CHUNK); /* none: no comparing */
+    /* uncompressed data into a qcow2 base: whole clusters shared where
+     * the files allow it (probed with the first) */
+    if (base->format == QCOW2_FORMAT_QCOW2 && base->io.copy_range &&
+        !base->external_data && !base->write_err &&
+        base->cluster_size % CLONE_ALIGN == 0) {
+        c.pieces = malloc(CLONE_BATCH * sizeof(*c.pieces));
+        c.clone = c.pieces ? CLONE_PROBE : CLONE_OFF;
+    }
 
     /* COPY */
     while (pos < size) {
@@ -418,7 +558,8 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
             goto out;
         }
     }
-    if ((rc = flush_pending(top, base, c.buf, &c.p)) < 0)
+    if ((rc = flush_pending(top, base, c.buf, &c.p)) < 0 ||
+        (rc = clone_flush(&c)) < 0)
         goto out;
 
     /* FLUSH */
@@ -428,6 +569,7 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
     else if (progress && progress(ctx, work, work) != 0)
         rc = q2_err(top, -ECANCELED, "commit cancelled");
 out:
+    free(c.pieces);
     free(c.p.cmp);
     free(c.buf);
     if (rc == 0 && out)

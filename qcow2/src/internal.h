@@ -92,6 +92,10 @@ Q2_HIDDEN int q2_crash_open(struct q2_crash *c, const void *buf, size_t len,
  * the first one).  0 or -EINVAL. */
 Q2_HIDDEN int q2_crash_io(struct q2_crash *c, unsigned file,
                           struct qcow2_io *io);
+/* Ios opened from now on offer copy_range between the machine's files
+ * (a file system with reflinks), recorded as writes of the source's
+ * bytes. */
+Q2_HIDDEN void q2_crash_share(struct q2_crash *c, bool on);
 /* Events recorded so far; a crash point `at` is 0 .. q2_crash_events(). */
 Q2_HIDDEN uint64_t q2_crash_events(const struct q2_crash *c);
 /* Event idx (to find the flushes: the barrier points).  0 or -EINVAL. */
@@ -494,6 +498,28 @@ Q2_HIDDEN int q2_header_write(struct qcow2_image *img, uint64_t off,
 Q2_HIDDEN bool q2_write_allocates(const struct qcow2_image *img, uint64_t e,
                                   bool whole_zeros);
 Q2_HIDDEN bool q2_l2_write_allocates(uint64_t l1e);
+/* Clone (write.c): guest data taken from another file by sharing its
+ * extents.  A piece is whole clusters of the image at guest offset `guest`
+ * (cluster aligned) whose bytes are [src_off, src_off + len) of src. */
+struct q2_clone_piece {
+    uint64_t guest;
+    uint64_t src_off;
+    uint64_t len;
+    struct qcow2_io *src;
+};
+/* Write pieces p[0..n), contiguous in one source (p[i+1].src_off ==
+ * p[i].src_off + p[i].len), into one run of new clusters: the bytes shared
+ * with the source in one copy_range call (the run and the source both at
+ * the storage's block alignment; what it leaves, copied); then the L2
+ * entries name the new clusters and what they named before is freed after
+ * the barrier (the order of any write that allocates, so the crash
+ * guarantees are the same).  *shared gets the bytes the storage copied
+ * itself: 0 when it could not start, and then nothing is written (the
+ * caller writes the pieces); *cannot is set when it answered that it
+ * never can (-ENOTSUP).  0 or -errno. */
+Q2_HIDDEN int q2_clone_run(struct qcow2_image *img,
+                           const struct q2_clone_piece *p, size_t n,
+                           uint64_t *shared, bool *cannot);
 /* Replace the snapshot table (old_len bytes at snapshots_offset) with
  * buf[0..len) holding count entries, crash-safely (write.c). */
 Q2_HIDDEN int q2_snap_table_switch(struct qcow2_image *img,

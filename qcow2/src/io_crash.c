@@ -46,6 +46,7 @@ struct crash_file {
 };
 
 struct q2_crash {
+    bool share;    /* its files offer copy_range (q2_crash_share) */
     struct crash_event *ev;
     uint64_t n_ev;
     uint64_t cap_ev;
@@ -238,6 +239,48 @@ void q2_crash_free(struct q2_crash *c)
     free(c);
 }
 
+/* A file system that shares extents, as far as a power loss can tell: a
+ * clone changes the destination's content like a write of the source's
+ * bytes (not durable before a flush, torn sector by sector at worst), so
+ * it is recorded as one. */
+static int64_t crash_copy_range(void *ctx, const struct qcow2_io *src,
+                                uint64_t src_off, uint64_t dst_off,
+                                size_t len)
+{
+    struct crash_file *d = ctx;
+    const struct crash_file *s;
+    int64_t rc;
+
+    if (!src || src->copy_range != crash_copy_range)
+        return -ENOTSUP;
+    s = src->ctx;
+    if (s->machine != d->machine)
+        return -ENOTSUP;
+    if (((src_off | dst_off | len) & 4095) != 0)
+        return -EAGAIN; /* as FICLONERANGE: block aligned */
+    if (src_off >= s->len)
+        return 0;
+    if (len > s->len - src_off)
+        len = s->len - (size_t)src_off; /* the source ends */
+    if (s == d) {
+        /* the same file: the source as it is before the copy */
+        uint8_t *tmp = malloc(len);
+        if (!tmp)
+            return -ENOMEM;
+        memcpy(tmp, s->buf + src_off, len);
+        rc = crash_pwrite(ctx, tmp, len, dst_off);
+        free(tmp);
+        return rc;
+    }
+    return crash_pwrite(ctx, s->buf + src_off, len, dst_off);
+}
+
+void q2_crash_share(struct q2_crash *c, bool on)
+{
+    if (c)
+        c->share = on;
+}
+
 int q2_crash_io(struct q2_crash *c, unsigned file, struct qcow2_io *io)
 {
     if (!c || !io || file >= c->n_files)
@@ -252,6 +295,8 @@ int q2_crash_io(struct q2_crash *c, unsigned file, struct qcow2_io *io)
     io->size = crash_size;
     io->close = crash_close;
     io->punch = crash_punch;
+    if (c->share)
+        io->copy_range = crash_copy_range;
     return 0;
 }
 

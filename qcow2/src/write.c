@@ -434,6 +434,9 @@ static int read_view(struct qcow2_image *img, uint8_t *buf, size_t len,
 
 enum wmode { W_DATA, W_ZERO, W_DISCARD };
 
+static int check_writable(struct qcow2_image *img, uint64_t off,
+                          uint64_t len);
+
 /*
  * Write into guest cluster `gc`, bytes [in, in+len) of it.  src: the data
  * (W_DATA), NULL for zeros.  Standard L2 entries.
@@ -642,6 +645,117 @@ static int write_ext(struct qcow2_image *img, uint64_t gc, uint64_t in,
     }
     return l2_set(img, l2_off, i, host | Q2_OFLAG_COPIED,
                   (uint64_t)zero << 32 | alloc);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Clone: whole clusters shared with another file                          */
+/* ------------------------------------------------------------------------ */
+
+/* Fill [host, host+len) of img with [src_off, src_off+len) of src through
+ * the handle's cluster buffer (past the source's end: zeros). */
+static int clone_by_hand(struct qcow2_image *img, struct qcow2_io *src,
+                         uint64_t src_off, uint64_t host, uint64_t len)
+{
+    uint64_t cs = img->cluster_size, done = 0;
+
+    while (done < len) {
+        size_t k = (size_t)(len - done < cs ? len - done : cs);
+        int64_t got = q2_pread_full(src, img->wbuf, k, src_off + done);
+        if (got < 0)
+            return q2_fail(img, (int)got, "cannot read the data to copy");
+        if ((size_t)got < k)
+            memset(img->wbuf + got, 0, k - (size_t)got);
+        if (data_pwrite(img, img->wbuf, k, host + done) < 0)
+            return img->write_err;
+        done += k;
+    }
+    return 0;
+}
+
+int q2_clone_run(struct qcow2_image *img, const struct q2_clone_piece *p,
+                 size_t n, uint64_t *shared, bool *cannot)
+{
+    uint64_t cs = img->cluster_size, total = 0, host, done = 0, pos;
+    size_t k;
+    int rc;
+
+    *shared = 0;
+    *cannot = false;
+    if (n == 0)
+        return 0;
+    for (k = 0; k < n; k++) {
+        if (p[k].src != p[0].src || p[k].len == 0 || p[k].len % cs ||
+            p[k].guest % cs || p[k].src_off != p[0].src_off + total)
+            return -EINVAL;
+        rc = check_writable(img, p[k].guest, p[k].len);
+        if (rc < 0)
+            return rc;
+        total += p[k].len;
+    }
+    if (img->format != QCOW2_FORMAT_QCOW2 || img->external_data)
+        return -EINVAL;
+    for (k = 0; k < n; k++) {
+        rc = bitmaps_mark(img, p[k].guest, p[k].len);
+        if (rc < 0)
+            goto fail;
+    }
+    rc = q2_rc_alloc(img, total >> img->cluster_bits, &host);
+    if (rc < 0)
+        goto fail;
+
+    /* the data, before any entry names it */
+    while (img->io.copy_range && done < total) {
+        int64_t got = img->io.copy_range(img->io.ctx, p[0].src,
+                                         p[0].src_off + done, host + done,
+                                         (size_t)(total - done));
+        if (got == -ENOTSUP)
+            *cannot = true;
+        if (got == -EAGAIN || got == -ENOTSUP || got == 0)
+            break; /* by hand from here (got 0: the source ended) */
+        if (got < 0) {
+            rc = q2_fail(img, (int)got, "cannot copy data into the image");
+            goto fail;
+        }
+        done += (uint64_t)got;
+    }
+    *shared = done;
+    if (done == 0) {
+        /* nothing shared: give the run back (nothing names it, nothing
+         * was written); the caller writes the pieces as any data, in
+         * place where the image has clusters of its own */
+        uint64_t c0 = host >> img->cluster_bits;
+        for (k = 0; k < total >> img->cluster_bits; k++)
+            if ((rc = q2_rc_update(img, c0 + k, -1)) < 0)
+                goto fail;
+        return 0;
+    }
+    if (done < total &&
+        (rc = clone_by_hand(img, p[0].src, p[0].src_off + done, host + done,
+                            total - done)) < 0)
+        goto fail;
+
+    /* then the entries */
+    pos = host;
+    for (k = 0; k < n; k++) {
+        uint64_t g;
+        for (g = p[k].guest; g < p[k].guest + p[k].len; g += cs, pos += cs) {
+            uint64_t gc = g >> img->cluster_bits, l2_off, e, bm;
+            unsigned i = (unsigned)(gc & ((1ull << img->l2_bits) - 1));
+            if ((rc = l2_for_write(img, gc >> img->l2_bits, &l2_off)) < 0 ||
+                (rc = l2_get(img, l2_off, i, &e, &bm)) < 0 ||
+                (rc = l2_set(img, l2_off, i, pos | Q2_OFLAG_COPIED,
+                             img->extended_l2 ? 0xffffffffull : 0)) < 0 ||
+                (rc = free_entry_later(img, e)) < 0)
+                goto fail;
+        }
+    }
+    if (img->n_pending > MAX_PENDING_FREES && (rc = q2_flush(img)) < 0)
+        return rc;
+    return 0;
+fail:
+    if (!img->write_err)
+        img->write_err = rc;
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */

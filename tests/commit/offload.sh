@@ -119,4 +119,85 @@ if commit_in "$mnt" xfs; then
         && ok "xfs reflink: rewriting the overlay leaves the base as committed" \
         || bad "xfs reflink" "the base changed when the overlay was written"
 fi
+
+# --- qcow2 bases on XFS: whole clusters cloned into new base clusters
+# qbuild DIR BASE_OPTS TOP_OPTS: qcow2 base (32 MiB of 64 MiB written, an
+# internal snapshot sharing its clusters), overlay with 256 scattered
+# 64 KiB writes, 4 KiB writes, zeros, compressed data
+qbuild() {
+    local d=$1
+    mkdir -p "$d"
+    qemu-img create -q -f qcow2 -o "$2" "$d/base.qcow2" 64M
+    qemu-io -f qcow2 -c 'write -P 1 0 32M' "$d/base.qcow2" >/dev/null
+    qemu-img snapshot -c before "$d/base.qcow2"
+    qemu-img create -q -f qcow2 -o "$3" -b base.qcow2 -F qcow2 "$d/top.qcow2"
+    python3 -c '
+import random
+r = random.Random(7)
+for i, c in enumerate(r.sample(range(1024), 256)):
+    print("write -P %d %d 64k" % (i % 250 + 2, c * 65536))
+for i in range(16):
+    print("write -P 9 %d 4k" % (i * 4 * 1048576 + 8192))
+print("write -z 10M 1M")
+print("write -c -P 8 60M 64k")
+' > "$d/cmds"
+    qemu-io "$d/top.qcow2" < "$d/cmds" >/dev/null
+}
+
+# qcommit NAME BASE_OPTS TOP_OPTS MIN_SHARED [rewrite]: commit on XFS; the
+# base reads as the view did, its snapshot as before, qemu-img check is
+# clean, at least MIN_SHARED bytes were shared and the file system grew by
+# far less than the data when most was; with "rewrite", writing the
+# overlay afterwards leaves the base as it is
+qcommit() {
+    local n=$1 d=$mnt/$1 min=$4
+    qbuild "$d" "$2" "$3"
+    qemu-img convert -O raw -l before "$d/base.qcow2" "$work/snap-$n.raw"
+    view "$d/top.qcow2" "$work/before-$n.raw"
+    local used0 used1
+    sync -f "$mnt"; used0=$(df -B1 --output=used "$mnt" | tail -1)
+    if ! "$C" --json "$d/top.qcow2" > "$work/c-$n.json" 2>"$work/err"; then
+        bad "$n" "commit failed: $(cat "$work/err")"; return; fi
+    sync -f "$mnt"; used1=$(df -B1 --output=used "$mnt" | tail -1)
+    local off data
+    off=$(json_get "$work/c-$n.json" offloaded-bytes)
+    data=$(json_get "$work/c-$n.json" data-bytes)
+    view "$d/base.qcow2" "$work/after-$n.raw"
+    qemu-img convert -O raw -l before "$d/base.qcow2" "$work/snap2-$n.raw"
+    if ! cmp -s "$work/before-$n.raw" "$work/after-$n.raw"; then
+        bad "$n" "the base differs from the guest view"
+    elif ! cmp -s "$work/snap-$n.raw" "$work/snap2-$n.raw"; then
+        bad "$n" "the base's internal snapshot changed"
+    elif ! qemu-img check -q "$d/base.qcow2"; then
+        bad "$n" "qemu-img check of the base: $(qemu-img check "$d/base.qcow2" 2>&1 | head -3)"
+    elif [ "$off" -lt "$min" ] || [ "$off" -gt "$data" ]; then
+        bad "$n" "offloaded-bytes $off of $data, expected at least $min"
+    elif [ "$min" -ge $((8 << 20)) ] && [ $((used1 - used0)) -gt $((data / 4)) ]; then
+        bad "$n" "the file system grew by $((used1 - used0)) bytes for $data bytes of data (no sharing)"
+    else
+        ok "$n: $off of $data data bytes shared (file system grew $((used1 - used0)) bytes); base and its snapshot read as they should, check clean"
+    fi
+    # the overlay afterwards: its writes must not reach the base
+    if [ "${5:-}" = rewrite ]; then
+        local sum
+        sum=$(md5sum < "$work/after-$n.raw")
+        qemu-io -c 'write -P 0x99 0 64M' "$d/top.qcow2" >/dev/null
+        view "$d/base.qcow2" "$work/after-$n.raw"
+        [ "$sum" = "$(md5sum < "$work/after-$n.raw")" ] \
+            && ok "$n: rewriting the overlay leaves the base as committed" \
+            || bad "$n" "the base changed when the overlay was written"
+    fi
+    rm -rf "$d" "$work"/*-"$n".raw
+}
+# the 256 whole 64 KiB clusters are shared (16 MiB), the rest written
+qcommit qcow2-64k cluster_size=64k cluster_size=64k $((16 << 20)) rewrite
+# overlay clusters of 128 KiB cover two base clusters each
+qcommit qcow2-top128k cluster_size=64k cluster_size=128k $((16 << 20))
+# subclusters in the base: whole clusters are shared all the same
+qcommit qcow2-extl2 cluster_size=64k,extended_l2=on cluster_size=64k $((16 << 20))
+# a 4 KiB-cluster overlay: a base cluster is shared only where the
+# overlay holds its 16 clusters back to back (the 64 KiB writes)
+qcommit qcow2-top4k cluster_size=64k cluster_size=4k 1
+# version 2 base (no zero flag)
+qcommit qcow2-v2 cluster_size=64k,compat=0.10 cluster_size=64k $((16 << 20))
 finish

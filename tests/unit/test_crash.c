@@ -183,6 +183,7 @@ struct run {
     run_fn state_check;    /* optional extra check of every crash state */
     uint64_t hdr_sig[3];   /* header_whole: the top's extensions at start */
     unsigned barrier_random; /* random seeds per flush; 0: N_BARRIER_RANDOM */
+    bool share;            /* files share extents (q2_crash_share) */
     unsigned states, failures;
 };
 
@@ -504,6 +505,7 @@ static int state_machine(struct run *r, uint64_t at, uint64_t seed,
     memset(m, 0, sizeof(*m));
     if (!(m->c = q2_crash_new()))
         return -ENOMEM;
+    q2_crash_share(m->c, r->share);
     for (f = 0; f < r->m.n && rc == 0; f++) {
         uint8_t *buf;
         size_t len;
@@ -1286,6 +1288,49 @@ TEST(commit_qcow2)
 
     reseed(&r);
     make_chain(&r, false, 64, S2_FORMAT_EXT);
+    same_view_scenario(&r);
+    run_free(&r);
+}
+
+/* Into a qcow2 base on storage that shares extents: the data clusters
+ * are cloned (a clone is recorded as a write of the source's bytes); every
+ * run, the first and those that finish a crash state, must clone. */
+static int rerun_commit_clone(struct run *r, struct mfs *m, size_t from,
+                              char *why, size_t len)
+{
+    struct qcow2_image *t = NULL, *b = NULL;
+    struct qcow2_commit_stats st = {0};
+    int rc = mfs_image(m, 2, 0, &t);
+
+    (void)r;
+    (void)from;
+    if (rc == 0)
+        rc = mfs_image(m, 0, QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING, &b);
+    if (rc == 0)
+        rc = qcow2_commit(t, 2, b, NULL, &st);
+    if (rc < 0)
+        snprintf(why, len, "commit fails: %s / %s", qcow2_errmsg(t),
+                 b ? qcow2_errmsg(b) : "");
+    else if (st.offloaded_bytes == 0) {
+        snprintf(why, len, "none of %" PRIu64 " data bytes cloned",
+                 st.data_bytes);
+        rc = -EINVAL;
+    }
+    if (qcow2_close(b) < 0 && rc == 0)
+        rc = -EIO;
+    qcow2_close(t);
+    return rc;
+}
+
+TEST(commit_qcow2_clone)
+{
+    struct run r = {.name = "commit_qcow2_clone", .rerun = rerun_commit_clone,
+                    .final_check = base_is_top};
+
+    reseed(&r);
+    make_chain(&r, false, 64, S2_FORMAT_EXT);
+    r.share = true;
+    q2_crash_share(r.m.c, true);
     same_view_scenario(&r);
     run_free(&r);
 }
