@@ -61,7 +61,13 @@ nbd_stop
 truncate -s 16M model.raw
 "$RW" img.qcow2 model.raw 3 100000000 --flush-every 20 >/dev/null 2>&1 &
 w=$!; cleanup_hooks+=("kill -9 $w 2>/dev/null")
-sleep 0.3
+# until the writer holds the image (a loaded machine takes a while to
+# start it): at most 20 s
+for _ in $(seq 200); do
+    qemu-img info img.qcow2 >/dev/null 2>err || break
+    kill -0 $w 2>/dev/null || break
+    sleep 0.1
+done
 qemu-img info img.qcow2 >/dev/null 2>err; rc=$?
 [ $rc -ne 0 ] && grep -qi "lock" err && ok "qemu-img info refuses while qchain writes" \
     || bad "qemu-img vs qchain writer" "exit $rc $(cat err)"
