@@ -200,4 +200,35 @@ qcommit qcow2-extl2 cluster_size=64k,extended_l2=on cluster_size=64k $((16 << 20
 qcommit qcow2-top4k cluster_size=64k cluster_size=4k 1
 # version 2 base (no zero flag)
 qcommit qcow2-v2 cluster_size=64k,compat=0.10 cluster_size=64k $((16 << 20))
+
+# two layers committed at once (clusters of both files shared, each run
+# from its own file), and --top: the middle layer alone, the top re-pointed
+d=$mnt/two
+qbuild "$d" cluster_size=64k cluster_size=64k
+qemu-img create -q -f qcow2 -b top.qcow2 -F qcow2 "$d/up.qcow2"
+qemu-io -c 'write -P 0x61 1M 8M' -c 'write -P 0x62 40M 64k' "$d/up.qcow2" >/dev/null
+view "$d/up.qcow2" "$work/before-two.raw"
+cp "$d/base.qcow2" "$work/base0.qcow2"; cp "$d/top.qcow2" "$work/top0.qcow2"
+if "$C" --json --base "$d/base.qcow2" "$d/up.qcow2" > "$work/c-two.json" 2>"$work/err" &&
+    view "$d/base.qcow2" "$work/after-two.raw" &&
+    cmp -s "$work/before-two.raw" "$work/after-two.raw" &&
+    qemu-img check -q "$d/base.qcow2" &&
+    [ "$(json_get "$work/c-two.json" offloaded-bytes)" -ge $((16 << 20)) ]; then
+    ok "two layers into a qcow2 base: $(json_get "$work/c-two.json" offloaded-bytes) bytes shared, base reads as the view, check clean"
+else
+    bad "two layers" "$(cat "$work/err" "$work/c-two.json")"
+fi
+rm -f "$d/up.qcow2"; mv "$work/base0.qcow2" "$d/base.qcow2"; mv "$work/top0.qcow2" "$d/top.qcow2"
+qemu-img create -q -f qcow2 -b top.qcow2 -F qcow2 "$d/up.qcow2"
+qemu-io -c 'write -P 0x61 1M 8M' "$d/up.qcow2" >/dev/null
+view "$d/up.qcow2" "$work/before-two.raw"
+if "$C" --json --top "$d/top.qcow2" "$d/up.qcow2" > "$work/c-two.json" 2>"$work/err" &&
+    view "$d/up.qcow2" "$work/after-two.raw" &&
+    cmp -s "$work/before-two.raw" "$work/after-two.raw" &&
+    qemu-img check -q "$d/base.qcow2" &&
+    [ "$(json_get "$work/c-two.json" offloaded-bytes)" -ge $((16 << 20)) ]; then
+    ok "--top: the middle layer shared into the base, the top re-pointed, the view unchanged"
+else
+    bad "--top" "$(cat "$work/err" "$work/c-two.json")"
+fi
 finish
