@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "qcow2/qcow2.h"
 
@@ -43,6 +44,31 @@
 #define Q2_MAX_HOST_OFFSET (1ull << 56) /* QEMU QCOW_MAX_CLUSTER_OFFSET */
 #define Q2_DEFAULT_CACHE_BYTES (1u << 20) /* metadata cache per image */
 #define Q2_MIN_CACHE_SLOTS 4           /* L1 page + L2 + refcount pages */
+
+/* ---- Scanning tables ---- */
+/* The number of leading bytes of p[0, len) that lie in all-zero 64-bit
+ * words (a multiple of 8; len is one).  Most of a sparse image's L2 tables
+ * are zero entries: map.c and check.c skip them with this, eight words to
+ * a test, at the speed of memory instead of one decoded entry at a time
+ * (issue 20: ~4 ns per entry was most of a check of a 1 TiB image). */
+static inline size_t q2_zero_prefix(const uint8_t *p, size_t len)
+{
+    size_t i = 0;
+
+    for (; len - i >= 64; i += 64) {
+        uint64_t w[8];
+        memcpy(w, p + i, sizeof(w));
+        if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0)
+            break;
+    }
+    for (; len - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, sizeof(w));
+        if (w != 0)
+            break;
+    }
+    return i;
+}
 
 /* ---- The in-memory backend's test hooks (io_mem.c; unit tests and
  * fuzzers reach them through this header) ---- */
