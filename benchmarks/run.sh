@@ -42,11 +42,39 @@
 # check The image of case map.
 #       Compared: `qchain-check --output=json img.qcow2 > /dev/null`
 #             vs. `qemu-img check --output=json img.qcow2 > /dev/null`
-#       Targets (issue 6): qemu-img time / qchain time >= 2, qchain peak RSS
-#       < 16 MiB (its counters take 4 bytes per cluster of the file, not of
-#       the virtual size).  The outputs are not compared byte for byte
+#       Targets (issue 20, "check at memory speed"; issue 6 asked for 2):
+#       qemu-img time / qchain time >= 5, i.e. at most 0.2 of qemu-img's
+#       time, qchain peak RSS < 16 MiB (its counters take 4 bytes per
+#       cluster of the file, not of the virtual size).  The outputs are not compared byte for byte
 #       (qchain adds "findings" and "leaked-ranges"); tests/cli/check.sh
 #       compares the counters.
+#
+# map16t The map image at 16 times the scale (issue 20): `qemu-img create -f
+#       qcow2 img.qcow2 16T` (64 KiB clusters), then MAP16T_CLUSTERS =
+#       200,000 distinct 64 KiB clusters written as in case map (one
+#       qemu-io process, `write -P <1 + i % 255> <offset> 64k`, draw order)
+#       at cluster indexes drawn from the 2^28 clusters of the 16 TiB disk
+#       by the same LCG seeded MAP16T_SEED = 20261203 (index = 15 high bits
+#       of one draw << 13 | 13 high bits of the next; duplicates skipped).
+#       qemu-io runs with -t unsafe (no flush per metadata update: the same
+#       image, built in ~4 minutes instead of hours; it makes case map's
+#       image byte for byte too).  Result: ~15 GiB file, ~32,700 L2 tables
+#       (2 GiB of them), ~400,000 extents.
+#       Compared: `qchain-map --output=json img.qcow2 > /dev/null`
+#             vs. `qemu-img map --output=json img.qcow2 > /dev/null`
+#       Targets (issue 20): qemu-img time / qchain time >= 10, i.e. at most
+#       0.1 of qemu-img's time, qchain peak RSS < 16 MiB.  The two JSON
+#       outputs must be byte-identical.
+#
+# delta16t The map16t image itself (not a copy: that would take another
+#       15 GiB), pointed for the length of the case with `qemu-img rebase -u
+#       -b base.qcow2 -F qcow2` at an empty 16 TiB qcow2 base (`qemu-img
+#       create -f qcow2 base.qcow2 16T`; qcow2 because ext4 holds no 16 TiB
+#       raw file), and pointed back at none afterwards (also at exit, and
+#       by case map16t), which restores the file byte for byte.
+#       Compared: `qchain-delta --output=json img.qcow2 > /dev/null`
+#             vs. `qemu-img map --output=json img.qcow2 > /dev/null`.
+#       Targets (issue 20): >= 10x, qchain peak RSS < 16 MiB.
 #
 # commit-raw, commit-qcow2, commit-seq, commit-4k   (issue 4)
 #       Base: 1 GiB, raw (commit-qcow2: qcow2, 64 KiB clusters), its first
@@ -149,15 +177,18 @@
 set -euo pipefail
 export LC_ALL=C
 
-ALL_CASES=(map delta check commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device sum sum-plain sum-floor sum-plain-floor commit-qcow2-reflink)
+ALL_CASES=(map delta check map16t delta16t commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device sum sum-plain sum-floor sum-plain-floor commit-qcow2-reflink)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # --- parameters of case map (change the stamp if you change these) ---------
 MAP_SIZE=1T
 MAP_CLUSTER=65536
-MAP_DISK_CLUSTERS=$((1 << 24))        # 1 TiB / 64 KiB
 MAP_CLUSTERS=20000
 MAP_SEED=20240601
+# --- parameters of cases map16t, delta16t -----------------------------------
+MAP16T_SIZE=16T
+MAP16T_CLUSTERS=200000
+MAP16T_SEED=20261203
 
 # --- options ----------------------------------------------------------------
 BUILD=./build
@@ -232,16 +263,18 @@ xfs_umount() {
     [[ -z $XFSMNT ]] || umount "$XFSMNT" 2>/dev/null || umount -l "$XFSMNT" || true
     XFSMNT=
 }
+UNBACK= # an image a case pointed at a backing file, pointed back at exit
+unback() { [[ -z $UNBACK ]] || qemu-img rebase -u -b '' "$UNBACK" || true; UNBACK=; }
 if [[ -z $WORK ]]; then
     WORK=$(mktemp -d /var/tmp/qchain-bench.XXXXXX)
     if ((KEEP)); then
-        trap 'detach_loop; xfs_umount; note "work dir kept: $WORK"' EXIT
+        trap 'detach_loop; xfs_umount; unback; note "work dir kept: $WORK"' EXIT
     else
-        trap 'detach_loop; xfs_umount; rm -rf -- "$WORK"' EXIT
+        trap 'detach_loop; xfs_umount; unback; rm -rf -- "$WORK"' EXIT
     fi
 else
     mkdir -p -- "$WORK"
-    trap 'detach_loop; xfs_umount' EXIT
+    trap 'detach_loop; xfs_umount; unback' EXIT
 fi
 WORK=$(cd "$WORK" && pwd)
 
@@ -355,25 +388,33 @@ run_pair() {
 }
 
 # --- case map ---------------------------------------------------------------
-map_setup() {
-    local dir=$WORK/map img=$WORK/map/img.qcow2
-    local stamp="map size=$MAP_SIZE clusters=$MAP_CLUSTERS seed=$MAP_SEED v1"
+# scatter_setup NAME SIZE BITS COUNT SEED: $WORK/NAME/img.qcow2, a qcow2 image
+# of SIZE (64 KiB clusters, 2^BITS of them) with COUNT distinct scattered
+# clusters written through one qemu-io process (see case map in the header),
+# reused while $WORK/NAME/stamp matches.
+scatter_setup() {
+    local name=$1 size=$2 bits=$3 count=$4 seed=$5
+    local dir=$WORK/$name img=$WORK/$name/img.qcow2
+    local stamp="map size=$size clusters=$count seed=$seed v1"
+    ((bits == 24)) || stamp+=" bits=$bits"
     mkdir -p -- "$dir"
     if [[ -f $img && -f $dir/stamp && $(<"$dir/stamp") == "$stamp" ]]; then
-        note "[map] reusing $img"
+        note "[$name] reusing $img"
         return
     fi
     rm -f -- "$img" "$dir/stamp"
-    note "[map] building $img: $MAP_SIZE, $MAP_CLUSTERS scattered 64 KiB clusters (seed $MAP_SEED)"
+    note "[$name] building $img: $size, $count scattered 64 KiB clusters (seed $seed)"
 
-    # Command script: one `write` per distinct pseudo-random cluster.
-    local x=$MAP_SEED n=0 hi lo c
+    # Command script: one `write` per distinct pseudo-random cluster.  The
+    # index takes the 15 high bits of one draw and the BITS-15 high bits of
+    # the next.
+    local x=$seed n=0 hi lo c lowbits=$((bits - 15))
     local -A seen=()
     {
-        while ((n < MAP_CLUSTERS)); do
+        while ((n < count)); do
             x=$(((1103515245 * x + 12345) & 0x7fffffff)); hi=$((x >> 16))
-            x=$(((1103515245 * x + 12345) & 0x7fffffff)); lo=$((x >> 22))
-            c=$(((hi << 9 | lo) % MAP_DISK_CLUSTERS))
+            x=$(((1103515245 * x + 12345) & 0x7fffffff)); lo=$((x >> (31 - lowbits)))
+            c=$(((hi << lowbits | lo) % (1 << bits)))
             [[ -z ${seen[$c]:-} ]] || continue
             seen[$c]=1
             printf 'write -P %d %d 64k\n' $((1 + n % 255)) $((c * MAP_CLUSTER))
@@ -382,9 +423,11 @@ map_setup() {
         printf 'quit\n'
     } >"$dir/cmds"
 
-    qemu-img create -q -f qcow2 -o "cluster_size=$MAP_CLUSTER" "$img" "$MAP_SIZE"
+    qemu-img create -q -f qcow2 -o "cluster_size=$MAP_CLUSTER" "$img" "$size"
     local t0=$SECONDS
-    qemu-io -f qcow2 "$img" <"$dir/cmds" >"$dir/qemu-io.log" 2>&1 ||
+    # -t unsafe: no flush per metadata update (the same image, made in
+    # minutes instead of hours for the 200,000 writes of map16t).
+    qemu-io -t unsafe -f qcow2 "$img" <"$dir/cmds" >"$dir/qemu-io.log" 2>&1 ||
         die "qemu-io failed, see $dir/qemu-io.log"
     if grep -q -i 'error\|failed' "$dir/qemu-io.log"; then
         die "qemu-io reported errors, see $dir/qemu-io.log"
@@ -392,11 +435,14 @@ map_setup() {
     # Every write allocates exactly one cluster; check says so.
     local alloc
     alloc=$(qemu-img check "$img" | sed -n 's|^\([0-9]*\)/[0-9]* = .* allocated.*|\1|p')
-    [[ $alloc == "$MAP_CLUSTERS" ]] ||
-        die "image has ${alloc:-?} allocated clusters, expected $MAP_CLUSTERS"
-    note "[map] built in $((SECONDS - t0)) s, $(du -h --apparent-size "$img" | cut -f1) file"
+    [[ $alloc == "$count" ]] ||
+        die "image has ${alloc:-?} allocated clusters, expected $count"
+    note "[$name] built in $((SECONDS - t0)) s, $(du -h --apparent-size "$img" | cut -f1) file"
     printf '%s\n' "$stamp" >"$dir/stamp"
 }
+
+map_setup() { scatter_setup map "$MAP_SIZE" 24 "$MAP_CLUSTERS" "$MAP_SEED"; }
+map16t_setup() { scatter_setup map16t "$MAP16T_SIZE" 28 "$MAP16T_CLUSTERS" "$MAP16T_SEED"; }
 
 case_map() {
     local qmap
@@ -426,6 +472,51 @@ case_delta() {
     run_pair delta --min-speedup 4 --max-rss-kib 16384
 }
 
+# --- cases map16t, delta16t -------------------------------------------------
+# set_backing IMG [NAME FORMAT]: IMG names backing file NAME (relative to
+# IMG's directory) of FORMAT, or none without NAME; `qemu-img rebase -u`
+# rewrites the header only, and dropping the name again restores the file
+# byte for byte.
+set_backing() {
+    local img=$1 want=${2:-} fmt=${3:-} have
+    have=$(qemu-img info -U --output=json "$img" |
+           sed -n 's/^ *"backing-filename": "\(.*\)",\{0,1\}$/\1/p')
+    [[ $have == "$want" ]] && return
+    if [[ -z $want ]]; then
+        qemu-img rebase -u -b '' "$img"
+    else
+        qemu-img rebase -u -b "$want" -F "$fmt" "$img"
+    fi
+}
+
+case_map16t() {
+    local qmap
+    qmap=$(need_tool qchain-map)
+    map16t_setup
+    local img=$WORK/map16t/img.qcow2
+    set_backing "$img"
+    OURS=("$qmap" --output=json "$img")
+    REF=(qemu-img map --output=json "$img")
+    run_pair map16t --min-speedup 10 --max-rss-kib 16384 --same-output
+}
+
+case_delta16t() {
+    local qd img=$WORK/map16t/img.qcow2
+    qd=$(need_tool qchain-delta)
+    map16t_setup
+    # qcow2, not raw: ext4 holds no 16 TiB file
+    [[ -f $WORK/map16t/base.qcow2 ]] ||
+        qemu-img create -q -f qcow2 "$WORK/map16t/base.qcow2" "$MAP16T_SIZE"
+    # The map16t image itself, pointed at the base for the case's length
+    # (a copy would take another 15 GiB of disk).
+    UNBACK=$img
+    set_backing "$img" base.qcow2 qcow2
+    OURS=("$qd" --output=json "$img")
+    REF=(qemu-img map --output=json "$img")
+    run_pair delta16t --min-speedup 10 --max-rss-kib 16384
+    unback
+}
+
 # --- case check -------------------------------------------------------------
 case_check() {
     local qcheck
@@ -434,7 +525,7 @@ case_check() {
     local img=$WORK/map/img.qcow2
     OURS=("$qcheck" --output=json "$img")
     REF=(qemu-img check --output=json "$img")
-    run_pair check --min-speedup 2 --max-rss-kib 16384
+    run_pair check --min-speedup 5 --max-rss-kib 16384
 }
 
 # --- cases commit-* ---------------------------------------------------------

@@ -79,18 +79,52 @@ static const char *entry_file(const struct entry *e)
     return qcow2_filename(e->layer);
 }
 
+/* The JSON line of an entry is assembled here and written at once:
+ * printf's format parsing was a fifth of the time of a map of 400,000
+ * extents (issue 20). */
+static char *put_str(char *p, const char *s)
+{
+    size_t n = strlen(s);
+
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    unsigned n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+static char *put_bool(char *p, const char *key, bool v)
+{
+    return put_str(put_str(p, key), v ? "true" : "false");
+}
+
 static int dump(const struct entry *e, enum cli_output out, bool first)
 {
     if (out == CLI_OUTPUT_JSON) {
+        char line[256], *p = line; /* keys ~90 bytes, 4 numbers <= 20 */
         if (!first)
-            fputs(",\n", stdout);
-        printf("{ \"start\": %" PRIu64 ", \"length\": %" PRIu64
-               ", \"depth\": %u, \"present\": %s, \"zero\": %s, \"data\": %s",
-               e->start, e->length, e->depth, e->present ? "true" : "false",
-               e->zero ? "true" : "false", e->data ? "true" : "false");
+            p = put_str(p, ",\n");
+        p = put_u64(put_str(p, "{ \"start\": "), e->start);
+        p = put_u64(put_str(p, ", \"length\": "), e->length);
+        p = put_u64(put_str(p, ", \"depth\": "), e->depth);
+        p = put_bool(p, ", \"present\": ", e->present);
+        p = put_bool(p, ", \"zero\": ", e->zero);
+        p = put_bool(p, ", \"data\": ", e->data);
         if (e->has_offset)
-            printf(", \"offset\": %" PRIu64, e->offset);
-        putchar('}');
+            p = put_u64(put_str(p, ", \"offset\": "), e->offset);
+        *p++ = '}';
+        fwrite(line, 1, (size_t)(p - line), stdout);
         return 0;
     }
     if (e->data && !e->zero) {

@@ -508,15 +508,28 @@ static int walk_l2_again(struct chk *c)
     return rc;
 }
 
+/* The first entry from k on (of `entries` of elen bytes) that is not all
+ * zero bytes, or entries. */
+static unsigned nonzero_entry(const uint8_t *l2, unsigned k, unsigned entries,
+                              size_t elen)
+{
+    return k + (unsigned)(q2_zero_prefix(l2 + k * elen, (entries - k) * elen) /
+                          elen);
+}
+
 static int walk_l2_entries(struct chk *c, uint64_t l2_off, bool active)
 {
     struct qcow2_image *img = c->img;
     unsigned entries = 1u << img->l2_bits, k;
+    size_t elen = img->l2_entry_len;
     uint64_t next = 0;
     uint8_t *l2 = c->l2buf;
     int rc;
 
-    for (k = 0; k < entries; k++) {
+    /* all-zero entries are unallocated clusters, nothing to check or
+     * count: only the others are visited (a sparse image's are few) */
+    for (k = nonzero_entry(l2, 0, entries, elen); k < entries;
+         k = nonzero_entry(l2, k + 1, entries, elen)) {
         uint64_t eoff = l2_off + (uint64_t)k * img->l2_entry_len;
         uint64_t e = q2_load_be64(l2 + (size_t)k * img->l2_entry_len);
         uint64_t bm = img->extended_l2

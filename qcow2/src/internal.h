@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "qcow2/qcow2.h"
 
@@ -43,6 +44,38 @@
 #define Q2_MAX_HOST_OFFSET (1ull << 56) /* QEMU QCOW_MAX_CLUSTER_OFFSET */
 #define Q2_DEFAULT_CACHE_BYTES (1u << 20) /* metadata cache per image */
 #define Q2_MIN_CACHE_SLOTS 4           /* L1 page + L2 + refcount pages */
+
+/* ---- Scanning tables ---- */
+/* The number of leading bytes of p[0, len) that lie in all-zero 64-bit
+ * words (a multiple of 8; len is one).  Most of a sparse image's L2 tables
+ * are zero entries: map.c and check.c skip them with this, eight words to
+ * a test, at the speed of memory instead of one decoded entry at a time
+ * (issue 20: ~4 ns per entry was most of a check of a 1 TiB image). */
+static inline uint64_t q2_word(const uint8_t *p)
+{
+    uint64_t w;
+
+    memcpy(&w, p, sizeof(w));
+    return w;
+}
+
+static inline size_t q2_zero_prefix(const uint8_t *p, size_t len)
+{
+    size_t i = 0;
+
+    /* one OR chain of plain loads (an array copy here made the compiler
+     * bounce every block through the stack) */
+    for (; len - i >= 64; i += 64) {
+        const uint8_t *b = p + i;
+        if ((q2_word(b) | q2_word(b + 8) | q2_word(b + 16) | q2_word(b + 24) |
+             q2_word(b + 32) | q2_word(b + 40) | q2_word(b + 48) |
+             q2_word(b + 56)) != 0)
+            break;
+    }
+    while (len - i >= 8 && q2_word(p + i) == 0)
+        i += 8;
+    return i;
+}
 
 /* ---- The in-memory backend's test hooks (io_mem.c; unit tests and
  * fuzzers reach them through this header) ---- */

@@ -398,13 +398,11 @@ static int map_qcow2(struct qcow2_image *img, uint64_t start, uint64_t len,
                        ((1ull << img->l2_bits) - 1);
         uint64_t last = idx + ((len - (pos - start) + cs - 1) >>
                                img->cluster_bits);
-        uint64_t k = idx;
-        static const uint8_t zero16[16];
+        uint64_t k;
 
         if (last > (1ull << img->l2_bits))
             last = 1ull << img->l2_bits;
-        while (k < last && memcmp(l2 + k * elen, zero16, elen) == 0)
-            k++;
+        k = idx + q2_zero_prefix(l2 + idx * elen, (last - idx) * elen) / elen;
         pos += (k - idx) << img->cluster_bits;
     }
 

@@ -86,6 +86,52 @@ TEST(unallocated_in_table)
     qimg_free(&q);
 }
 
+TEST(zero_prefix)
+{
+    uint8_t buf[200];
+    size_t len, at;
+
+    memset(buf, 0, sizeof(buf));
+    for (len = 0; len <= 192; len += 8)
+        EXPECT_EQ_U64(q2_zero_prefix(buf, len), len);
+    /* one non-zero byte anywhere: the prefix ends at its word, whether the
+     * word is met by the 64-byte blocks or the single words after them */
+    for (len = 8; len <= 192; len += 8) {
+        for (at = 0; at < len; at++) {
+            buf[at] = 0x80;
+            failure("len %zu, non-zero byte %zu", len, at);
+            EXPECT_EQ_U64(q2_zero_prefix(buf, len), at / 8 * 8);
+            buf[at] = 0;
+        }
+    }
+}
+
+TEST(unallocated_runs_end_at_each_entry)
+{
+    struct qimg q;
+    struct qcow2_image *img;
+    struct qcow2_extent e;
+    unsigned k;
+
+    /* the zero-entry skip tests entries eight at a time: a data cluster at
+     * every index of the table ends the unallocated run right there */
+    for (k = 1; k < 64; k++) {
+        qimg_init(&q, 3, 9, 64 * 1024, 0);
+        qimg_data(&q, (uint64_t)k * CS, NULL);
+        img = open_img(&q);
+        REQUIRE_TRUE(img);
+        failure("data cluster at index %u", k);
+        REQUIRE_EQ_INT(map(img, 0, 64 * 1024, 0, &e), 0);
+        EXPECT_EQ_INT(e.kind, QCOW2_KIND_UNALLOCATED);
+        EXPECT_EQ_U64(e.length, (uint64_t)k * CS);
+        REQUIRE_EQ_INT(map(img, (uint64_t)k * CS, 64 * 1024, 0, &e), 0);
+        EXPECT_EQ_INT(e.kind, QCOW2_KIND_DATA);
+        EXPECT_EQ_U64(e.length, CS);
+        qcow2_close(img);
+        qimg_free(&q);
+    }
+}
+
 TEST(data_merged)
 {
     struct qimg q;
