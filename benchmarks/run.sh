@@ -103,9 +103,11 @@
 #       physical disk: two loop files on it would share its queue and
 #       bandwidth and measure the disk, not the command.  Over tmpfs alone
 #       a "device" costs CPU (the loop worker copies every byte), so on a
-#       machine with 2 CPUs one commit keeps about 1.3 of them busy and
-#       two cannot run side by side whatever the command does; real disks
-#       cost time, not CPU.  So each device's writes are throttled to
+#       machine with 2 CPUs one commit keeps more than one of them busy
+#       (its copy, its writeback, the loop worker: measured 0.3 CPU-s in
+#       0.25 s) and two cannot run side by side whatever the command does
+#       (measured unthrottled, other jobs on the machine: 1.6-1.7x); real
+#       disks cost time, not CPU.  So each device's writes are throttled to
 #       MULTI_DEVICE_BPS = 512 MiB/s (a SATA SSD, a fast cloud volume)
 #       with blkio.throttle.write_bps_device of the root cgroup (cgroup
 #       v1; where it is missing, the devices are left unthrottled and the
