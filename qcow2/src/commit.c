@@ -35,10 +35,10 @@
  * Every write lands on a range the layers above the base shadow, so the
  * guest view through the top never changes, whenever the copy stops; and a
  * COPY that runs again writes the same bytes (the job is idempotent, which
- * is what makes it resumable).  Memory: two buffers of COPY_CHUNK bytes
- * (the gathered data; what a raw base holds there, to compare), and for a
- * qcow2 base on storage that can share extents, CLONE_BATCH queued pieces
- * (512 KiB).
+ * is what makes it resumable).  Memory: one buffer of COPY_CHUNK bytes
+ * (the gathered data); while a raw base's data is compared, one of
+ * COMPARE_PIECE bytes (what the base holds there); for a qcow2 base on
+ * storage that can share extents, CLONE_BATCH queued pieces (512 KiB).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -57,7 +57,9 @@ struct pending {
     size_t len;        /* bytes gathered */
     uint64_t unsynced; /* bytes written since writeback was last started */
     /* raw base: compare with what the base holds, write what differs */
-    uint8_t *cmp;      /* COPY_CHUNK bytes, NULL: no comparing */
+    bool compare;      /* still comparing (stops when it does not pay) */
+    uint8_t *cmp;      /* COMPARE_PIECE bytes, allocated at the first
+                          comparison over the base's data */
     uint64_t compared, same;
 };
 
@@ -84,30 +86,76 @@ static int write_base(struct qcow2_image *top, struct qcow2_image *base,
  * cache) is cheaper than writing it.  When the comparisons stop paying
  * (less than one byte in COMPARE_MIN_SAME found unchanged after
  * COMPARE_PROBE bytes), comparing stops and data is written as it comes.
+ *
+ * The base is read COMPARE_PIECE bytes at a time into a buffer of that
+ * size, and the blocks that need writing are written straight from the
+ * gathered buffer in runs as long as they come (across pieces), so
+ * comparing costs a small buffer, not a second copy of the gathered one,
+ * and none at all until a range over the base's data is compared.
  */
 #define COMPARE_BLOCK 4096u
+#define COMPARE_PIECE (256u << 10)
 #define COMPARE_PROBE (32u << 20)
 #define COMPARE_MIN_SAME 8
 
-/* Write the blocks of buf[0, len) (guest offset start) that need it: over
- * a hole (cmp NULL) the blocks not all zero, over data those that differ
- * from cmp. */
-static int write_blocks(struct qcow2_image *top, struct qcow2_image *base,
-                        const uint8_t *buf, const uint8_t *cmp, size_t len,
-                        uint64_t start, struct pending *p)
+/* The probe is over and found too little unchanged: stop comparing. */
+static bool compare_stops(struct pending *p)
 {
-    size_t i = 0, run = 0;
-    bool in_run = false;
+    if (p->compared < COMPARE_PROBE ||
+        p->same >= p->compared / COMPARE_MIN_SAME)
+        return false;
+    free(p->cmp); /* the layers rewrite the base */
+    p->cmp = NULL;
+    p->compare = false;
+    return true;
+}
+
+/* Write the blocks of buf[0, len) (guest offset start) that need it: over
+ * a hole (over_data false) the blocks not all zero, over the base's data
+ * those that differ from it (all of them once comparing stops). */
+static int write_blocks(struct qcow2_image *top, struct qcow2_image *base,
+                        const uint8_t *buf, size_t len, uint64_t start,
+                        bool over_data, struct pending *p)
+{
+    size_t i = 0, run = 0, piece = 0, piece_end = 0;
+    bool in_run = false, all = false;
     int rc;
 
+    if (over_data && !p->cmp && !(p->cmp = q2_buf_alloc(COMPARE_PIECE)))
+        return -ENOMEM;
     while (i < len) {
         size_t b = COMPARE_BLOCK - (size_t)((start + i) % COMPARE_BLOCK);
         bool needed;
         if (b > len - i)
             b = len - i;
-        needed = cmp ? memcmp(buf + i, cmp + i, b) != 0
-                     : !qcow2_buffer_is_zero(buf + i, b);
-        if (cmp && !needed)
+        if (over_data && !all && i >= piece_end) {
+            /* the next piece ends on a block boundary */
+            size_t n = COMPARE_PIECE -
+                       (size_t)((start + i) % COMPARE_BLOCK);
+            int64_t got;
+            if (compare_stops(p)) {
+                all = true; /* the rest is written as it is */
+            } else {
+                if (n > len - i)
+                    n = len - i;
+                got = q2_pread_full(&base->io, p->cmp, n, start + i);
+                if (got < 0)
+                    return q2_err(top, (int)got, "reading the base: %s",
+                                  qcow2_strerror((int)got));
+                if ((size_t)got < n) /* past its end */
+                    memset(p->cmp + got, 0, n - (size_t)got);
+                piece = i;
+                piece_end = i + n;
+                p->compared += n;
+            }
+        }
+        if (all)
+            needed = true;
+        else if (over_data)
+            needed = memcmp(buf + i, p->cmp + (i - piece), b) != 0;
+        else
+            needed = !qcow2_buffer_is_zero(buf + i, b);
+        if (over_data && !needed)
             p->same += b;
         if (needed && !in_run) {
             run = i;
@@ -117,6 +165,10 @@ static int write_blocks(struct qcow2_image *top, struct qcow2_image *base,
                                  p)) < 0)
                 return rc;
             in_run = false;
+        }
+        if (all) {
+            i = len; /* one write to the end */
+            break;
         }
         i += b;
     }
@@ -144,28 +196,13 @@ static int write_changed(struct qcow2_image *top, struct qcow2_image *base,
             pnum = len - i;
         }
         n = (size_t)pnum;
-        if (!data) {
-            rc = write_blocks(top, base, buf + i, NULL, n, off, p);
-        } else if (!p->cmp) {
+        if (!data || p->compare)
+            rc = write_blocks(top, base, buf + i, n, off, data != 0, p);
+        else
             rc = write_base(top, base, buf + i, n, off, p);
-        } else {
-            int64_t got = q2_pread_full(&base->io, p->cmp, n, off);
-            if (got < 0)
-                return q2_err(top, (int)got, "reading the base: %s",
-                              qcow2_strerror((int)got));
-            if ((size_t)got < n)
-                memset(p->cmp + got, 0, n - (size_t)got); /* past its end */
-            rc = write_blocks(top, base, buf + i, p->cmp, n, off, p);
-            p->compared += n;
-        }
         if (rc < 0)
             return rc;
         i += n;
-    }
-    if (p->cmp && p->compared >= COMPARE_PROBE &&
-        p->same < p->compared / COMPARE_MIN_SAME) {
-        free(p->cmp); /* the layers rewrite the base: stop comparing */
-        p->cmp = NULL;
     }
     return 0;
 }
@@ -522,8 +559,7 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
      * differs from the base is written */
     c.offload = base->format == QCOW2_FORMAT_RAW && base->io.copy_range &&
                 !base->write_err;
-    if (base->format == QCOW2_FORMAT_RAW)
-        c.p.cmp = q2_buf_alloc(COPY_CHUNK); /* none: no comparing */
+    c.p.compare = base->format == QCOW2_FORMAT_RAW;
     /* uncompressed data into a qcow2 base: whole clusters shared where
      * the files allow it (probed with the first) */
     if (base->format == QCOW2_FORMAT_QCOW2 && base->io.copy_range &&
