@@ -51,6 +51,7 @@
 #include "chain.h"
 #include "cli.h"
 #include "fit.h"
+#include "history.h"
 #include "holders.h"
 #include "json.h"
 #include "paths.h"
@@ -92,6 +93,7 @@ struct job {
     char *rebase_name;            /* what `above` names BASE by */
     struct qcow2_commit_stats st;
     double secs;
+    struct timespec t_start;      /* the job's start (its history line) */
     struct user *users;           /* images outside the chain that use */
     unsigned n_users, cap_users;  /* a layer from TOP down to BASE */
     bool done;                    /* completed by an earlier run: */
@@ -396,6 +398,7 @@ static void outcome_json(struct json *jp, const struct outcome *o)
     json_bool(jp, "base-grows", o->st.grown);
     json_bool(jp, "base-refcounts-rebuilt", o->rebuilt);
     json_u64(jp, "offloaded-bytes", o->st.offloaded_bytes);
+    json_u64(jp, "data-runs", o->st.data_runs);
     if (o->job)
         json_string(jp, "job", o->job);
     else
@@ -436,15 +439,28 @@ static void show_done(struct json *js, const struct job *j)
                "to do.\n", top, base);
 }
 
-/* The record with this job's layers added, replaced whole (a temporary
- * file made durable, renamed over it, the directory synced): after a
- * power loss it is the old record or the new one. */
-static int record_committed(const struct job *j)
+/* The record with this job's layers added and a history line saying
+ * what it did (history.h; the oldest dropped past HISTORY_KEEP), replaced
+ * whole (a temporary file made durable, renamed over it, the directory
+ * synced): after a power loss it is the old record or the new one. */
+static int record_committed(const struct job *j, double secs)
 {
     char path[PATH_MAX], tmp[PATH_MAX + 8], line[PATH_MAX + 128];
+    struct cli_history h = {.time = (int64_t)time(NULL),
+                            .data = j->st.data_bytes,
+                            .zero = j->st.zero_bytes,
+                            .runs = j->st.data_runs,
+                            .offloaded = j->st.offloaded_bytes,
+                            .compressed = j->st.compressed_bytes,
+                            .seconds = secs, .resumed = j->resuming,
+                            .rebuilt = j->base_dirty};
+    struct cli_history old_h;
     FILE *old, *f;
-    unsigned i;
+    unsigned i, n_hist = 0, skip;
     int fd, rc = 0;
+
+    snprintf(h.base_format, sizeof(h.base_format), "%s",
+             j->layers[j->base].format);
 
     if (state_path(j, j->base, ".qchain-committed", path, sizeof(path)) < 0)
         return -ENAMETOOLONG;
@@ -461,8 +477,18 @@ static int record_committed(const struct job *j)
         return rc;
     }
     if ((old = fopen(path, "r")) != NULL) {
+        /* count the history lines, then copy all but the oldest */
         while (fgets(line, sizeof(line), old))
+            n_hist += cli_history_parse(line, &old_h) == 0;
+        rewind(old);
+        skip = n_hist >= HISTORY_KEEP ? n_hist - (HISTORY_KEEP - 1) : 0;
+        while (fgets(line, sizeof(line), old)) {
+            if (skip && cli_history_parse(line, &old_h) == 0) {
+                skip--;
+                continue;
+            }
             fputs(line, f);
+        }
         fclose(old);
     }
     for (i = j->top; i < j->base; i++) {
@@ -475,6 +501,8 @@ static int record_committed(const struct job *j)
                         (uint64_t)st.st_mtim.tv_nsec,
                     j->layers[i].name);
     }
+    if (cli_history_format(&h, line, sizeof(line)) > 0)
+        fputs(line, f);
     if (ferror(f) || fflush(f) != 0 || fsync(fileno(f)) < 0)
         rc = -(errno ? errno : EIO);
     if (fclose(f) != 0 && rc == 0)
@@ -1099,7 +1127,11 @@ static int run(struct job *j)
     }
     /* 9. the layers committed recorded, durably, before the re-point
      * takes TOP out of the chain: a re-run then knows the job is done */
-    if ((rc = record_committed(j)) < 0) {
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if ((rc = record_committed(j, (double)(t1.tv_sec - j->t_start.tv_sec) +
+                                      (double)(t1.tv_nsec -
+                                               j->t_start.tv_nsec) /
+                                          1e9)) < 0) {
         cli_error_file(j->layers[j->base].name, "cannot record the "
                        "committed layers: %s", strerror(-rc));
         return STEP_FAIL;
@@ -1366,8 +1398,10 @@ int main(int argc, char **argv)
     struct args a = {0};
     struct job jobs[MAX_DISKS];
     unsigned i;
+    struct timespec start;
     int rc = STEP_ON;
 
+    clock_gettime(CLOCK_MONOTONIC, &start);
     cli_init("qchain-commit", argv);
     parse_args(argc, argv, &a);
     catch_stop_signals();
@@ -1376,6 +1410,7 @@ int main(int argc, char **argv)
      * is written */
     for (i = 0; i < a.ndisks && rc != STEP_FAIL; i++) {
         jobs[i].active = a.actives[i];
+        jobs[i].t_start = start;
         rc = prepare(&jobs[i], &a);
         if (rc == STEP_DONE)
             rc = STEP_ON;

@@ -37,6 +37,7 @@
 #include "chain.h"
 #include "cli.h"
 #include "fit.h"
+#include "history.h"
 #include "json.h"
 #include "pending.h"
 
@@ -456,6 +457,8 @@ struct delta {
     int64_t rebuild_bytes;     /* what the rebuild allocates */
     double growth_bps;
     struct plan plan;
+    bool have_hist;            /* a comparable commit into this base */
+    struct cli_history hist;   /* the most recent one */
 };
 
 static void parse_args(int argc, char **argv, struct args *a)
@@ -575,6 +578,41 @@ out:
     return rc;
 }
 
+/* The most recent commit into the base comparable with this one, from the
+ * base's record (history.h): d->have_hist and d->hist.  A record that
+ * cannot be read is as none. */
+static void find_history(struct delta *d)
+{
+    char path[PATH_MAX], line[PATH_MAX + 128];
+    struct cli_history h;
+    FILE *f;
+
+    d->have_hist = false;
+    if (cli_state_path(&d->c, d->c.base, NULL, ".qchain-committed", path,
+                       sizeof(path)) < 0 ||
+        !(f = fopen(path, "r")))
+        return;
+    while (fgets(line, sizeof(line), f))
+        if (cli_history_parse(line, &h) == 0 &&
+            cli_history_comparable(&h, d->c.layers[d->c.base].format,
+                                   d->est.data_bytes, d->est.data_runs) &&
+            (!d->have_hist || h.time >= d->hist.time)) {
+            d->hist = h;
+            d->have_hist = true;
+        }
+    fclose(f);
+}
+
+/* The rate the time estimate uses: --rate, else the history's; 0: none. */
+static double rate_of(const struct delta *d, const struct args *a)
+{
+    if (a->have_rate)
+        return (double)a->rate;
+    if (d->have_hist)
+        return (double)d->hist.data / d->hist.seconds;
+    return 0;
+}
+
 /* The layers alone, the commit's walk, and whether it fits. */
 static int measure(struct delta *d, const struct args *a)
 {
@@ -631,6 +669,7 @@ static int measure(struct delta *d, const struct args *a)
                        "space of its file system: %s", strerror(-rc));
         return -1;
     }
+    find_history(d);
     if (skipped)
         cli_warning("%" PRIu64 " guest bytes were skipped: their metadata "
                     "changed while it was read (the image is in use)",
@@ -724,6 +763,7 @@ static void json_disk(struct json *js, const struct delta *d,
     json_u64(js, "data-bytes", d->est.data_bytes);
     json_u64(js, "zero-bytes", d->est.zero_bytes);
     json_u64(js, "compressed-bytes", d->est.compressed_bytes);
+    json_u64(js, "data-runs", d->est.data_runs);
     json_i64(js, "base-growth-bytes", d->est.base_growth_bytes);
     json_bool(js, "base-grows", d->est.grows);
     if (d->dirty) {
@@ -732,10 +772,22 @@ static void json_disk(struct json *js, const struct delta *d,
     }
     json_u64(js, "base-required-bytes", d->fit.required);
     json_bool(js, "base-fits", d->fit.fits);
-    if (a->have_rate) {
-        json_u64(js, "rate-bytes-per-second", a->rate);
+    if (rate_of(d, a) > 0) {
+        json_u64(js, "rate-bytes-per-second", (uint64_t)rate_of(d, a));
+        json_string(js, "rate-source", a->have_rate ? "given" : "history");
         json_seconds(js, "estimated-seconds",
-                    (double)d->est.data_bytes / (double)a->rate);
+                    (double)d->est.data_bytes / rate_of(d, a));
+    }
+    if (d->have_hist) {
+        json_object_begin(js, "history");
+        json_i64(js, "time", d->hist.time);
+        json_u64(js, "data-bytes", d->hist.data);
+        json_u64(js, "data-runs", d->hist.runs);
+        json_u64(js, "offloaded-bytes", d->hist.offloaded);
+        json_seconds(js, "seconds", d->hist.seconds);
+        json_u64(js, "rate-bytes-per-second",
+                 (uint64_t)((double)d->hist.data / d->hist.seconds));
+        json_object_end(js);
     }
     if (a->have_downtime)
         json_plan(js, &d->plan, d->growth_bps, a->downtime);
@@ -862,6 +914,23 @@ static void report_human(const struct delta *d, const struct args *a)
                cli_size_str(a->rate, sa, sizeof(sa)),
                secs_str((double)d->est.data_bytes / (double)a->rate, f,
                         sizeof(f)));
+    if (d->have_hist) {
+        char when[64], hb[32], hs[32];
+        time_t tt = (time_t)d->hist.time;
+        struct tm tm;
+        strftime(when, sizeof(when), "%Y-%m-%d %H:%M",
+                 localtime_r(&tt, &tm));
+        printf("%s the commit of %s into this base on %s, which took %s s "
+               "(%s/s), it takes about %s s.\n",
+               a->have_rate ? "At the rate of" : "Going by",
+               cli_size_str(d->hist.data, hb, sizeof(hb)), when,
+               secs_str(d->hist.seconds, hs, sizeof(hs)),
+               cli_size_str((uint64_t)((double)d->hist.data /
+                                       d->hist.seconds), sa, sizeof(sa)),
+               secs_str((double)d->est.data_bytes /
+                            ((double)d->hist.data / d->hist.seconds), f,
+                        sizeof(f)));
+    }
     if (a->have_downtime)
         print_plan(&d->plan, d->growth_bps, a);
 }

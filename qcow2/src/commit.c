@@ -279,6 +279,7 @@ struct copy {
     enum { CLONE_OFF, CLONE_PROBE, CLONE_ON } clone; /* qcow2 base */
     struct q2_clone_piece *pieces; /* CLONE_BATCH queued clusters to share */
     size_t n_pieces;
+    uint64_t run_end;          /* where the last data extent ended */
     struct qcow2_commit_stats st;
     int (*cancel)(void *ctx);  /* the caller's, asked every chunk */
     void *cancel_ctx;
@@ -456,6 +457,9 @@ static int copy_data(struct copy *c, const struct qcow2_extent *e,
     if (e->kind == QCOW2_KIND_COMPRESSED)
         c->st.compressed_bytes += e->length;
     c->st.data_bytes += e->length;
+    if (pos != c->run_end)
+        c->st.data_runs++;
+    c->run_end = pos + e->length;
     if (c->offload && e->kind == QCOW2_KIND_DATA) {
         if ((rc = flush_pending(c->top, c->base, c->buf, &c->p)) < 0)
             return rc;
@@ -516,7 +520,7 @@ int qcow2_commit(struct qcow2_image *top, unsigned stop,
                  struct qcow2_image *base, const struct qcow2_commit_opts *opts,
                  struct qcow2_commit_stats *out)
 {
-    struct copy c = {.top = top, .base = base};
+    struct copy c = {.top = top, .base = base, .run_end = UINT64_MAX};
     struct qcow2_commit_opts o;
     struct qcow2_extent e;
     uint64_t size, pos = 0, work = 0, done_work;

@@ -358,7 +358,7 @@ int q2_commit_estimate(struct qcow2_image *top, unsigned stop,
     struct qcow2_commit_estimate st = {0};
     struct est s = {0};
     struct qcow2_extent e;
-    uint64_t size, pos = 0;
+    uint64_t size, pos = 0, run_end = UINT64_MAX; /* the last data run's */
     unsigned d;
     int rc = 0;
 
@@ -434,6 +434,10 @@ int q2_commit_estimate(struct qcow2_image *top, unsigned stop,
             st.data_bytes += e.length;
             if (e.kind == QCOW2_KIND_COMPRESSED)
                 st.compressed_bytes += e.length;
+            if (!zeros && pos != run_end)
+                st.data_runs++; /* as the commit counts the runs it copies */
+            if (!zeros)
+                run_end = pos + e.length;
         }
         if (zeros) {
             /* as the commit: what growing added reads as zeros already */

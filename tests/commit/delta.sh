@@ -23,6 +23,18 @@ z = sum(e["length"] for e in m if e["depth"] < mx and e["zero"] and not e["data"
 print(d, z)' "$max" "${3:-chain}"
 }
 jget() { json_get "$@"; }
+# map_runs FILE MAXDEPTH: the guest-contiguous runs of data above MAXDEPTH
+# in qemu-img map (entries with data true, adjacent ones joined)
+map_runs() {
+    qemu-img map --output=json "$1" | python3 -c '
+import json, sys
+m = json.load(sys.stdin); mx = int(sys.argv[1]); n = 0; end = -1
+for e in m:
+    if e["depth"] < mx and e["data"]:
+        n += e["start"] != end
+        end = e["start"] + e["length"]
+print(n)' "$2"
+}
 
 # usage: growth_of FILE FORMAT: the measure base-growth-bytes estimates
 # (raw: allocated bytes; qcow2: the file's size)
@@ -45,6 +57,9 @@ print([os.path.realpath(e["filename"]) for e in chain].index(base))' "$base")
     got="$(jget d.json data-bytes) $(jget d.json zero-bytes)"
     if [ "$want" != "$got" ]; then
         bad "delta $n" "data/zero $got, qemu-img map says $want"; return; fi
+    want=$(map_runs "$top" "$depth")
+    [ "$(jget d.json data-runs)" = "$want" ] \
+        || { bad "delta $n" "data-runs $(jget d.json data-runs), qemu-img map's data forms $want"; return; }
     layers=$(jget d.json layers | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
     [ "$layers" = "$depth" ] || { bad "delta $n" "$layers layers, want $depth"; return; }
     for ((i = 0; i < layers; i++)); do
@@ -68,11 +83,15 @@ print([os.path.realpath(e["filename"]) for e in chain].index(base))' "$base")
         [ "$(jget cc/c.json $k)" = "$(jget d.json $k)" ] \
             || { bad "delta $n" "commit reports $k $(jget cc/c.json $k), delta $(jget d.json $k)"; return; }
     done
+    # runs on the copies (cp --sparse=always may make holes in data
+    # clusters, which split runs)
+    [ "$(jget cc/c.json data-runs)" = "$(jget cc/d2.json data-runs)" ] \
+        || { bad "delta $n" "commit reports data-runs $(jget cc/c.json data-runs), delta $(jget cc/d2.json data-runs)"; return; }
     read -r b0 b1 < cc/growth
     local est; est=$(jget cc/d2.json base-growth-bytes)
     if ! python3 -c 'import sys; e, r = int(sys.argv[1]), int(sys.argv[2]); sys.exit(abs(e - r) > max(abs(r) * 0.02, 1 << 20))' "$est" $((b1 - b0)); then
         bad "delta $n" "base-growth-bytes $est, the commit grew the base by $((b1 - b0))"; return; fi
-    ok "delta $n: $(jget d.json data-bytes) data, $(jget d.json zero-bytes) zero; growth $est est. vs $((b1 - b0)) real"
+    ok "delta $n: $(jget d.json data-bytes) data in $(jget d.json data-runs) runs, $(jget d.json zero-bytes) zero; growth $est est. vs $((b1 - b0)) real"
 }
 
 # --- chains: raw base half written, two overlays; every TOP/BASE pair
@@ -441,6 +460,108 @@ assert j["data-bytes"] == s[0] + s[2]
 PY
 then ok "--sample over two disks: 1 and 2 MiB/s, 3 MiB/s in the totals, figures after the sample"
 else bad "--sample over two disks" "$(cat err ms.json)"; fi
+
+# --- history: each commit records what it did in the base's record; delta
+# takes its time from the most recent comparable commit into that base
+rm -f h-*
+qemu-img create -q -f raw h-base.raw 64M
+qemu-img create -q -f qcow2 -b h-base.raw -F raw h-s1.qcow2
+scatter() { # image seed clusters
+    python3 -c 'import random, sys
+r = random.Random(int(sys.argv[1]))
+for c in r.sample(range(1024), int(sys.argv[2])): print("write -P 7 %d 64k" % (c * 65536))' "$2" "$3" |
+        qemu-io "$1" >/dev/null
+}
+scatter h-s1.qcow2 1 200
+"$D" --json h-s1.qcow2 > h-d0.json
+t0=$(date +%s)
+"$C" --json h-s1.qcow2 > h-c1.json
+t1=$(date +%s)
+if python3 - h-base.raw.qchain-committed h-c1.json h-d0.json "$t0" "$t1" <<'PY'
+import json, sys
+rec = open(sys.argv[1]).read().splitlines()
+c = json.load(open(sys.argv[2])); d = json.load(open(sys.argv[3]))
+t0, t1 = int(sys.argv[4]), int(sys.argv[5])
+assert "history" not in d and "rate-source" not in d, d
+h = [l for l in rec if l.startswith("history ")]
+assert len(h) == 1 and len(rec) == 2, rec
+f = dict(kv.split("=", 1) for kv in h[0].split()[2:])
+assert f["base-format"] == "raw" and f["resumed"] == "0" and f["rebuilt"] == "0", f
+assert int(f["data"]) == c["data-bytes"] and int(f["zero"]) == c["zero-bytes"], (f, c)
+assert int(f["runs"]) == c["data-runs"] == d["data-runs"], (f, c, d)
+assert t0 <= int(f["time"]) <= t1, (f, t0, t1)
+# from the command's start until the base was durable (the report's
+# seconds run from the copy to the re-point: neither contains the other)
+assert 0 < float(f["seconds"]) <= t1 - t0 + 1, (f, c)
+PY
+then ok "history: the commit's line in the record (bytes, runs, seconds, date)"
+else bad "history line" "$(cat h-base.raw.qchain-committed h-c1.json)"; fi
+# a second overlay of the same shape: the time comes from that commit
+qemu-img create -q -f qcow2 -b h-base.raw -F raw h-s2.qcow2
+scatter h-s2.qcow2 2 300
+"$D" --json h-s2.qcow2 > h-d2.json
+"$D" --json --rate 1G h-s2.qcow2 > h-d3.json
+"$D" h-s2.qcow2 > h-d2.txt
+if python3 - h-base.raw.qchain-committed h-d2.json h-d3.json <<'PY'
+import json, sys
+rec = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("history ")]
+f = dict(kv.split("=", 1) for kv in rec[-1].split()[2:])
+d = json.load(open(sys.argv[2])); g = json.load(open(sys.argv[3]))
+rate = int(f["data"]) / float(f["seconds"])
+assert d["rate-source"] == "history", d
+assert d["rate-bytes-per-second"] == int(rate), (d, rate)
+assert abs(d["estimated-seconds"] - d["data-bytes"] / int(rate)) < 1e-5, d
+h = d["history"]
+assert (h["data-bytes"], h["data-runs"]) == (int(f["data"]), int(f["runs"])), (h, f)
+assert g["rate-source"] == "given" and g["rate-bytes-per-second"] == 1 << 30, g
+assert g["history"] == h, g
+PY
+then ok "history: delta takes its rate from the last commit into the base ($(jget h-d2.json rate-bytes-per-second) B/s), --rate overrides it"
+else bad "history rate" "$(cat h-d2.json)"; fi
+grep -q "^Going by the commit of 12.5 MiB into this base on .*, it takes about" h-d2.txt \
+    && ok "history: one sentence in the human form" || bad "history human" "$(cat h-d2.txt)"
+# one long run is not comparable with 200 scattered clusters
+qemu-img create -q -f qcow2 -b h-base.raw -F raw h-s3.qcow2
+qemu-io -c 'write -P 9 0 32M' h-s3.qcow2 >/dev/null
+"$D" --json h-s3.qcow2 > h-d4.json
+[ "$(jget h-d4.json history)" = '<absent>' ] && [ "$(jget h-d4.json rate-source)" = '<absent>' ] \
+    && ok "history: a commit of another shape (one 32 MiB run) is not used" \
+    || bad "history shape" "$(cat h-d4.json)"
+# a record is read from a file: lines that do not parse, numbers out of
+# range, a time too short to say anything are ignored; a good line counts
+cp h-base.raw.qchain-committed h-saved.rec
+runs=$(jget h-d2.json data-runs); data=$(jget h-d2.json data-bytes)
+{
+    echo "history 1 time=99999999999999999999999 base-format=raw data=$data zero=0 runs=$runs offloaded=0 compressed=0 seconds=1.000000 resumed=0 rebuilt=0"
+    echo "history 1 time=1 base-format=raw data=18446744073709551615 zero=0 runs=$runs offloaded=0 compressed=0 seconds=0.000001 resumed=0 rebuilt=0"
+    echo "history 1 time=2 base-format=raw data=$data zero=0 runs=$runs offloaded=0 compressed=0 seconds=-5 resumed=0 rebuilt=0"
+    echo "history 1 time=3 base-format=rawrawrawraw data=$data zero=0 runs=$runs offloaded=0 compressed=0 seconds=1 resumed=0 rebuilt=0"
+    echo "history 1 time=4 base-format=raw data=$data zero=0 runs=$runs offloaded=0 compressed=0 seconds=nan resumed=0 rebuilt=0"
+    echo "history 1 time=5 base-format=raw data=$data zero=0 runs=$runs offloaded=0 compressed=0 seconds=2.0 resumed=2 rebuilt=0"
+    echo "history 1 time=6 base-format=raw data=$data zero=0 runs=$runs offloaded=0 compressed=0 seconds=2.0 resumed=1 rebuilt=0"
+    echo "history 1 time=7 base-format=raw data=${data}x zero=0 runs=$runs"
+    echo "history 2 time=8 base-format=raw data=$data zero=0 runs=$runs offloaded=0 compressed=0 seconds=2.0 resumed=0 rebuilt=0"
+    head -c 3000 /dev/zero | tr '\0' 'h'; echo
+    echo "history 1 time=9 base-format=raw data=$data zero=0 runs=$runs offloaded=0 compressed=0 seconds=4.000000 resumed=0 rebuilt=0"
+} > h-base.raw.qchain-committed
+"$D" --json h-s2.qcow2 > h-d5.json 2>err
+[ "$(jget h-d5.json history time)" = 9 ] && [ "$(jget h-d5.json rate-bytes-per-second)" = $((data / 4)) ] \
+    && ok "history: hostile lines in the record ignored, the good one used" \
+    || bad "history hostile record" "$(cat err h-d5.json)"
+mv h-saved.rec h-base.raw.qchain-committed
+
+# the record keeps the last 16 history lines, and its layer lines
+qemu-img create -q -f raw h-b2.raw 16M
+for i in $(seq 17); do
+    qemu-img create -q -f qcow2 -b h-b2.raw -F raw h-r$i.qcow2
+    qemu-io -c "write -P $i $((i * 64))k 64k" h-r$i.qcow2 >/dev/null
+    "$C" h-r$i.qcow2 >/dev/null 2>err || bad "history record" "commit $i failed: $(cat err)"
+done
+[ "$(grep -c '^history ' h-b2.raw.qchain-committed)" = 16 ] \
+    && [ "$(grep -vc '^history ' h-b2.raw.qchain-committed)" = 17 ] \
+    && [ "$(grep '^history ' h-b2.raw.qchain-committed | head -1 | grep -o 'data=[0-9]*')" = data=65536 ] \
+    && ok "history: the last 16 lines kept after 17 commits, every committed layer still listed" \
+    || bad "history record" "$(cat h-b2.raw.qchain-committed)"
 
 # --- bad input: exit 1 (images) or 2 (usage), with a message
 refuse() { # name want args...

@@ -707,6 +707,9 @@ struct qcow2_commit_stats {
     bool grown;                /* the base was grown to the top's size */
     uint64_t offloaded_bytes;  /* part of data_bytes copied by the storage
                                   (copy_file_range, reflinks) */
+    uint64_t data_runs;        /* guest-contiguous runs of data: how the
+                                  data_bytes lie (data_bytes / data_runs is
+                                  the mean run a commit writes) */
 };
 
 struct qcow2_commit_opts {
@@ -765,6 +768,7 @@ struct qcow2_commit_estimate {
                                      grows, else the base's size */
     uint64_t base_capacity_bytes; /* a base on a device (which cannot grow):
                                      its size; 0 for a file */
+    uint64_t data_runs;        /* as qcow2_commit_stats */
 };
 
 #define QCOW2_ESTIMATE_TOLERANT 0x1 /* skip unreadable L2 ranges (images
