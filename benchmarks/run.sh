@@ -285,11 +285,6 @@ need_tool() {
 # --- work dir ---------------------------------------------------------------
 LOOPDEV= # a loop device attached by a case, detached at exit
 detach_loop() { [[ -z $LOOPDEV ]] || losetup -d "$LOOPDEV" || true; LOOPDEV=; }
-XFSMNT= # the XFS mount of commit-qcow2-reflink, unmounted at exit
-xfs_umount() {
-    [[ -z $XFSMNT ]] || umount "$XFSMNT" 2>/dev/null || umount -l "$XFSMNT" || true
-    XFSMNT=
-}
 UNBACK= # an image a case pointed at a backing file, pointed back at exit
 unback() { [[ -z $UNBACK ]] || qemu-img rebase -u -b '' "$UNBACK" || true; UNBACK=; }
 # Mounts and loop devices a case set up, undone at exit in reverse order:
@@ -306,13 +301,13 @@ undo_all() {
 if [[ -z $WORK ]]; then
     WORK=$(mktemp -d /var/tmp/qchain-bench.XXXXXX)
     if ((KEEP)); then
-        trap 'detach_loop; xfs_umount; unback; undo_all; note "work dir kept: $WORK"' EXIT
+        trap 'detach_loop; unback; undo_all; note "work dir kept: $WORK"' EXIT
     else
-        trap 'detach_loop; xfs_umount; unback; undo_all; rm -rf -- "$WORK"' EXIT
+        trap 'detach_loop; unback; undo_all; rm -rf -- "$WORK"' EXIT
     fi
 else
     mkdir -p -- "$WORK"
-    trap 'detach_loop; xfs_umount; unback; undo_all' EXIT
+    trap 'detach_loop; unback; undo_all' EXIT
 fi
 WORK=$(cd "$WORK" && pwd)
 
@@ -794,10 +789,12 @@ case_commit-raw-device() {
 # written, an overlay with 4096 scattered 64 KiB clusters) copied before
 # every run onto an XFS file system made with `mkfs.xfs -m reflink=1` in a
 # 4 GiB file under the work dir and loop-mounted there (root; skipped with
-# the reason otherwise), unmounted at exit.  Compared: `qchain-commit TOP`
-# (which clones the overlay's clusters into new base clusters) vs.
+# the reason otherwise), unmounted when the case ends (or at exit).
+# Compared: `qchain-commit TOP` (which clones the overlay's clusters into
+# new base clusters) vs.
 # `qemu-img commit -d TOP`, both followed by `sync BASE`.  Target (issue
 # 20): at most 0.1 of qemu-img's time, i.e. speedup >= 10.
+XFSMNT= # where commit-qcow2-reflink mounted its file system
 reflink_prep() {
     local p=$WORK/commit-qcow2/pristine
     rm -f -- "$XFSMNT/base.img" "$XFSMNT/top.qcow2" "$XFSMNT/base.img.qchain-"*
@@ -819,6 +816,7 @@ case_commit-qcow2-reflink() {
             why="cannot mount a loop device here: $(head -c 200 "$WORK/.mkfs.err")"
         else
             XFSMNT=$mnt
+            undo_push umount "$mnt"
         fi
     fi
     if [[ -n $why ]]; then
@@ -834,7 +832,7 @@ case_commit-qcow2-reflink() {
     LABEL_OURS=qchain-commit
     LABEL_REF="qemu-img commit"
     run_pair commit-qcow2-reflink --min-speedup 10
-    xfs_umount
+    undo_all
     rm -f -- "$img"
 }
 
