@@ -375,8 +375,8 @@ static int piece_cmp(const void *a, const void *b)
 {
     const struct q2_clone_piece *x = a, *y = b;
 
-    if (x->src != y->src)
-        return (uintptr_t)x->src < (uintptr_t)y->src ? -1 : 1;
+    if (x->layer != y->layer)
+        return (uintptr_t)x->layer < (uintptr_t)y->layer ? -1 : 1;
     return x->src_off < y->src_off ? -1 : x->src_off > y->src_off;
 }
 
@@ -400,23 +400,12 @@ static int clone_pieces(struct copy *c, const struct q2_clone_piece *p,
         c->clone = CLONE_ON;
     for (k = 0; shared == 0 && k < n; k++) {
         /* not shared: read and written as any data */
-        uint64_t done = 0;
-        while (done < p[k].len) {
-            size_t len = p[k].len - done < COPY_CHUNK
-                             ? (size_t)(p[k].len - done) : COPY_CHUNK;
-            int64_t got;
-            if ((rc = flush_pending(c->top, c->base, c->buf, &c->p)) < 0)
-                return rc;
-            got = q2_pread_full(p[k].src, c->buf, len, p[k].src_off + done);
-            if (got < 0)
-                return q2_err(c->top, (int)got, "reading a layer: %s",
-                              qcow2_strerror((int)got));
-            if ((size_t)got < len)
-                memset(c->buf + got, 0, len - (size_t)got); /* past its end */
-            c->p.start = p[k].guest + done;
-            c->p.len = len;
-            done += len;
-        }
+        struct qcow2_extent e = {.kind = QCOW2_KIND_DATA,
+                                 .layer = p[k].layer,
+                                 .in_data_file = p[k].layer->external_data,
+                                 .offset = p[k].src_off, .length = p[k].len};
+        if ((rc = gather(c, &e, p[k].guest, 0, p[k].len)) < 0)
+            return rc;
     }
     return 0;
 }
@@ -433,7 +422,7 @@ static int clone_flush(struct copy *c)
     qsort(p, n, sizeof(*p), piece_cmp);
     while (i < n) {
         uint64_t len = p[i].len;
-        for (j = i + 1; j < n && p[j].src == p[i].src &&
+        for (j = i + 1; j < n && p[j].layer == p[i].layer &&
                         p[j].src_off == p[j - 1].src_off + p[j - 1].len &&
                         len + p[j].len <= CLONE_RUN_MAX;
              j++)
@@ -473,11 +462,11 @@ static int copy_data(struct copy *c, const struct qcow2_extent *e,
     if (c->clone != CLONE_OFF && e->kind == QCOW2_KIND_DATA) {
         uint64_t cs = c->base->cluster_size;
         uint64_t a = (pos + cs - 1) / cs * cs, b = (pos + e->length) / cs * cs;
-        struct qcow2_io *src;
+        struct qcow2_io *src; /* the file q2_clone_run shares from opens */
         if (a < b && (e->offset + (a - pos)) % CLONE_ALIGN == 0 &&
             q2_data_io(e->layer, &src) == 0) {
             struct q2_clone_piece *q = &c->pieces[c->n_pieces++];
-            *q = (struct q2_clone_piece){.guest = a, .src = src,
+            *q = (struct q2_clone_piece){.guest = a, .layer = e->layer,
                                          .src_off = e->offset + (a - pos),
                                          .len = b - a};
             /* the bytes before and after: by hand, in guest order */

@@ -533,12 +533,13 @@ Q2_HIDDEN bool q2_write_allocates(const struct qcow2_image *img, uint64_t e,
 Q2_HIDDEN bool q2_l2_write_allocates(uint64_t l1e);
 /* Clone (write.c): guest data taken from another file by sharing its
  * extents.  A piece is whole clusters of the image at guest offset `guest`
- * (cluster aligned) whose bytes are [src_off, src_off + len) of src. */
+ * (cluster aligned) whose bytes are [src_off, src_off + len) of the file
+ * that holds layer's data (q2_data_io). */
 struct q2_clone_piece {
     uint64_t guest;
     uint64_t src_off;
     uint64_t len;
-    struct qcow2_io *src;
+    struct qcow2_image *layer;
 };
 /* Write pieces p[0..n), contiguous in one source (p[i+1].src_off ==
  * p[i].src_off + p[i].len), into one run of new clusters: the bytes shared

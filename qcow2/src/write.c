@@ -676,6 +676,7 @@ int q2_clone_run(struct qcow2_image *img, const struct q2_clone_piece *p,
                  size_t n, uint64_t *shared, bool *cannot)
 {
     uint64_t cs = img->cluster_size, total = 0, host, done = 0, pos;
+    struct qcow2_io *src;
     size_t k;
     int rc;
 
@@ -684,7 +685,7 @@ int q2_clone_run(struct qcow2_image *img, const struct q2_clone_piece *p,
     if (n == 0)
         return 0;
     for (k = 0; k < n; k++) {
-        if (p[k].src != p[0].src || p[k].len == 0 || p[k].len % cs ||
+        if (p[k].layer != p[0].layer || p[k].len == 0 || p[k].len % cs ||
             p[k].guest % cs || p[k].src_off != p[0].src_off + total)
             return -EINVAL;
         rc = check_writable(img, p[k].guest, p[k].len);
@@ -694,6 +695,8 @@ int q2_clone_run(struct qcow2_image *img, const struct q2_clone_piece *p,
     }
     if (img->format != QCOW2_FORMAT_QCOW2 || img->external_data)
         return -EINVAL;
+    if ((rc = q2_data_io(p[0].layer, &src)) < 0)
+        return rc;
     for (k = 0; k < n; k++) {
         rc = bitmaps_mark(img, p[k].guest, p[k].len);
         if (rc < 0)
@@ -705,7 +708,7 @@ int q2_clone_run(struct qcow2_image *img, const struct q2_clone_piece *p,
 
     /* the data, before any entry names it */
     while (img->io.copy_range && done < total) {
-        int64_t got = img->io.copy_range(img->io.ctx, p[0].src,
+        int64_t got = img->io.copy_range(img->io.ctx, src,
                                          p[0].src_off + done, host + done,
                                          (size_t)(total - done));
         if (got == -ENOTSUP)
@@ -730,7 +733,7 @@ int q2_clone_run(struct qcow2_image *img, const struct q2_clone_piece *p,
         return 0;
     }
     if (done < total &&
-        (rc = clone_by_hand(img, p[0].src, p[0].src_off + done, host + done,
+        (rc = clone_by_hand(img, src, p[0].src_off + done, host + done,
                             total - done)) < 0)
         goto fail;
 
