@@ -1,9 +1,10 @@
 /*
  * qchain-delta - what a commit would copy, how much the base grows, how
  * long it takes, and whether another live round would shrink the offline
- * window; from metadata alone, writing nothing.
+ * window; from metadata alone, writing nothing but, for the time, scratch
+ * files beside the base (calibrate.h; not with --rate RATE|history).
  *
- *   qchain-delta [--top TOP] [--base BASE] [-U] [--rate RATE]
+ *   qchain-delta [--top TOP] [--base BASE] [-U] [--rate RATE|auto|history]
  *                [--growth-rate RATE | --sample SECONDS]
  *                [--downtime SECONDS] [--output=human|json] ACTIVE...
  *
@@ -34,6 +35,7 @@
 
 #include <qcow2/qcow2_io.h>
 
+#include "calibrate.h"
 #include "chain.h"
 #include "cli.h"
 #include "fit.h"
@@ -56,15 +58,18 @@ static void usage(void)
            "one ACTIVE)\n"
            "  --base=BASE          image to commit into (default: TOP's "
            "backing file)\n"
-           "  --rate=RATE          commit speed in bytes/s (K/M/G/T): "
-           "estimate the time\n"
+           "  --rate=RATE          commit speed in bytes/s (K/M/G/T); auto "
+           "(default):\n"
+           "                       measure it by committing a sample beside "
+           "the base;\n"
+           "                       history: the last comparable commit's\n"
            "  --growth-rate=RATE   bytes/s the guest writes into a fresh "
            "overlay\n"
            "  --sample=SECONDS     measure the growth rate of ACTIVE over "
            "SECONDS\n"
            "  --downtime=SECONDS   offline window: plan live rounds (needs "
-           "--rate and\n"
-           "                       --growth-rate or --sample)\n"
+           "--growth-rate\n"
+           "                       or --sample)\n"
            "  -U, --force-share    read images a running VM holds "
            "(approximate figures)\n"
            "  -f, --format=FMT     format of ACTIVE (qcow2 or raw)\n"
@@ -440,6 +445,7 @@ struct args {
     unsigned n;
     const char *top, *base;
     bool have_rate, have_growth, have_sample, have_downtime;
+    bool rate_history;         /* --rate=history: no calibration */
     uint64_t rate, growth;
     double sample_secs, downtime;
 };
@@ -459,6 +465,13 @@ struct delta {
     struct plan plan;
     bool have_hist;            /* a comparable commit into this base */
     struct cli_history hist;   /* the most recent one */
+    /* the time: its source, the rate, the seconds estimated */
+    enum { SRC_NONE, SRC_GIVEN, SRC_MEASURED, SRC_HISTORY } src;
+    double rate, seconds;
+    struct calib_out cal;      /* SRC_MEASURED */
+    double overhead;           /* SRC_MEASURED: seconds besides copying */
+    double open_secs, walk_secs, rebuild_secs; /* measured here */
+    char why[320];             /* no measurement: why not */
 };
 
 static void parse_args(int argc, char **argv, struct args *a)
@@ -482,10 +495,17 @@ static void parse_args(int argc, char **argv, struct args *a)
         case 't': a->top = optarg; break;
         case 'b': a->base = optarg; break;
         case 'r':
+            a->have_rate = a->rate_history = false;
+            if (!strcmp(optarg, "auto"))
+                break;
+            if (!strcmp(optarg, "history")) {
+                a->rate_history = true;
+                break;
+            }
             if (cli_parse_size(optarg, &a->rate) < 0 || a->rate == 0)
                 cli_usage_error("invalid --rate '%s': bytes per second "
-                                "above 0, with an optional K/M/G/T suffix",
-                                optarg);
+                                "above 0, with an optional K/M/G/T suffix, "
+                                "or auto, or history", optarg);
             a->have_rate = true;
             break;
         case 'g':
@@ -520,13 +540,11 @@ static void parse_args(int argc, char **argv, struct args *a)
                         "ACTIVEs commit each one's backing file)");
     if (a->have_growth && a->have_sample)
         cli_usage_error("--growth-rate and --sample exclude each other");
-    if (a->have_downtime &&
-        (!a->have_rate || !(a->have_growth || a->have_sample)))
-        cli_usage_error("--downtime plans live rounds: it needs --rate and "
+    if (a->have_downtime && !(a->have_growth || a->have_sample))
+        cli_usage_error("--downtime plans live rounds: it needs "
                         "--growth-rate or --sample");
     if ((a->have_growth || a->have_sample) && !a->have_downtime)
-        cli_usage_error("--growth-rate and --sample need --downtime (and "
-                        "--rate)");
+        cli_usage_error("--growth-rate and --sample need --downtime");
 }
 
 /*
@@ -603,14 +621,59 @@ static void find_history(struct delta *d)
     fclose(f);
 }
 
-/* The rate the time estimate uses: --rate, else the history's; 0: none. */
-static double rate_of(const struct delta *d, const struct args *a)
+/*
+ * The time: --rate as given (seconds = data / rate); else, unless
+ * --rate=history, measured (calibrate.h): the sample's copy scaled to the
+ * delta's data, plus what the commit does besides copying, measured here
+ * too: opening the chain, walking its metadata twice (the space check and
+ * the copy), a dirty base's refcount rebuild, the journal and record
+ * syncs; the rate is then data / seconds.  Without a measurement (a base
+ * on a device, where nothing may be written; a directory that refuses
+ * the scratch files; --rate=history), the last comparable commit's rate.
+ */
+static void find_time(struct delta *d, const struct args *a)
 {
-    if (a->have_rate)
-        return (double)a->rate;
-    if (d->have_hist)
-        return (double)d->hist.data / d->hist.seconds;
-    return 0;
+    const struct cli_layer *b = &d->c.layers[d->c.base];
+    double data = (double)d->est.data_bytes;
+
+    d->src = SRC_NONE;
+    if (a->have_rate) {
+        d->src = SRC_GIVEN;
+        d->rate = (double)a->rate;
+        d->seconds = data / d->rate;
+        return;
+    }
+    if (a->rate_history)
+        snprintf(d->why, sizeof(d->why), "--rate=history");
+    else if (b->device || d->fit.device)
+        snprintf(d->why, sizeof(d->why), "the base is a device, where "
+                 "nothing may be written");
+    else if (d->est.data_bytes == 0)
+        snprintf(d->why, sizeof(d->why), "no data to copy");
+    else {
+        struct calib_in in = {
+            .top = d->c.layers[d->c.top].img, .stop = d->nl,
+            .base = b->img, .base_name = b->name,
+            .data_bytes = d->est.data_bytes, .data_runs = d->est.data_runs};
+        char err[256];
+        if (calibrate(&in, &d->cal, err, sizeof(err)) == 0) {
+            double copy = d->cal.copy_seconds + d->cal.read_seconds;
+            d->overhead = d->cal.sync_seconds + d->open_secs +
+                          2 * d->walk_secs + d->rebuild_secs;
+            d->seconds = data * copy / (double)d->cal.sample_bytes +
+                         d->overhead;
+            d->rate = data / d->seconds;
+            d->src = SRC_MEASURED;
+            return;
+        }
+        snprintf(d->why, sizeof(d->why), "cannot measure the commit rate "
+                 "beside the base: %s", err);
+    }
+    if (d->have_hist) {
+        d->src = SRC_HISTORY;
+        d->rate = (double)d->hist.data / d->hist.seconds;
+        d->seconds = data / d->rate;
+    }
 }
 
 /* The layers alone, the commit's walk, and whether it fits. */
@@ -619,6 +682,7 @@ static int measure(struct delta *d, const struct args *a)
     struct cli_layer *t;
     uint64_t skipped = 0;
     unsigned i;
+    double t0 = calib_now();
     int rc;
 
     if (cli_chain_open(&common, d->active,
@@ -626,6 +690,7 @@ static int measure(struct delta *d, const struct args *a)
                        &d->chain, &d->c) < 0 ||
         cli_chain_resolve(&d->c, d->active, a->top, a->base) < 0)
         return -1;
+    d->open_secs = calib_now() - t0;
     {
         /* an unfinished commit into a layer changes what is left to do */
         struct cli_pending *p = NULL;
@@ -647,9 +712,11 @@ static int measure(struct delta *d, const struct args *a)
         skipped += d->ls[i].skipped;
     }
     t = &d->c.layers[d->c.top];
+    t0 = calib_now();
     rc = qcow2_commit_estimate(t->img, d->nl,
                                common.force_share ? QCOW2_ESTIMATE_TOLERANT
                                                   : 0, &d->est);
+    d->walk_secs = calib_now() - t0;
     if (rc < 0) {
         cli_error_file(t->name, "%s", qcow2_errmsg(t->img));
         return -1;
@@ -658,10 +725,12 @@ static int measure(struct delta *d, const struct args *a)
     if (!strcmp(d->c.layers[d->c.base].format, "qcow2")) {
         struct qcow2_info bi;
         qcow2_info_get(d->c.layers[d->c.base].img, &bi);
+        t0 = calib_now();
         if (bi.dirty && !bi.corrupt &&
             dirty_estimate(d, common.force_share ? QCOW2_ESTIMATE_TOLERANT
                                                     : 0) < 0)
             return -1;
+        d->rebuild_secs = calib_now() - t0;
     }
     rc = cli_base_fit(d->c.layers[d->c.base].name, &d->est, &d->fit);
     if (rc < 0) {
@@ -670,6 +739,7 @@ static int measure(struct delta *d, const struct args *a)
         return -1;
     }
     find_history(d);
+    find_time(d, a);
     if (skipped)
         cli_warning("%" PRIu64 " guest bytes were skipped: their metadata "
                     "changed while it was read (the image is in use)",
@@ -720,6 +790,8 @@ struct totals {
     uint64_t data, zero;
     int64_t growth;
     double growth_bps;
+    bool timed;                /* every disk has a time: their sum */
+    double seconds, rate;      /* the sum, and data / it */
     struct plan plan;
 };
 
@@ -772,11 +844,22 @@ static void json_disk(struct json *js, const struct delta *d,
     }
     json_u64(js, "base-required-bytes", d->fit.required);
     json_bool(js, "base-fits", d->fit.fits);
-    if (rate_of(d, a) > 0) {
-        json_u64(js, "rate-bytes-per-second", (uint64_t)rate_of(d, a));
-        json_string(js, "rate-source", a->have_rate ? "given" : "history");
-        json_seconds(js, "estimated-seconds",
-                    (double)d->est.data_bytes / rate_of(d, a));
+    if (d->src != SRC_NONE) {
+        static const char *const src[] = {"", "given", "measured",
+                                          "history"};
+        json_u64(js, "rate-bytes-per-second", (uint64_t)d->rate);
+        json_string(js, "rate-source", src[d->src]);
+        json_seconds(js, "estimated-seconds", d->seconds);
+    }
+    if (d->src == SRC_MEASURED) {
+        json_seconds(js, "calibration-seconds", d->cal.seconds);
+        json_object_begin(js, "calibration");
+        json_u64(js, "sample-bytes", d->cal.sample_bytes);
+        json_u64(js, "sample-runs", d->cal.sample_runs);
+        json_seconds(js, "copy-seconds", d->cal.copy_seconds);
+        json_seconds(js, "read-seconds", d->cal.read_seconds);
+        json_seconds(js, "overhead-seconds", d->overhead);
+        json_object_end(js);
     }
     if (d->have_hist) {
         json_object_begin(js, "history");
@@ -815,9 +898,8 @@ static void report_json(const struct delta *disks, unsigned n,
     json_u64(&js, "data-bytes", t->data);
     json_u64(&js, "zero-bytes", t->zero);
     json_i64(&js, "base-growth-bytes", t->growth);
-    if (a->have_rate)
-        json_seconds(&js, "estimated-seconds",
-                     (double)t->data / (double)a->rate);
+    if (t->timed)
+        json_seconds(&js, "estimated-seconds", t->seconds);
     if (a->have_downtime)
         json_plan(&js, &t->plan, t->growth_bps, a->downtime);
     json_object_end(&js);
@@ -826,7 +908,7 @@ static void report_json(const struct delta *disks, unsigned n,
 
 /* The plan in a sentence. */
 static void print_plan(const struct plan *p, double growth_bps,
-                       const struct args *a)
+                       double rate, const struct args *a)
 {
     char g[32], t[32], f[32], b[32];
 
@@ -841,7 +923,7 @@ static void print_plan(const struct plan *p, double growth_bps,
                p->iterations, p->iterations > 1 ? "s" : "",
                cli_size_str((uint64_t)llround(p->final_bytes), b, sizeof(b)),
                f);
-    else if (growth_bps >= (double)a->rate)
+    else if (growth_bps >= rate)
         printf("the guest writes as fast as the commit copies or faster, so "
                "live rounds would only make the delta larger: commit "
                "offline now, in %s s (more than the downtime).\n", f);
@@ -909,11 +991,22 @@ static void report_human(const struct delta *d, const struct args *a)
                cli_size_str(d->fit.free, sa, sizeof(sa)),
                d->fit.fits ? "the growth fits"
                         : "the growth does not fit, make room first");
-    if (a->have_rate)
+    if (d->src == SRC_GIVEN)
         printf("At %s/s the commit takes about %s s.\n",
                cli_size_str(a->rate, sa, sizeof(sa)),
-               secs_str((double)d->est.data_bytes / (double)a->rate, f,
-                        sizeof(f)));
+               secs_str(d->seconds, f, sizeof(f)));
+    else if (d->src == SRC_MEASURED) {
+        char cs[32];
+        printf("Measured here (%s of the delta in %" PRIu64 " run%s "
+               "committed beside the base, %s s in all): the commit takes "
+               "about %s s (%s/s).\n",
+               cli_size_str(d->cal.sample_bytes, sa, sizeof(sa)),
+               d->cal.sample_runs, d->cal.sample_runs == 1 ? "" : "s",
+               secs_str(d->cal.seconds, cs, sizeof(cs)),
+               secs_str(d->seconds, f, sizeof(f)),
+               cli_size_str((uint64_t)d->rate, sb, sizeof(sb)));
+    } else if (!d->have_hist && d->why[0])
+        printf("No time estimate (%s): give --rate.\n", d->why);
     if (d->have_hist) {
         char when[64], hb[32], hs[32];
         time_t tt = (time_t)d->hist.time;
@@ -922,7 +1015,7 @@ static void report_human(const struct delta *d, const struct args *a)
                  localtime_r(&tt, &tm));
         printf("%s the commit of %s into this base on %s, which took %s s "
                "(%s/s), it takes about %s s.\n",
-               a->have_rate ? "At the rate of" : "Going by",
+               d->src == SRC_HISTORY ? "Going by" : "At the rate of",
                cli_size_str(d->hist.data, hb, sizeof(hb)), when,
                secs_str(d->hist.seconds, hs, sizeof(hs)),
                cli_size_str((uint64_t)((double)d->hist.data /
@@ -932,7 +1025,7 @@ static void report_human(const struct delta *d, const struct args *a)
                         sizeof(f)));
     }
     if (a->have_downtime)
-        print_plan(&d->plan, d->growth_bps, a);
+        print_plan(&d->plan, d->growth_bps, d->rate, a);
 }
 
 /* Several disks: each one's report, then the totals. */
@@ -958,9 +1051,12 @@ static void report_human_disks(const struct delta *disks, unsigned n,
     if (a->have_rate)
         printf("At %s/s the commits take about %s s.\n",
                cli_size_str(a->rate, sa, sizeof(sa)),
-               secs_str((double)t->data / (double)a->rate, f, sizeof(f)));
+               secs_str(t->seconds, f, sizeof(f)));
+    else if (t->timed)
+        printf("One after the other, the commits take about %s s.\n",
+               secs_str(t->seconds, f, sizeof(f)));
     if (a->have_downtime)
-        print_plan(&t->plan, t->growth_bps, a);
+        print_plan(&t->plan, t->growth_bps, t->rate, a);
 }
 
 /* Measure every disk, plan each and the totals (growth: with --sample the
@@ -978,22 +1074,35 @@ static int run(struct delta *disks, unsigned n, const struct args *a,
         return -1;
     memset(t, 0, sizeof(*t));
     t->growth_bps = a->have_sample ? 0 : (double)a->growth;
+    t->timed = true;
     for (i = 0; i < n; i++) {
         struct delta *d = &disks[i];
         if (measure(d, a) < 0)
             return -1;
+        if (d->src == SRC_NONE && d->est.data_bytes && a->have_downtime) {
+            cli_error_file(d->active, "--downtime needs the commit's rate: "
+                           "no time estimate (%s); give --rate", d->why);
+            return -1;
+        }
         if (a->have_downtime)
-            d->plan = make_plan((double)d->est.data_bytes, (double)a->rate,
+            d->plan = make_plan((double)d->est.data_bytes,
+                                d->rate > 0 ? d->rate : 1,
                                 d->growth_bps, a->downtime);
+        t->timed = t->timed && d->src != SRC_NONE;
+        t->seconds += d->seconds;
         t->data += d->est.data_bytes;
         t->zero += d->est.zero_bytes;
         t->growth += d->est.base_growth_bytes;
         if (a->have_sample)
             t->growth_bps += d->growth_bps;
     }
+    if (a->have_rate)
+        t->rate = (double)a->rate; /* as the disks' */
+    else if (t->timed && t->seconds > 0)
+        t->rate = (double)t->data / t->seconds;
     if (a->have_downtime)
-        t->plan = make_plan((double)t->data, (double)a->rate, t->growth_bps,
-                            a->downtime);
+        t->plan = make_plan((double)t->data, t->rate > 0 ? t->rate : 1,
+                            t->growth_bps, a->downtime);
     return 0;
 }
 

@@ -482,7 +482,7 @@ import json, sys
 rec = open(sys.argv[1]).read().splitlines()
 c = json.load(open(sys.argv[2])); d = json.load(open(sys.argv[3]))
 t0, t1 = int(sys.argv[4]), int(sys.argv[5])
-assert "history" not in d and "rate-source" not in d, d
+assert "history" not in d and d["rate-source"] == "measured", d
 h = [l for l in rec if l.startswith("history ")]
 assert len(h) == 1 and len(rec) == 2, rec
 f = dict(kv.split("=", 1) for kv in h[0].split()[2:])
@@ -499,14 +499,20 @@ else bad "history line" "$(cat h-base.raw.qchain-committed h-c1.json)"; fi
 # a second overlay of the same shape: the time comes from that commit
 qemu-img create -q -f qcow2 -b h-base.raw -F raw h-s2.qcow2
 scatter h-s2.qcow2 2 300
-"$D" --json h-s2.qcow2 > h-d2.json
+"$D" --json --rate=history h-s2.qcow2 > h-d2.json
 "$D" --json --rate 1G h-s2.qcow2 > h-d3.json
-"$D" h-s2.qcow2 > h-d2.txt
-if python3 - h-base.raw.qchain-committed h-d2.json h-d3.json <<'PY'
+"$D" --json h-s2.qcow2 > h-d6.json
+"$D" --rate=history h-s2.qcow2 > h-d2.txt
+"$D" h-s2.qcow2 > h-d6.txt
+if python3 - h-base.raw.qchain-committed h-d2.json h-d3.json h-d6.json <<'PY'
 import json, sys
 rec = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("history ")]
 f = dict(kv.split("=", 1) for kv in rec[-1].split()[2:])
 d = json.load(open(sys.argv[2])); g = json.load(open(sys.argv[3]))
+m = json.load(open(sys.argv[4]))
+# the default measures, and reports the history beside it
+assert m["rate-source"] == "measured" and m["history"] == d["history"], m
+assert "calibration" not in d and "calibration" not in g, (d, g)
 rate = int(f["data"]) / float(f["seconds"])
 assert d["rate-source"] == "history", d
 assert d["rate-bytes-per-second"] == int(rate), (d, rate)
@@ -516,17 +522,23 @@ assert (h["data-bytes"], h["data-runs"]) == (int(f["data"]), int(f["runs"])), (h
 assert g["rate-source"] == "given" and g["rate-bytes-per-second"] == 1 << 30, g
 assert g["history"] == h, g
 PY
-then ok "history: delta takes its rate from the last commit into the base ($(jget h-d2.json rate-bytes-per-second) B/s), --rate overrides it"
-else bad "history rate" "$(cat h-d2.json)"; fi
+then ok "history: --rate=history takes the rate of the last commit into the base ($(jget h-d2.json rate-bytes-per-second) B/s), the default measures and reports it too, --rate overrides both"
+else bad "history rate" "$(cat h-d2.json h-d6.json)"; fi
 grep -q "^Going by the commit of 12.5 MiB into this base on .*, it takes about" h-d2.txt \
-    && ok "history: one sentence in the human form" || bad "history human" "$(cat h-d2.txt)"
+    && grep -q "^Measured here (.* committed beside the base, .* s in all): the commit takes about .* s (.*/s)\.$" h-d6.txt \
+    && grep -q "^At the rate of the commit of 12.5 MiB into this base on .*, it takes about" h-d6.txt \
+    && ok "history: one sentence in the human form, after the measured one by default" \
+    || bad "history human" "$(cat h-d2.txt h-d6.txt)"
 # one long run is not comparable with 200 scattered clusters
 qemu-img create -q -f qcow2 -b h-base.raw -F raw h-s3.qcow2
 qemu-io -c 'write -P 9 0 32M' h-s3.qcow2 >/dev/null
-"$D" --json h-s3.qcow2 > h-d4.json
+"$D" --json --rate=history h-s3.qcow2 > h-d4.json
+"$D" --rate=history h-s3.qcow2 > h-d4.txt
 [ "$(jget h-d4.json history)" = '<absent>' ] && [ "$(jget h-d4.json rate-source)" = '<absent>' ] \
-    && ok "history: a commit of another shape (one 32 MiB run) is not used" \
-    || bad "history shape" "$(cat h-d4.json)"
+    && [ "$(jget h-d4.json estimated-seconds)" = '<absent>' ] \
+    && grep -qx "No time estimate (--rate=history): give --rate." h-d4.txt \
+    && ok "history: a commit of another shape (one 32 MiB run) is not used: no time" \
+    || bad "history shape" "$(cat h-d4.json h-d4.txt)"
 # a record is read from a file: lines that do not parse, numbers out of
 # range, a time too short to say anything are ignored; a good line counts
 cp h-base.raw.qchain-committed h-saved.rec
@@ -544,11 +556,95 @@ runs=$(jget h-d2.json data-runs); data=$(jget h-d2.json data-bytes)
     head -c 3000 /dev/zero | tr '\0' 'h'; echo
     echo "history 1 time=9 base-format=raw data=$data zero=0 runs=$runs offloaded=0 compressed=0 seconds=4.000000 resumed=0 rebuilt=0"
 } > h-base.raw.qchain-committed
-"$D" --json h-s2.qcow2 > h-d5.json 2>err
+"$D" --json --rate=history h-s2.qcow2 > h-d5.json 2>err
 [ "$(jget h-d5.json history time)" = 9 ] && [ "$(jget h-d5.json rate-bytes-per-second)" = $((data / 4)) ] \
     && ok "history: hostile lines in the record ignored, the good one used" \
     || bad "history hostile record" "$(cat err h-d5.json)"
 mv h-saved.rec h-base.raw.qchain-committed
+
+# --- calibration (--rate=auto, the default): a sample of the delta (at
+# most 64 MiB, a few seconds) committed into scratch files beside the base,
+# removed afterwards; the base and the layers are only read
+SANITIZED=0
+if ldd "$D" 2>/dev/null | grep -qE 'libasan|libubsan' || nm "$D" 2>/dev/null | grep -q '__asan_init'; then
+    SANITIZED=1
+fi
+mkdir -p cal-b cal-t
+qemu-img create -q -f raw cal-b/base.raw 256M
+qemu-io -f raw -c 'write -P 3 0 64M' cal-b/base.raw >/dev/null
+qemu-img create -q -f qcow2 -b ../cal-b/base.raw -F raw cal-t/top.qcow2
+python3 -c 'import random
+r = random.Random(21)
+for c in sorted(r.sample(range(4096), 1536)): print("write -P 8 %d 64k" % (c * 65536))' |
+    qemu-io cal-t/top.qcow2 >/dev/null
+: > "cal-b/.base.raw.qchain-calibrate-999999999.top"  # a killed run's leftover
+: > "cal-b/.base.raw.qchain-calibrate-$$.top"          # a live process's
+sum0=$(md5sum < cal-b/base.raw); st0=$(stat -c '%s %Y %y' cal-b/base.raw)
+top0=$(md5sum < cal-t/top.qcow2); dir0=$(stat -c %y cal-t)
+if ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -o cal.trace \
+       -e trace=openat,open,creat,unlink,unlinkat,rename,renameat,renameat2 \
+       "$D" --json cal-t/top.qcow2 > cal.json 2>err &&
+   python3 - cal.trace cal.json "$SANITIZED" "$$" <<'PY'
+import json, os, re, sys
+d = json.load(open(sys.argv[2])); sanitized = sys.argv[3] == "1"; me = sys.argv[4]
+c = d["calibration"]
+assert d["rate-source"] == "measured", d
+assert d["data-bytes"] == 1536 * 65536, d
+# bounded: 64 MiB of the 96 MiB delta, spread over it, within seconds
+assert 0 < c["sample-bytes"] <= 64 << 20 and c["sample-bytes"] < d["data-bytes"], c
+assert 2 <= c["sample-runs"] < d["data-runs"], (c, d["data-runs"])
+assert 0 < d["calibration-seconds"] <= (10 if sanitized else 2.5), d
+assert d["estimated-seconds"] > c["copy-seconds"], d
+assert abs(d["rate-bytes-per-second"] - d["data-bytes"] / d["estimated-seconds"]) <= 1e-4 * d["rate-bytes-per-second"], d
+# where it wrote: every file created, renamed or removed is a scratch file
+# beside the base; the base itself only opened for reading
+made, gone = set(), set()
+for line in open(sys.argv[1]):
+    m = re.search(r'(openat|open|creat)\((?:AT_FDCWD, )?"([^"]+)", ([A-Z_|]+)', line)
+    if m:
+        p = os.path.normpath(m.group(2)); fl = m.group(3)
+        if p == "cal-b/base.raw":
+            assert "O_RDWR" not in fl and "O_WRONLY" not in fl, line
+        if "O_CREAT" in fl and "= -1" not in line:
+            made.add(p)
+    for m in re.finditer(r'(?:unlink|unlinkat|rename|renameat2?)\((?:AT_FDCWD, )?"([^"]+)"', line):
+        if "= -1" not in line:
+            gone.add(os.path.normpath(m.group(1)))
+assert made, "no scratch file made"
+for p in made | gone:
+    assert os.path.dirname(p) == "cal-b" and os.path.basename(p).startswith(".base.raw.qchain-calibrate-") \
+        or p.startswith("cal-b/..base.raw.qchain-calibrate-"), p
+assert "cal-b/.base.raw.qchain-calibrate-999999999.top" in gone, gone
+assert "cal-b/.base.raw.qchain-calibrate-%s.top" % me not in gone, gone
+PY
+then
+    if [ "$sum0" = "$(md5sum < cal-b/base.raw)" ] && [ "$st0" = "$(stat -c '%s %Y %y' cal-b/base.raw)" ] &&
+       [ "$top0" = "$(md5sum < cal-t/top.qcow2)" ] && [ "$dir0" = "$(stat -c %y cal-t)" ] &&
+       [ "$(ls -A cal-b | LC_ALL=C sort | tr '\n' ' ')" = ".base.raw.qchain-calibrate-$$.top base.raw " ] &&
+       [ "$(ls -A cal-t)" = top.qcow2 ]; then
+        ok "calibration: $(jget cal.json calibration sample-bytes) of $(jget cal.json data-bytes) bytes in $(jget cal.json calibration sample-runs) runs, $(jget cal.json calibration-seconds) s, scratch files beside the base only, all removed (a dead run's too), base and overlay untouched"
+    else
+        bad "calibration leaves" "$(ls -lA cal-b cal-t; stat cal-b/base.raw)"
+    fi
+else bad "calibration" "$(cat err cal.json; grep -E 'O_CREAT|unlink|rename' cal.trace | head -20)"; fi
+rm -f "cal-b/.base.raw.qchain-calibrate-$$.top"
+# a base whose directory takes no new file (read-only): no measurement,
+# the reason said, the history used where there is one
+mkdir -p ro-b
+if mount --bind cal-b ro-b 2>/dev/null && mount -o remount,bind,ro ro-b 2>/dev/null; then
+    cleanup_hooks+=("umount '$work/ro-b' 2>/dev/null")
+    qemu-img create -q -f qcow2 -b ../ro-b/base.raw -F raw cal-t/ro.qcow2
+    qemu-io -c 'write -P 4 1M 1M' cal-t/ro.qcow2 >/dev/null
+    "$D" --json cal-t/ro.qcow2 > ro.json 2>err; rc=$?
+    "$D" cal-t/ro.qcow2 > ro.txt 2>>err
+    [ $rc = 0 ] && [ "$(jget ro.json rate-source)" = '<absent>' ] \
+        && grep -q "^No time estimate (cannot measure the commit rate beside the base: cannot create a scratch file beside the base: .*): give --rate\.$" ro.txt \
+        && ok "calibration: a read-only directory beside the base: no time, the reason given" \
+        || bad "calibration read-only" "exit $rc: $(cat err ro.json ro.txt)"
+    umount ro-b
+else
+    bad "calibration read-only" "cannot make a read-only bind mount (root is needed)"
+fi
 
 # the record keeps the last 16 history lines, and its layer lines
 qemu-img create -q -f raw h-b2.raw 16M
@@ -579,7 +675,8 @@ refuse "TOP at BASE" 1 --top base.raw --base base.raw top.qcow2
 refuse "malformed rate" 2 --rate fast top.qcow2
 refuse "zero rate" 2 --rate 0 top.qcow2
 refuse "malformed downtime" 2 --rate 1M --growth-rate 1M --downtime soon top.qcow2
-refuse "downtime without a rate" 2 --growth-rate 1M --downtime 1 top.qcow2
+refuse "downtime without a growth rate" 2 --rate 1M --downtime 1 top.qcow2
+refuse "downtime without any rate" 1 --rate=history --growth-rate 1M --downtime 1 top.qcow2
 refuse "growth rate and sample" 2 --rate 1M --growth-rate 1M --sample 1 --downtime 1 top.qcow2
 refuse "bad option" 2 --bogus top.qcow2
 refuse "--top with two ACTIVEs" 2 --top top.qcow2 top.qcow2 lone.qcow2

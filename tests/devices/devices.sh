@@ -90,6 +90,13 @@ view ov.qcow2 want.raw
     || bad "delta raw device" "$(cat err d.json)"
 "$B/qchain-delta" ov.qcow2 | grep -q "The base is a device of 64 MiB; the commit needs 64 MiB (67108864 bytes): it fits." \
     && ok "delta, human: the device sentence" || bad "delta human" "$("$B/qchain-delta" ov.qcow2)"
+# nothing may be written to a device: no calibration there, and without a
+# commit into it yet, no time
+"$B/qchain-delta" ov.qcow2 > d.txt 2>err
+[ "$(json_get d.json rate-source)" = '<absent>' ] && [ "$(json_get d.json calibration)" = '<absent>' ] \
+    && grep -qx "No time estimate (the base is a device, where nothing may be written): give --rate." d.txt \
+    && ok "delta into a device: no calibration, no time yet, --rate asked for" \
+    || bad "delta device time" "$(cat err d.json d.txt)"
 "$B/qchain-commit" --json ov.qcow2 > c.json 2>err && cmp -s want.raw "$RB" \
     && qemu-img compare -q -f raw -F qcow2 "$RB" ov.qcow2 \
     && [ "$(json_get c.json data-bytes)" = "$(json_get d.json data-bytes)" ] \
@@ -97,6 +104,12 @@ view ov.qcow2 want.raw
     && ok "commit into a raw device: the device holds the view, record beside the overlay" \
     || bad "commit raw device" "$(cat err c.json; ls)"
 no_state_under_dev "commit into a raw device"
+# after a commit into the device, its record gives the time
+"$B/qchain-delta" --json ov.qcow2 > d2.json 2>err \
+    && [ "$(json_get d2.json rate-source)" = '"history"' ] \
+    && [ "$(json_get d2.json history data-bytes)" = "$(json_get c.json data-bytes)" ] \
+    && ok "delta into a device after a commit: the time from that commit" \
+    || bad "delta device history" "$(cat err d2.json)"
 "$B/qchain-commit" --json ov.qcow2 > c2.json 2>err && [ "$(json_get c2.json already-completed)" = true ] \
     && ok "re-run of the finished commit into a device: already completed" \
     || bad "re-run" "$(cat err c2.json)"

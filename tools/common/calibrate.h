@@ -1,0 +1,63 @@
+/*
+ * calibrate.h - how fast a commit of this delta goes on this host: a
+ * sample of the delta committed for real, through the commit's own write
+ * path, into scratch files beside the base (qchain-delta --rate=auto).
+ *
+ * The sample: a systematic choice of the data runs the commit would write
+ * (every n-th guest-contiguous run, so that the mix of run lengths and
+ * their alignment are the delta's), at most CALIB_SAMPLE_MAX bytes.  The
+ * scratch base (the base's format and cluster geometry) gets the base's
+ * content under the sample, the scratch overlay the layers' data there;
+ * both are made durable, then qcow2_commit copies the overlay into the
+ * base, flush included, timed.  Reading the sample from the real layers
+ * is timed too: what it costs beyond reading it back from the scratch
+ * overlay (a cold cache, decompression, a slower file system) is added.
+ * Last, the syncs the commit tool makes around the copy (its journal and
+ * the base's record: a small file made durable, renamed, its directory
+ * synced, twice, and a removal) are made and timed in the same directory.
+ * Both scratch files are removed before returning, on every path; the
+ * base and the layers are only read.
+ */
+#ifndef QCHAIN_CALIBRATE_H
+#define QCHAIN_CALIBRATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <qcow2/qcow2.h>
+
+#define CALIB_SAMPLE_MAX (64ull << 20) /* bytes of the delta committed */
+#define CALIB_PREPARE_MAX 1.0          /* seconds spent writing the scratch
+                                          files before the sample is cut */
+
+struct calib_in {
+    struct qcow2_image *top;   /* TOP, in its chain */
+    unsigned stop;             /* depth of BASE below TOP */
+    struct qcow2_image *base;  /* BASE, in the same chain (read only) */
+    const char *base_name;     /* BASE's file: the scratch files go beside */
+    uint64_t data_bytes;       /* the estimate's: what the commit copies */
+    uint64_t data_runs;
+};
+
+struct calib_out {
+    uint64_t sample_bytes;     /* data committed by the calibration */
+    uint64_t sample_runs;
+    double copy_seconds;       /* the sample's commit, flush included */
+    double read_seconds;       /* reading the sample from the layers,
+                                  beyond reading it from the scratch copy */
+    double sync_seconds;       /* the tool's journal and record syncs */
+    double seconds;            /* the calibration's own wall time */
+};
+
+/*
+ * Run the calibration.  0, or -errno with the reason in err (nothing to
+ * sample, the directory not writable, an I/O error); the scratch files
+ * are gone either way.
+ */
+int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
+              size_t errlen);
+
+/* Monotonic seconds. */
+double calib_now(void);
+
+#endif
