@@ -34,9 +34,11 @@
 # delta The map image (a copy) re-pointed with `qemu-img rebase -u` at a 1 TiB
 #       sparse raw base (`qemu-img create -f raw base.raw 1T`, nothing
 #       written): an overlay with 20,000 scattered 64 KiB clusters.
-#       Compared: `qchain-delta --output=json overlay.qcow2 > /dev/null`
-#             vs. `qemu-img map --output=json overlay.qcow2 > /dev/null` (the
-#       nearest thing an operator has).  Targets (issue 5): >= 4x, qchain
+#       Compared: `qchain-delta --output=json --rate=history overlay.qcow2
+#       > /dev/null` vs. `qemu-img map --output=json overlay.qcow2 >
+#       /dev/null` (the nearest thing an operator has).  --rate=history: the
+#       walk alone, without the time measurement (case predict; bounded by
+#       ~2 s and 64 MiB, which it adds to a default run).  Targets (issue 5): >= 4x, qchain
 #       peak RSS < 16 MiB.
 #
 # check The image of case map.
@@ -72,8 +74,9 @@
 #       create -f qcow2 base.qcow2 16T`; qcow2 because ext4 holds no 16 TiB
 #       raw file), and pointed back at none afterwards (also at exit, and
 #       by case map16t), which restores the file byte for byte.
-#       Compared: `qchain-delta --output=json img.qcow2 > /dev/null`
-#             vs. `qemu-img map --output=json img.qcow2 > /dev/null`.
+#       Compared: `qchain-delta --output=json --rate=history img.qcow2 >
+#       /dev/null` vs. `qemu-img map --output=json img.qcow2 > /dev/null`
+#       (--rate=history: as case delta).
 #       Targets (issue 20): >= 10x, qchain peak RSS < 16 MiB.
 #
 # commit-raw, commit-qcow2, commit-seq, commit-4k   (issue 4)
@@ -151,6 +154,19 @@
 #       Target (issue 20): at most 1.2x the slower alone, i.e. speedup
 #       >= 0.833.
 #
+# predict   (issue 21)
+#       Does qchain-delta's time hold?  For each commit shape (the images of
+#       commit-raw, commit-qcow2, commit-seq, commit-4k), RUNS times: fresh
+#       copies (as those cases prepare them), `qchain-delta --json
+#       --rate=auto top.qcow2` (its calibration commits a sample of the
+#       delta into scratch files beside the base), a pause of
+#       PREDICT_PAUSE s (an operator reads the figure), then the commit
+#       timed as in those cases (`qchain-commit top.qcow2 && sync base`).
+#       Printed: predicted and actual seconds and predicted/actual, run by
+#       run, with the calibration's own time and sample.  Targets (issue
+#       21): per shape the median ratio within 0.8-1.25, every run within
+#       0.67-1.5; every calibration within 2.5 s and 64 MiB.
+#
 # sum, sum-plain   (issue 17)
 #       Image: `qemu-img create -f qcow2 -o cluster_size=64k img.qcow2 4G`,
 #       then SUM_WRITES = 16,384 distinct 64 KiB clusters (1 GiB of data, a
@@ -204,7 +220,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-ALL_CASES=(map delta check map16t delta16t commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device commit-multi commit-qcow2-reflink sum sum-plain sum-floor sum-plain-floor)
+ALL_CASES=(map delta check map16t delta16t commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device commit-multi commit-qcow2-reflink predict sum sum-plain sum-floor sum-plain-floor)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # --- parameters of case map (change the stamp if you change these) ---------
@@ -519,7 +535,7 @@ case_delta() {
         qemu-img rebase -u -b base.raw -F raw "$dir/overlay.qcow2"
         printf '%s delta v1\n' "$(<"$WORK/map/stamp")" >"$dir/stamp"
     fi
-    OURS=("$qd" --output=json "$dir/overlay.qcow2")
+    OURS=("$qd" --output=json --rate=history "$dir/overlay.qcow2")
     REF=(qemu-img map --output=json "$dir/overlay.qcow2")
     run_pair delta --min-speedup 4 --max-rss-kib 16384
 }
@@ -563,7 +579,7 @@ case_delta16t() {
     # (a copy would take another 15 GiB of disk).
     UNBACK=$img
     set_backing "$img" base.qcow2 qcow2
-    OURS=("$qd" --output=json "$img")
+    OURS=("$qd" --output=json --rate=history "$img")
     REF=(qemu-img map --output=json "$img")
     run_pair delta16t --min-speedup 10 --max-rss-kib 16384
     unback
@@ -1039,6 +1055,76 @@ case_sum-plain-floor() {
     REF=(sha256sum "$WORK/sum/floor.raw")
     LABEL_REF="floor (sha256sum floor.raw)"
     run_pair sum-plain-floor
+}
+
+# --- case predict -----------------------------------------------------------
+PREDICT_PAUSE=1
+case_predict() {
+    local qc qd shape fmt kind dir i t0 t1 actual
+    qc=$(need_tool qchain-commit)
+    qd=$(need_tool qchain-delta)
+    local res=$WORK/.res.predict
+    rm -rf -- "$res"; mkdir -p -- "$res"
+    for shape in commit-raw:raw:scattered commit-qcow2:qcow2:scattered \
+                 commit-seq:raw:seq commit-4k:raw:4k; do
+        IFS=: read -r COMMIT_CASE fmt kind <<<"$shape"
+        commit_setup "$COMMIT_CASE" "$fmt" "$kind"
+        dir=$WORK/$COMMIT_CASE
+        note "[predict] $COMMIT_CASE: $RUNS x (qchain-delta --rate=auto, then qchain-commit)"
+        for ((i = 1; i <= RUNS; i++)); do
+            commit_prep
+            "$qd" --json --rate=auto "$dir/top.qcow2" >"$res/$COMMIT_CASE.$i.json" ||
+                die "qchain-delta failed on $dir/top.qcow2"
+            sleep "$PREDICT_PAUSE"
+            t0=${EPOCHREALTIME/./}
+            "$qc" "$dir/top.qcow2" >/dev/null || die "qchain-commit failed"
+            sync "$dir/base.img"
+            t1=${EPOCHREALTIME/./}
+            actual=$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.6f", d / 1e6 }')
+            printf '%s %d %s %s\n' "$COMMIT_CASE" "$i" "$actual" \
+                "$res/$COMMIT_CASE.$i.json" >>"$res/runs"
+        done
+    done
+    local out
+    out=$(python3 - "$res/runs" <<'PY'
+import json, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    shape, i, actual, path = line.split()
+    d = json.load(open(path))
+    assert d["rate-source"] == "measured", d
+    rows.setdefault(shape, []).append((int(i), float(actual), d))
+failed = False
+print("  %-13s %3s %10s %10s %7s %8s %10s %6s" % ("shape", "run", "predicted", "actual",
+      "ratio", "calib_s", "sample_MiB", "runs"))
+for shape, rs in rows.items():
+    ratios = []
+    for i, actual, d in rs:
+        r = d["estimated-seconds"] / actual
+        ratios.append(r)
+        c = d["calibration"]
+        bad = not (0.67 <= r <= 1.5) or d["calibration-seconds"] > 2.5 or \
+              c["sample-bytes"] > 64 << 20
+        failed |= bad
+        print("  %-13s %3d %10.4f %10.4f %7.3f %8.3f %10.1f %6d%s" % (
+              shape, i, d["estimated-seconds"], actual, r, d["calibration-seconds"],
+              c["sample-bytes"] / 1048576, c["sample-runs"], "  OUT OF BOUNDS" if bad else ""))
+    m = statistics.median(ratios)
+    ok = 0.8 <= m <= 1.25
+    failed |= not ok
+    print("  %s: median predicted/actual = %.3f, range %.3f-%.3f (target median 0.8-1.25, "
+          "runs 0.67-1.5: %s)" % (shape, m, min(ratios), max(ratios),
+                                   "MET" if ok and all(0.67 <= r <= 1.5 for r in ratios) else "NOT MET"))
+print("FAILED" if failed else "ALL MET")
+PY
+) || die "predict: cannot read the results"
+    TABLE+=("predict: qchain-delta --rate=auto against the real commit (pause ${PREDICT_PAUSE} s)")
+    while IFS= read -r line; do
+        [[ $line == FAILED ]] && { FAILED=1; continue; }
+        [[ $line == "ALL MET" ]] && continue
+        TABLE+=("$line")
+    done <<<"$out"
+    TABLE+=("")
 }
 
 # --- main -------------------------------------------------------------------
