@@ -6,9 +6,10 @@
 #
 # A VM disk (base.raw) gets two external snapshots (qchain-snapshot) while
 # "the guest" writes (qemu-io stands in for it); qchain inspects the chain
-# (what each layer holds, which layer serves each byte), commits snap1 into
-# the base while snap2 stays live, then commits snap2 (the offline step),
-# and checks the result against qemu-img.
+# (what each layer holds, which layer serves each byte), asks qchain-delta
+# what each commit costs (the time measured on this host), commits snap1
+# into the base while snap2 stays live, then commits snap2 (the offline
+# step), and checks the result against qemu-img.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/scripts/deps.sh"
@@ -49,8 +50,15 @@ say "$bin/qchain-map" --output=json --max-length=96M snap2.qcow2
 qemu-img convert -O raw snap2.qcow2 view-before.raw
 
 echo
+echo "== what the live commit of snap1 copies, and how long it takes"
+say "$bin/qchain-delta" --top snap1.qcow2 --base base.raw snap2.qcow2
+echo
 echo "== commit snap1 into the base; snap2 is re-pointed at it"
 say "$bin/qchain-commit" --top snap1.qcow2 --base base.raw snap2.qcow2
+echo
+echo "== before booking the downtime: the offline commit of snap2, and"
+echo "   whether another live round would shrink it (the guest writing 2 MiB/s)"
+say "$bin/qchain-delta" --growth-rate 2M --downtime 0.5 snap2.qcow2
 echo
 echo "== the guest stopped: commit the last overlay (the downtime)"
 say "$bin/qchain-commit" snap2.qcow2
