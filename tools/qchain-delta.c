@@ -654,7 +654,8 @@ static void find_time(struct delta *d, const struct args *a)
         struct calib_in in = {
             .top = d->c.layers[d->c.top].img, .stop = d->nl,
             .base = b->img, .base_name = b->name,
-            .data_bytes = d->est.data_bytes, .data_runs = d->est.data_runs};
+            .data_bytes = d->est.data_bytes, .data_runs = d->est.data_runs,
+            .repoint = d->c.top > 0};
         char err[256];
         if (calibrate(&in, &d->cal, err, sizeof(err)) == 0) {
             double copy = d->cal.copy_seconds + d->cal.read_seconds;

@@ -628,6 +628,19 @@ then
     fi
 else bad "calibration" "$(cat err cal.json; grep -E 'O_CREAT|unlink|rename' cal.trace | head -20)"; fi
 rm -f "cal-b/.base.raw.qchain-calibrate-$$.top"
+# a raw base whose first bytes are a qcow2 header (a guest may write one):
+# its content goes into the scratch base, which is still read as raw
+qemu-img create -q -f qcow2 cal-b/hdr.qcow2 64M
+qemu-img create -q -f raw cal-b/qfi.raw 64M
+dd if=cal-b/hdr.qcow2 of=cal-b/qfi.raw bs=64k count=1 conv=notrunc status=none
+qemu-img create -q -f qcow2 -b ../cal-b/qfi.raw -F raw cal-t/qfi.qcow2
+qemu-io -c 'write -P 5 0 128k' -c 'write -P 6 8M 1M' cal-t/qfi.qcow2 >/dev/null
+sum0=$(md5sum < cal-b/qfi.raw)
+"$D" --json cal-t/qfi.qcow2 > qfi.json 2>err && [ "$(jget qfi.json rate-source)" = '"measured"' ] \
+    && [ "$sum0" = "$(md5sum < cal-b/qfi.raw)" ] \
+    && [ -z "$(ls -A cal-b | grep calibrate)" ] \
+    && ok "calibration: a raw base holding a qcow2 header is measured as raw" \
+    || bad "calibration qfi" "$(cat err qfi.json)"
 # a base whose directory takes no new file (read-only): no measurement,
 # the reason said, the history used where there is one
 mkdir -p ro-b

@@ -34,6 +34,8 @@ double calib_now(void)
 
 struct run {
     uint64_t off, len;
+    double read;                /* reading it from the real layers */
+    double base_read;           /* reading the base under it */
 };
 
 struct cal {
@@ -74,7 +76,7 @@ static int add_run(struct cal *c, uint64_t off, uint64_t len)
         c->runs = r;
         c->cap = cap;
     }
-    c->runs[c->n++] = (struct run){off, len};
+    c->runs[c->n++] = (struct run){off, len, 0, 0};
     c->bytes += len;
     return 0;
 }
@@ -245,14 +247,20 @@ static int create(struct cal *c)
     return 0;
 }
 
-static int open_img(struct cal *c, struct qcow2_image **img, const char *path,
+/* A scratch file, opened with its format named (never probed: the base's
+ * content copied into a raw scratch base may look like anything). */
+static int open_img(struct cal *c, struct qcow2_image **img, bool base,
                     unsigned flags)
 {
+    const char *path = base ? c->base : c->top;
     struct qcow2_open_opts o;
+    struct qcow2_info bi;
 
+    qcow2_info_get(c->in->base, &bi);
     memset(&o, 0, sizeof(o));
     o.size = sizeof(o);
     o.flags = flags;
+    o.format = base && bi.format == QCOW2_FORMAT_RAW ? "raw" : "qcow2";
     *img = qcow2_new();
     if (!*img)
         return fail(c, -ENOMEM, "out of memory");
@@ -262,60 +270,101 @@ static int open_img(struct cal *c, struct qcow2_image **img, const char *path,
     return 0;
 }
 
-/* The base's own content under the sample into the scratch base (not its
- * backing file's: what it does not allocate stays unallocated): its
- * non-zero blocks (a raw base's 4 KiB blocks, a qcow2 base's clusters), so
- * that what the commit compares, overwrites or allocates there is the
- * same. */
-static int fill_base(struct cal *c)
+/* The base's blocks around run r: whole blocks of `block` bytes, up to the
+ * base's size (a base that grows has nothing past it). */
+static void base_span(const struct cal *c, size_t r, uint64_t block,
+                      uint64_t *lo, uint64_t *hi)
 {
-    struct qcow2_image *sb;
+    uint64_t base_size = qcow2_virtual_size(c->in->base);
+
+    *lo = c->runs[r].off / block * block;
+    *hi = (c->runs[r].off + c->runs[r].len + block - 1) / block * block;
+    if (*hi > base_size)
+        *hi = base_size;
+    if (*lo > *hi)
+        *lo = *hi;
+}
+
+static uint64_t base_block(const struct cal *c)
+{
     struct qcow2_info bi;
-    uint64_t block;
+
+    qcow2_info_get(c->in->base, &bi);
+    return bi.format == QCOW2_FORMAT_QCOW2 ? bi.cluster_size : RAW_BLOCK;
+}
+
+/* The base's blocks around run r as img holds them (a layer alone): its
+ * data extents read (not its holes, nor what it does not allocate: the
+ * commit reads neither), the reads timed into *secs; with sb, each stretch
+ * of non-zero blocks written there at the same offset, in one write, as a
+ * guest or a copy wrote it (the page cache then holds it alike). */
+static int base_run(struct cal *c, struct qcow2_image *img, size_t r,
+                    struct qcow2_image *sb, double *secs)
+{
+    uint64_t block = base_block(c), lo, hi, pos, end;
+    struct qcow2_extent e;
+    double t;
+
+    for (base_span(c, r, block, &lo, &hi); lo < hi; lo += e.length) {
+        if (qcow2_map(img, lo, hi - lo, QCOW2_MAP_HOLES, &e) < 0)
+            return fail(c, -EIO, "reading '%s': %s", qcow2_filename(img),
+                        qcow2_errmsg(img));
+        if (!(e.flags & QCOW2_EXTENT_DATA) || (e.flags & QCOW2_EXTENT_ZERO))
+            continue;
+        for (pos = lo, end = lo + e.length; pos < end;) {
+            size_t len = end - pos < CHUNK ? (size_t)(end - pos) : CHUNK;
+            size_t b, x, bl = 0;
+            t = calib_now();
+            if (qcow2_layer_pread(img, c->buf, len, pos) != (int64_t)len)
+                return fail(c, -EIO, "reading '%s': %s", qcow2_filename(img),
+                            qcow2_errmsg(img));
+            *secs += calib_now() - t;
+            for (b = 0; sb && b < len; b = x < len ? x + bl : x) {
+                for (x = b; x < len; x += bl) {
+                    bl = len - x < block ? len - x : (size_t)block;
+                    if (qcow2_buffer_is_zero(c->buf + x, bl))
+                        break;
+                }
+                if (x > b && qcow2_pwrite(sb, c->buf + b, x - b, pos + b) < 0)
+                    return fail(c, -EIO, "writing a scratch file: %s",
+                                qcow2_errmsg(sb));
+            }
+            pos += len;
+        }
+    }
+    return 0;
+}
+
+/* Read the base's data under the sample through img (the scratch base),
+ * timed. */
+static int read_base(struct cal *c, struct qcow2_image *img, double *secs)
+{
     size_t r;
     int rc;
 
-    qcow2_info_get(c->in->base, &bi);
-    block = bi.format == QCOW2_FORMAT_QCOW2 ? bi.cluster_size : RAW_BLOCK;
-    if ((rc = open_img(c, &sb, c->base, QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING)) < 0)
+    *secs = 0;
+    for (r = 0; r < c->n; r++)
+        if ((rc = base_run(c, img, r, NULL, secs)) < 0)
+            return rc;
+    return 0;
+}
+
+/* The base's own content under the sample into the scratch base (not its
+ * backing file's: what it does not allocate stays unallocated), so that
+ * what the commit compares, overwrites or allocates there is the same;
+ * reading it from the real base is timed run by run. */
+static int fill_base(struct cal *c)
+{
+    struct qcow2_image *sb;
+    size_t r;
+    int rc;
+
+    if ((rc = open_img(c, &sb, true,
+                       QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING)) < 0)
         goto out;
-    for (r = 0; r < c->n; r++) {
-        /* whole blocks around the run */
-        uint64_t lo = c->runs[r].off / block * block;
-        uint64_t hi = c->runs[r].off + c->runs[r].len;
-        uint64_t base_size = qcow2_virtual_size(c->in->base);
-        hi = (hi + block - 1) / block * block;
-        if (hi > base_size)
-            hi = base_size;
-        while (lo < hi) {
-            size_t len = hi - lo < CHUNK ? (size_t)(hi - lo) : CHUNK, b;
-            int64_t got = qcow2_layer_pread(c->in->base, c->buf, len, lo);
-            if (got < 0) {
-                rc = fail(c, (int)got, "reading the base: %s",
-                          qcow2_errmsg(c->in->base));
-                goto out;
-            }
-            /* each stretch of non-zero blocks in one write, as a guest
-             * or a copy wrote them (the page cache holds it alike) */
-            for (b = 0; b < (size_t)got;) {
-                size_t e = b, bl;
-                while (e < (size_t)got) {
-                    bl = (size_t)got - e < block ? (size_t)got - e
-                                                 : (size_t)block;
-                    if (qcow2_buffer_is_zero(c->buf + e, bl))
-                        break;
-                    e += bl;
-                }
-                if (e > b && qcow2_pwrite(sb, c->buf + b, e - b, lo + b) < 0) {
-                    rc = fail(c, -EIO, "writing a scratch file: %s",
-                              qcow2_errmsg(sb));
-                    goto out;
-                }
-                b = e < (size_t)got ? e + bl : e;
-            }
-            lo += len;
-        }
-    }
+    for (r = 0; r < c->n; r++)
+        if ((rc = base_run(c, c->in->base, r, sb, &c->runs[r].base_read)) < 0)
+            goto out;
     if (qcow2_flush(sb) < 0)
         rc = fail(c, -EIO, "flushing a scratch file: %s", qcow2_errmsg(sb));
 out:
@@ -323,18 +372,34 @@ out:
     return rc;
 }
 
+/* Keep the first n runs of the sample. */
+static void cut(struct cal *c, size_t n)
+{
+    size_t r;
+
+    for (r = n; r < c->n; r++)
+        c->bytes -= c->runs[r].len;
+    c->n = n;
+}
+
 /* Read the data of the sample through img (the layers above depth stop)
  * as the commit reads it: the data extents, not the holes of their files
- * (QCOW2_MAP_HOST_HOLES), timed. */
+ * (QCOW2_MAP_HOST_HOLES), timed, in all (*secs) and run by run into the
+ * runs when `real`; then past `deadline` (0: none) the sample is cut. */
 static int read_sample(struct cal *c, struct qcow2_image *img, unsigned stop,
-                       double *secs)
+                       bool real, double deadline, double *secs)
 {
-    double t0 = calib_now();
+    double t0 = calib_now(), t;
     struct qcow2_extent e;
     size_t r;
 
     for (r = 0; r < c->n; r++) {
         uint64_t pos = c->runs[r].off, end = pos + c->runs[r].len;
+        if (r > 0 && deadline > 0 && calib_now() > deadline) {
+            cut(c, r); /* a slow read side: the runs read so far */
+            break;
+        }
+        t = calib_now();
         for (; pos < end; pos += e.length) {
             uint64_t p, eend;
             if (qcow2_map_above(img, pos, end - pos, QCOW2_MAP_HOST_HOLES,
@@ -351,29 +416,27 @@ static int read_sample(struct cal *c, struct qcow2_image *img, unsigned stop,
                 p += len;
             }
         }
+        if (real)
+            c->runs[r].read = calib_now() - t;
     }
     *secs = calib_now() - t0;
     return 0;
 }
 
 /* The layers' data of the sample into the scratch overlay.  Writing stops
- * once CALIB_PREPARE_MAX has passed since t0: the sample is cut there. */
-static int fill_top(struct cal *c, double t0)
+ * at the deadline: the sample is cut there. */
+static int fill_top(struct cal *c, double deadline)
 {
     struct qcow2_image *st;
     size_t r;
     int rc;
 
-    if ((rc = open_img(c, &st, c->top, QCOW2_OPEN_RDWR)) < 0)
+    if ((rc = open_img(c, &st, false, QCOW2_OPEN_RDWR)) < 0)
         goto out;
     for (r = 0; r < c->n; r++) {
         uint64_t pos = c->runs[r].off, end = pos + c->runs[r].len;
-        if (r > 0 && calib_now() - t0 > CALIB_PREPARE_MAX) {
-            /* a slow device: the runs filled so far are the sample */
-            size_t keep = r;
-            for (; r < c->n; r++)
-                c->bytes -= c->runs[r].len;
-            c->n = keep;
+        if (r > 0 && calib_now() > deadline) {
+            cut(c, r); /* a slow device: the runs filled so far */
             break;
         }
         while (pos < end) {
@@ -412,7 +475,7 @@ static int punch_holes(struct cal *c)
     int fd = -1, rc;
     size_t r;
 
-    if ((rc = open_img(c, &st, c->top, QCOW2_OPEN_NO_BACKING)) < 0)
+    if ((rc = open_img(c, &st, false, QCOW2_OPEN_NO_BACKING)) < 0)
         goto out;
     for (r = 0; r < c->n; r++) {
         uint64_t pos = c->runs[r].off, end = pos + c->runs[r].len;
@@ -468,8 +531,8 @@ static int commit_sample(struct cal *c, double *secs)
     int rc;
 
     /* the chain without locks, so that the base opens for writing */
-    if ((rc = open_img(c, &chain, c->top, QCOW2_OPEN_FORCE_SHARE)) < 0 ||
-        (rc = open_img(c, &base, c->base,
+    if ((rc = open_img(c, &chain, false, QCOW2_OPEN_FORCE_SHARE)) < 0 ||
+        (rc = open_img(c, &base, true,
                        QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING)) < 0)
         goto out;
     memset(&co, 0, sizeof(co));
@@ -488,7 +551,9 @@ out:
 
 /* The syncs qchain-commit makes around the copy, in the same directory:
  * its journal and the base's record (each a small file made durable,
- * renamed into place, the directory synced), then the journal removed. */
+ * renamed into place, the directory synced), the re-point of the image
+ * above TOP when there is one (a small write made durable: a third round
+ * stands for it), then the journal removed. */
 static int time_syncs(struct cal *c, double *secs)
 {
     char tmp[PATH_MAX + 8], name[PATH_MAX + 8], line[128];
@@ -498,7 +563,7 @@ static int time_syncs(struct cal *c, double *secs)
     snprintf(line, sizeof(line), "calibration %ld\n", (long)getpid());
     snprintf(tmp, sizeof(tmp), "%s.tmp", c->top);
     snprintf(name, sizeof(name), "%s.rec", c->top);
-    for (i = 0; i < 2 && rc == 0; i++) {
+    for (i = 0; i < (c->in->repoint ? 3 : 2) && rc == 0; i++) {
         fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (fd < 0)
             return fail(c, -errno, "cannot write beside the base: %s",
@@ -529,7 +594,10 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
     struct cal c;
     struct qcow2_image *st = NULL;
     struct qcow2_info ti;
-    double t0 = calib_now(), hot = 0, hot2 = 0;
+    double t0 = calib_now(), hot = 0, hot2 = 0, real = 0, prep;
+    double base_real = 0, base_hot = 0;
+    struct qcow2_info bi;
+    size_t r;
     int rc;
 
     memset(&c, 0, sizeof(c));
@@ -545,26 +613,51 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
     if (!c.buf)
         return fail(&c, -ENOMEM, "out of memory");
     if ((rc = choose(&c, ti.cluster_size ? ti.cluster_size : 65536)) < 0 ||
-        (rc = names(&c)) < 0 || (remove_stale(&c), (rc = create(&c)) < 0) ||
-        (rc = read_sample(&c, in->top, in->stop, &out->read_seconds)) < 0 ||
-        (rc = fill_base(&c)) < 0 || (rc = fill_top(&c, t0)) < 0 ||
+        (rc = names(&c)) < 0 || (remove_stale(&c), (rc = create(&c)) < 0))
+        goto out;
+    /* the walk done, the preparation gets CALIB_PREPARE_MAX: half of it
+     * for reading the sample from the layers first (the read side, in the
+     * cache state the commit would meet), the rest for writing it */
+    prep = calib_now();
+    if ((rc = read_sample(&c, in->top, in->stop, true,
+                          prep + CALIB_PREPARE_MAX / 2, &real)) < 0 ||
+        (rc = fill_base(&c)) < 0 ||
+        (rc = fill_top(&c, prep + CALIB_PREPARE_MAX)) < 0 ||
         (rc = punch_holes(&c)) < 0)
         goto out;
+    for (real = 0, r = 0; r < c.n; r++) { /* of the runs kept */
+        real += c.runs[r].read;
+        base_real += c.runs[r].base_read;
+    }
     /* the same bytes read back from the scratch overlay (the faster of two
      * reads), which the copy below reads: what the real layers cost beyond
      * it is the read side (a cold cache, decompression).  Less than a
      * quarter of the read is what two reads of the same cached bytes
      * differ by: none. */
-    if ((rc = open_img(&c, &st, c.top, 0)) < 0 ||
-        (rc = read_sample(&c, st, 1, &hot)) < 0 ||
-        (rc = read_sample(&c, st, 1, &hot2)) < 0)
+    if ((rc = open_img(&c, &st, false, 0)) < 0 ||
+        (rc = read_sample(&c, st, 1, false, 0, &hot)) < 0 ||
+        (rc = read_sample(&c, st, 1, false, 0, &hot2)) < 0)
         goto out;
     qcow2_close(st);
     st = NULL;
     if (hot2 < hot)
         hot = hot2;
-    out->read_seconds = out->read_seconds > 1.25 * hot
-                            ? out->read_seconds - hot : 0;
+    out->read_seconds = real > 1.25 * hot ? real - hot : 0;
+    /* a raw base is read where the commit compares what it writes with
+     * what the base holds: the same for the base's blocks under the
+     * sample, read from the real base while filling the scratch one */
+    qcow2_info_get(in->base, &bi);
+    if (bi.format == QCOW2_FORMAT_RAW) {
+        if ((rc = open_img(&c, &st, true, QCOW2_OPEN_NO_BACKING)) < 0 ||
+            (rc = read_base(&c, st, &hot)) < 0 ||
+            (rc = read_base(&c, st, &hot2)) < 0)
+            goto out;
+        qcow2_close(st);
+        st = NULL;
+        base_hot = hot2 < hot ? hot2 : hot;
+        if (base_real > 1.25 * base_hot)
+            out->read_seconds += base_real - base_hot;
+    }
     if ((rc = commit_sample(&c, &out->copy_seconds)) < 0 ||
         (rc = time_syncs(&c, &out->sync_seconds)) < 0)
         goto out;

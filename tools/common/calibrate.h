@@ -14,21 +14,25 @@
  * overlay (a cold cache, decompression, a slower file system) is added.
  * Last, the syncs the commit tool makes around the copy (its journal and
  * the base's record: a small file made durable, renamed, its directory
- * synced, twice, and a removal) are made and timed in the same directory.
+ * synced, twice, a third time for a re-point, and a removal) are made and
+ * timed in the same directory.
  * Both scratch files are removed before returning, on every path; the
  * base and the layers are only read.
  */
 #ifndef QCHAIN_CALIBRATE_H
 #define QCHAIN_CALIBRATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <qcow2/qcow2.h>
 
 #define CALIB_SAMPLE_MAX (64ull << 20) /* bytes of the delta committed */
-#define CALIB_PREPARE_MAX 1.0          /* seconds spent writing the scratch
-                                          files before the sample is cut */
+#define CALIB_PREPARE_MAX 1.0          /* seconds for reading the sample and
+                                          writing the scratch files, once
+                                          the runs are chosen: past them
+                                          the sample is cut */
 
 struct calib_in {
     struct qcow2_image *top;   /* TOP, in its chain */
@@ -37,6 +41,8 @@ struct calib_in {
     const char *base_name;     /* BASE's file: the scratch files go beside */
     uint64_t data_bytes;       /* the estimate's: what the commit copies */
     uint64_t data_runs;
+    bool repoint;              /* TOP is not ACTIVE: the commit re-points
+                                  the image above it */
 };
 
 struct calib_out {
