@@ -166,6 +166,11 @@
 #       run, with the calibration's own time and sample.  Targets (issue
 #       21): per shape the median ratio within 0.8-1.25, every run within
 #       0.67-1.5; every calibration within 2.5 s and 64 MiB.
+# predict-cold   (issue 21)
+#       predict with the page cache dropped (`sync; echo 3 >
+#       /proc/sys/vm/drop_caches`, root) before qchain-delta and again
+#       before the commit: layers and base read from the disk by both, the
+#       read side the calibration measures.  The same targets.
 #
 # sum, sum-plain   (issue 17)
 #       Image: `qemu-img create -f qcow2 -o cluster_size=64k img.qcow2 4G`,
@@ -220,7 +225,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-ALL_CASES=(map delta check map16t delta16t commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device commit-multi commit-qcow2-reflink predict sum sum-plain sum-floor sum-plain-floor)
+ALL_CASES=(map delta check map16t delta16t commit-raw commit-raw-copy commit-raw-floor commit-qcow2 commit-seq commit-seq-copy commit-4k commit-4k-floor commit-raw-device commit-multi commit-qcow2-reflink predict predict-cold sum sum-plain sum-floor sum-plain-floor)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # --- parameters of case map (change the stamp if you change these) ---------
@@ -1059,22 +1064,30 @@ case_sum-plain-floor() {
 
 # --- case predict -----------------------------------------------------------
 PREDICT_PAUSE=1
-case_predict() {
-    local qc qd shape fmt kind dir i t0 t1 actual
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+case_predict() { predict_case predict 0; }
+case_predict-cold() {
+    [[ -w /proc/sys/vm/drop_caches ]] || die "predict-cold: dropping the page cache needs root"
+    predict_case predict-cold 1
+}
+predict_case() { # name cold(0|1)
+    local name=$1 cold=$2 qc qd shape fmt kind dir i t0 t1 actual
     qc=$(need_tool qchain-commit)
     qd=$(need_tool qchain-delta)
-    local res=$WORK/.res.predict
+    local res=$WORK/.res.$name
     rm -rf -- "$res"; mkdir -p -- "$res"
     for shape in commit-raw:raw:scattered commit-qcow2:qcow2:scattered \
                  commit-seq:raw:seq commit-4k:raw:4k; do
         IFS=: read -r COMMIT_CASE fmt kind <<<"$shape"
         commit_setup "$COMMIT_CASE" "$fmt" "$kind"
         dir=$WORK/$COMMIT_CASE
-        note "[predict] $COMMIT_CASE: $RUNS x (qchain-delta --rate=auto, then qchain-commit)"
+        note "[$name] $COMMIT_CASE: $RUNS x (qchain-delta --rate=auto, then qchain-commit)"
         for ((i = 1; i <= RUNS; i++)); do
             commit_prep
+            ((cold == 0)) || drop_caches
             "$qd" --json --rate=auto "$dir/top.qcow2" >"$res/$COMMIT_CASE.$i.json" ||
                 die "qchain-delta failed on $dir/top.qcow2"
+            ((cold == 0)) || drop_caches
             sleep "$PREDICT_PAUSE"
             t0=${EPOCHREALTIME/./}
             "$qc" "$dir/top.qcow2" >/dev/null || die "qchain-commit failed"
@@ -1118,7 +1131,9 @@ for shape, rs in rows.items():
 print("FAILED" if failed else "ALL MET")
 PY
 ) || die "predict: cannot read the results"
-    TABLE+=("predict: qchain-delta --rate=auto against the real commit (pause ${PREDICT_PAUSE} s)")
+    local how="pause ${PREDICT_PAUSE} s"
+    ((cold == 0)) || how+=", page cache dropped before each"
+    TABLE+=("$name: qchain-delta --rate=auto against the real commit ($how)")
     while IFS= read -r line; do
         [[ $line == FAILED ]] && { FAILED=1; continue; }
         [[ $line == "ALL MET" ]] && continue
