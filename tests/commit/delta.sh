@@ -438,6 +438,20 @@ PY
 else
     bad "three disks" "$(cat err)"
 fi
+# measured (the default): each disk calibrated beside its own base, the
+# totals their sum; the plan over the sums at the summed rate
+"$D" --json --growth-rate 1M --downtime 0.001 m-a.qcow2 m-b.qcow2 m-c.qcow2 > mm.json 2>err \
+    && "$D" --growth-rate 1M --downtime 0.001 m-a.qcow2 m-b.qcow2 m-c.qcow2 > mm.txt 2>>err \
+    && python3 - mm.json mm.txt <<'PY' && ok "three disks measured: the totals' seconds are the disks' sum, the plan at the summed rate" || bad "three disks measured" "$(cat err mm.json mm.txt)"
+import json, sys
+j = json.load(open(sys.argv[1])); txt = open(sys.argv[2]).read()
+assert all(d["rate-source"] == "measured" and d["calibration"]["sample-bytes"] > 0 for d in j["disks"]), j
+t = sum(d["estimated-seconds"] for d in j["disks"])
+assert abs(j["estimated-seconds"] - t) <= 2e-6, (j["estimated-seconds"], t)
+rate = j["data-bytes"] / j["estimated-seconds"]
+assert abs(j["plan"]["final-seconds"] - j["plan"]["final-data-bytes"] / rate) <= 1e-3 * j["plan"]["final-seconds"] + 2e-6, (j["plan"], rate)
+assert "One after the other, the commits take about " in txt, txt
+PY
 # one ACTIVE: the same bytes as before several were accepted (no totals)
 "$D" --json m-c.qcow2 > m-one.json && [ "$(jget m-one.json disks)" = '<absent>' ] \
     && [ "$(jget m-one.json active)" = '"m-c.qcow2"' ] \
