@@ -85,7 +85,7 @@ static int add_run(struct cal *c, uint64_t off, uint64_t len)
  * The sample: the delta's data runs (guest-contiguous data extents above
  * the base, as the commit counts them) numbered in guest order, and of R
  * runs the ones where floor(i * k / R) steps, k = as many as the mean run
- * fits into the budget: k evenly spread runs.  A run longer than what is
+ * fits into the budget, at most CALIB_RUNS_MAX: k evenly spread runs.  A run longer than what is
  * left of the budget gives its first part (whole clusters of the top).
  */
 static int choose(struct cal *c, uint32_t cluster)
@@ -100,6 +100,8 @@ static int choose(struct cal *c, uint32_t cluster)
     if (mean == 0)
         mean = 1;
     k = (max + mean - 1) / mean;
+    if (k > CALIB_RUNS_MAX)
+        k = CALIB_RUNS_MAX;
     if (k > in->data_runs)
         k = in->data_runs;
     while (pos <= c->size && c->bytes < max) {

@@ -29,6 +29,10 @@
 #include <qcow2/qcow2.h>
 
 #define CALIB_SAMPLE_MAX (64ull << 20) /* bytes of the delta committed */
+#define CALIB_RUNS_MAX 16384           /* runs in the sample: what each
+                                          costs beyond its bytes (maps,
+                                          calls) stays bounded when they are
+                                          tiny (512-byte subclusters) */
 #define CALIB_PREPARE_MAX 1.0          /* seconds for reading the sample and
                                           writing the scratch files, once
                                           the runs are chosen: past them
