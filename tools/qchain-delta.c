@@ -672,7 +672,7 @@ static void find_time(struct delta *d, const struct args *a)
     }
     if (d->have_hist) {
         d->src = SRC_HISTORY;
-        d->rate = (double)d->hist.data / d->hist.seconds;
+        d->rate = cli_history_rate(&d->hist);
         d->seconds = data / d->rate;
     }
 }
@@ -870,7 +870,7 @@ static void json_disk(struct json *js, const struct delta *d,
         json_u64(js, "offloaded-bytes", d->hist.offloaded);
         json_seconds(js, "seconds", d->hist.seconds);
         json_u64(js, "rate-bytes-per-second",
-                 (uint64_t)((double)d->hist.data / d->hist.seconds));
+                 (uint64_t)cli_history_rate(&d->hist));
         json_object_end(js);
     }
     if (a->have_downtime)
@@ -1019,11 +1019,10 @@ static void report_human(const struct delta *d, const struct args *a)
                d->src == SRC_HISTORY ? "Going by" : "At the rate of",
                cli_size_str(d->hist.data, hb, sizeof(hb)), when,
                secs_str(d->hist.seconds, hs, sizeof(hs)),
-               cli_size_str((uint64_t)((double)d->hist.data /
-                                       d->hist.seconds), sa, sizeof(sa)),
+               cli_size_str((uint64_t)cli_history_rate(&d->hist), sa,
+                            sizeof(sa)),
                secs_str((double)d->est.data_bytes /
-                            ((double)d->hist.data / d->hist.seconds), f,
-                        sizeof(f)));
+                            cli_history_rate(&d->hist), f, sizeof(f)));
     }
     if (a->have_downtime)
         print_plan(&d->plan, d->growth_bps, d->rate, a);

@@ -47,6 +47,7 @@ struct cal {
     char dir[PATH_MAX];         /* the base's directory */
     char base[PATH_MAX];        /* scratch base and overlay */
     char top[PATH_MAX];
+    const char *leaf;           /* the base's name in dir */
     const char *base_leaf;      /* the scratch base's name in dir */
     bool made_base, made_top;
     uint8_t *buf;               /* CHUNK bytes */
@@ -85,8 +86,9 @@ static int add_run(struct cal *c, uint64_t off, uint64_t len)
  * The sample: the delta's data runs (guest-contiguous data extents above
  * the base, as the commit counts them) numbered in guest order, and of R
  * runs the ones where floor(i * k / R) steps, k = as many as the mean run
- * fits into the budget, at most CALIB_RUNS_MAX: k evenly spread runs.  A run longer than what is
- * left of the budget gives its first part (whole clusters of the top).
+ * fits into the budget, at most CALIB_RUNS_MAX: k evenly spread runs.  A
+ * run longer than what is left of the budget gives its first part (whole
+ * clusters of the top).
  */
 static int choose(struct cal *c, uint32_t cluster)
 {
@@ -165,6 +167,7 @@ static int names(struct cal *c)
                  c->dir, leaf, (long)getpid()) >= (int)sizeof(c->top))
         return fail(c, -ENAMETOOLONG, "the base's name is too long for a "
                     "scratch file beside it");
+    c->leaf = leaf;
     c->base_leaf = strrchr(c->base, '/') + 1;
     return 0;
 }
@@ -173,15 +176,13 @@ static int names(struct cal *c)
  * are removed: the name's prefix and a PID no process has. */
 static void remove_stale(struct cal *c)
 {
-    const char *slash = strrchr(c->in->base_name, '/');
-    const char *leaf = slash ? slash + 1 : c->in->base_name;
     char prefix[NAME_MAX + 32], path[PATH_MAX];
     size_t plen;
     struct dirent *de;
     DIR *d;
 
     if ((size_t)snprintf(prefix, sizeof(prefix), ".%s.qchain-calibrate-",
-                         leaf) >= sizeof(prefix) ||
+                         c->leaf) >= sizeof(prefix) ||
         !(d = opendir(c->dir)))
         return;
     plen = strlen(prefix);
@@ -567,9 +568,10 @@ static int time_syncs(struct cal *c, double *secs)
     snprintf(name, sizeof(name), "%s.rec", c->top);
     for (i = 0; i < (c->in->repoint ? 3 : 2) && rc == 0; i++) {
         fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (fd < 0)
-            return fail(c, -errno, "cannot write beside the base: %s",
-                        strerror(errno));
+        if (fd < 0) {
+            rc = -errno;
+            break;
+        }
         if (write(fd, line, strlen(line)) < 0 || fsync(fd) < 0)
             rc = -errno;
         close(fd);

@@ -95,7 +95,7 @@ bool cli_history_comparable(const struct cli_history *h, const char *fmt,
      * time too short to measure) says nothing */
     if (h->resumed || h->rebuilt || strcmp(h->base_format, fmt) != 0 ||
         h->data == 0 || h->runs == 0 || !(h->seconds >= 1e-3) ||
-        !((double)h->data / h->seconds < 1e18) || data == 0 || runs == 0)
+        !(cli_history_rate(h) < 1e18) || data == 0 || runs == 0)
         return false;
     a = (double)h->data / (double)h->runs;
     b = (double)data / (double)runs;

@@ -40,6 +40,13 @@ int cli_history_format(const struct cli_history *h, char *buf, size_t len);
 /* Is line a history line?  Then 0 and *h filled; else -EINVAL. */
 int cli_history_parse(const char *line, struct cli_history *h);
 
+/* The rate of h's commit: data bytes per second (seconds > 0 once parsed
+ * and held comparable). */
+static inline double cli_history_rate(const struct cli_history *h)
+{
+    return (double)h->data / h->seconds;
+}
+
 /* Does h describe a commit whose time says something about one of data
  * bytes in runs runs into a base of format fmt: not resumed, no rebuild,
  * the same base format, data moved, and its mean run within a factor of 4
