@@ -59,15 +59,19 @@ nbd_stop
 
 # the other way: qchain writing, QEMU must stay out
 truncate -s 16M model.raw
-"$RW" img.qcow2 model.raw 3 100000000 --flush-every 20 >/dev/null 2>&1 &
+rm -f ready
+"$RW" img.qcow2 model.raw 3 100000000 --flush-every 20 --ready ready \
+    >/dev/null 2>werr &
 w=$!; cleanup_hooks+=("kill -9 $w 2>/dev/null")
 # until the writer holds the image (a loaded machine takes a while to
-# start it): at most 20 s
+# start it): at most 20 s. No QEMU probe meanwhile: a qemu-img that
+# holds the image as the writer opens it makes the writer refuse.
 for _ in $(seq 200); do
-    qemu-img info img.qcow2 >/dev/null 2>err || break
+    [ -e ready ] && break
     kill -0 $w 2>/dev/null || break
     sleep 0.1
 done
+[ -e ready ] && kill -0 $w 2>/dev/null || bad "qchain writer" "not running: $(cat werr)"
 qemu-img info img.qcow2 >/dev/null 2>err; rc=$?
 [ $rc -ne 0 ] && grep -qi "lock" err && ok "qemu-img info refuses while qchain writes" \
     || bad "qemu-img vs qchain writer" "exit $rc $(cat err)"

@@ -50,12 +50,14 @@ int main(int argc, char **argv)
     uint64_t seed, count, i, size, cs, flush_every = 0, max_clusters = 4;
     bool verify = false, rebuild = false, discard_zeroes;
     FILE *log = NULL;
+    const char *ready = NULL;
     uint8_t *buf, *buf2;
     int model, a;
 
     if (argc < 5) {
         fprintf(stderr, "usage: randwrite IMAGE MODEL SEED COUNT "
-                        "[--flush-every N] [--max-clusters N] [--verify]\n");
+                        "[--flush-every N] [--max-clusters N] [--verify] "
+                        "[--log FILE] [--rebuild-first] [--ready FILE]\n");
         return 2;
     }
     seed = strtoull(argv[3], NULL, 0);
@@ -71,6 +73,8 @@ int main(int argc, char **argv)
             log = fopen(argv[++a], "w");
         else if (!strcmp(argv[a], "--rebuild-first"))
             rebuild = true;
+        else if (!strcmp(argv[a], "--ready") && a + 1 < argc)
+            ready = argv[++a]; /* made once the image is open (locked) */
         else
             return 2;
     }
@@ -80,6 +84,13 @@ int main(int argc, char **argv)
         die("open", img);
     if (rebuild && qcow2_rebuild_refcounts(img) < 0)
         die("rebuild", img);
+    if (ready) {
+        FILE *f = fopen(ready, "w");
+        if (!f || fclose(f) != 0) {
+            perror(ready);
+            return 1;
+        }
+    }
     qcow2_info_get(img, &info);
     size = info.virtual_size;
     cs = info.format == QCOW2_FORMAT_QCOW2 ? info.cluster_size : 4096;
