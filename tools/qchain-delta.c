@@ -658,10 +658,18 @@ static void find_time(struct delta *d, const struct args *a)
             .repoint = d->c.top > 0};
         char err[256];
         if (calibrate(&in, &d->cal, err, sizeof(err)) == 0) {
+            /* the copy scales with the bytes; the flush after it with
+             * the runs: what the writeback has left to write at the end
+             * grows with the separate writes (a sample of scattered runs
+             * stands for four times as many), not with the length of one
+             * run the sample cut short */
             double copy = d->cal.copy_seconds + d->cal.read_seconds;
-            d->overhead = d->cal.sync_seconds + d->open_secs +
-                          2 * d->walk_secs + d->rebuild_secs;
+            double runs = (double)d->est.data_runs /
+                          (double)d->cal.sample_runs;
+            d->overhead = d->cal.sync_seconds + d->cal.grow_seconds +
+                          d->open_secs + 2 * d->walk_secs + d->rebuild_secs;
             d->seconds = data * copy / (double)d->cal.sample_bytes +
+                         (runs > 1 ? runs : 1) * d->cal.flush_seconds +
                          d->overhead;
             d->rate = data / d->seconds;
             d->src = SRC_MEASURED;
@@ -859,6 +867,8 @@ static void json_disk(struct json *js, const struct delta *d,
         json_u64(js, "sample-runs", d->cal.sample_runs);
         json_seconds(js, "copy-seconds", d->cal.copy_seconds);
         json_seconds(js, "read-seconds", d->cal.read_seconds);
+        json_seconds(js, "flush-seconds", d->cal.flush_seconds);
+        json_seconds(js, "grow-seconds", d->cal.grow_seconds);
         json_seconds(js, "overhead-seconds", d->overhead);
         json_object_end(js);
     }

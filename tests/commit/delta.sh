@@ -609,6 +609,12 @@ assert 0 < c["sample-bytes"] <= 64 << 20 and c["sample-bytes"] < d["data-bytes"]
 assert 2 <= c["sample-runs"] < d["data-runs"], (c, d["data-runs"])
 assert 0 < d["calibration-seconds"] <= (10 if sanitized else 2.5), d
 assert d["estimated-seconds"] > c["copy-seconds"], d
+# the copy (and the read side) scaled by the bytes, the flush after it by
+# the runs, the rest once; nothing to grow
+assert c["flush-seconds"] > 0 and c["grow-seconds"] == 0, c
+want = (d["data-bytes"] / c["sample-bytes"] * (c["copy-seconds"] + c["read-seconds"]) +
+        d["data-runs"] / c["sample-runs"] * c["flush-seconds"] + c["overhead-seconds"])
+assert abs(d["estimated-seconds"] - want) < 2e-5 * (1 + d["data-runs"] / c["sample-runs"]), (want, d)
 assert abs(d["rate-bytes-per-second"] - d["data-bytes"] / d["estimated-seconds"]) <= 1e-4 * d["rate-bytes-per-second"], d
 # where it wrote: every file created, renamed or removed is a scratch file
 # beside the base; the base itself only opened for reading
@@ -655,6 +661,29 @@ sum0=$(md5sum < cal-b/qfi.raw)
     && [ -z "$(ls -A cal-b | grep calibrate)" ] \
     && ok "calibration: a raw base holding a qcow2 header is measured as raw" \
     || bad "calibration qfi" "$(cat err qfi.json)"
+# a top larger than its base: the commit grows the base first, and so
+# does the calibration, to its scratch base, timed (raw: a truncate;
+# qcow2: a larger L1 table); the base is left as it was
+for f in raw qcow2; do
+    qemu-img create -q -f $f cal-b/small.$f 64M
+    qemu-io -f $f -c 'write -P 1 0 8M' cal-b/small.$f >/dev/null
+    qemu-img create -q -f qcow2 -b ../cal-b/small.$f -F $f cal-t/big.$f.qcow2 64M
+    qemu-img resize -q cal-t/big.$f.qcow2 64G
+    qemu-io -c 'write -P 5 0 1M' -c 'write -P 6 63G 4M' cal-t/big.$f.qcow2 >/dev/null
+    sum0=$(md5sum < cal-b/small.$f); st0=$(stat -c '%s %Y' cal-b/small.$f)
+    "$D" --json cal-t/big.$f.qcow2 > big.json 2>err &&
+        python3 - big.json <<'PY' && [ "$sum0" = "$(md5sum < cal-b/small.$f)" ] \
+            && [ "$st0" = "$(stat -c '%s %Y' cal-b/small.$f)" ] \
+            && [ -z "$(ls -A cal-b | grep calibrate)" ] \
+            && ok "calibration: a $f base smaller than the top: grown in the scratch copy ($(jget big.json calibration grow-seconds) s), counted once, the base untouched" \
+            || bad "calibration grow $f" "$(cat err big.json; ls -A cal-b)"
+import json, sys
+d = json.load(open(sys.argv[1])); c = d["calibration"]
+assert d["rate-source"] == "measured" and d["base-grows"] is True, d
+assert c["sample-bytes"] == 5 << 20 and c["grow-seconds"] > 0, c
+assert c["overhead-seconds"] >= c["grow-seconds"], c
+PY
+done
 # a base whose directory takes no new file (read-only): no measurement,
 # the reason said, the history used where there is one
 mkdir -p ro-b

@@ -203,8 +203,9 @@ static void remove_stale(struct cal *c)
     closedir(d);
 }
 
-/* The scratch files, empty: the base with the base's format and geometry,
- * the overlay with the top's, over it. */
+/* The scratch files, empty: the base with the base's format, geometry and
+ * size (grown below when the top is larger), the overlay with the top's,
+ * over it. */
 static int create(struct cal *c)
 {
     struct qcow2_create_opts o;
@@ -216,7 +217,7 @@ static int create(struct cal *c)
     qcow2_info_get(c->in->top, &ti);
     memset(&o, 0, sizeof(o));
     o.size = sizeof(o);
-    o.virtual_size = c->size;
+    o.virtual_size = bi.virtual_size < c->size ? bi.virtual_size : c->size;
     o.format = bi.format;
     if (bi.format == QCOW2_FORMAT_QCOW2) {
         o.version = bi.version;
@@ -271,6 +272,31 @@ static int open_img(struct cal *c, struct qcow2_image **img, bool base,
         return fail(c, -EIO, "scratch file '%s': %s", path,
                     qcow2_errmsg(*img));
     return 0;
+}
+
+/* The commit grows a smaller base to the top's size before it copies (a
+ * truncate, or a qcow2 L1 table made larger, maybe moved): the same done
+ * to the scratch base and made durable, timed. */
+static int grow(struct cal *c, double *secs)
+{
+    struct qcow2_image *img = NULL;
+    double t0;
+    int rc;
+
+    if (qcow2_virtual_size(c->in->base) >= c->size)
+        return 0;
+    if ((rc = open_img(c, &img, true,
+                       QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING)) < 0)
+        return rc;
+    t0 = calib_now();
+    if ((rc = qcow2_resize(img, c->size)) < 0 ||
+        (rc = qcow2_flush(img)) < 0)
+        rc = fail(c, rc, "growing a scratch file: %s", qcow2_errmsg(img));
+    else
+        *secs = calib_now() - t0;
+    if (qcow2_close(img) < 0 && rc == 0)
+        rc = fail(c, -EIO, "closing a scratch file");
+    return rc;
 }
 
 /* The base's blocks around run r: whole blocks of `block` bytes, up to the
@@ -526,11 +552,22 @@ out:
 /* The commit of the scratch overlay into the scratch base, as qchain-commit
  * opens them (the chain read-only, the base read-write), timed from the
  * commit's start to its final flush. */
-static int commit_sample(struct cal *c, double *secs)
+/* Asked between extents: the time the last one was handed to the base. */
+static int stamp(void *ctx)
+{
+    *(double *)ctx = calib_now();
+    return 0;
+}
+
+/* The sample's commit: *copy the extents handed to the base, *flush what
+ * follows the last (its writes leaving the page cache, the base's flush).
+ * The flush waits for what the background writeback has not yet written,
+ * the last stretch, not the whole: it is counted once, not scaled. */
+static int commit_sample(struct cal *c, double *copy, double *flush)
 {
     struct qcow2_image *chain = NULL, *base = NULL;
     struct qcow2_commit_opts co;
-    double t0;
+    double t0, last, t1;
     int rc;
 
     /* the chain without locks, so that the base opens for writing */
@@ -540,12 +577,16 @@ static int commit_sample(struct cal *c, double *secs)
         goto out;
     memset(&co, 0, sizeof(co));
     co.size = sizeof(co);
-    t0 = calib_now();
+    co.cancel = stamp;
+    co.cancel_ctx = &last;
+    last = t0 = calib_now();
     if (qcow2_commit(chain, 1, base, &co, NULL) < 0) {
         rc = fail(c, -EIO, "committing the sample: %s", qcow2_errmsg(chain));
         goto out;
     }
-    *secs = calib_now() - t0;
+    t1 = calib_now();
+    *copy = last - t0;
+    *flush = t1 - last;
 out:
     qcow2_close(base);
     qcow2_close(chain);
@@ -625,6 +666,7 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
     prep = calib_now();
     if ((rc = read_sample(&c, in->top, in->stop, true,
                           prep + CALIB_PREPARE_MAX / 2, &real)) < 0 ||
+        (rc = grow(&c, &out->grow_seconds)) < 0 ||
         (rc = fill_base(&c)) < 0 ||
         (rc = fill_top(&c, prep + CALIB_PREPARE_MAX)) < 0 ||
         (rc = punch_holes(&c)) < 0)
@@ -662,7 +704,8 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
         if (base_real > 1.25 * base_hot)
             out->read_seconds += base_real - base_hot;
     }
-    if ((rc = commit_sample(&c, &out->copy_seconds)) < 0 ||
+    if ((rc = commit_sample(&c, &out->copy_seconds,
+                                 &out->flush_seconds)) < 0 ||
         (rc = time_syncs(&c, &out->sync_seconds)) < 0)
         goto out;
     out->sample_bytes = c.bytes;

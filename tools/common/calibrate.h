@@ -16,7 +16,8 @@
  * the base's record: a small file made durable, renamed, its directory
  * synced, twice, a third time for a re-point, and a removal) are made and
  * timed in the same directory.
- * Both scratch files are removed before returning, on every path; the
+ * A base smaller than the top is grown first, as the commit grows it,
+ * timed.  Both scratch files are removed before returning, on every path; the
  * base and the layers are only read.
  */
 #ifndef QCHAIN_CALIBRATE_H
@@ -52,9 +53,15 @@ struct calib_in {
 struct calib_out {
     uint64_t sample_bytes;     /* data committed by the calibration */
     uint64_t sample_runs;
-    double copy_seconds;       /* the sample's commit, flush included */
+    double copy_seconds;       /* the sample's commit, to its last extent */
+    double flush_seconds;      /* the rest of it: the last writes and the
+                                  base's flush (not scaled: it waits for
+                                  the last stretch the background
+                                  writeback had not yet written) */
     double read_seconds;       /* reading the sample from the layers,
                                   beyond reading it from the scratch copy */
+    double grow_seconds;       /* growing the base to the top's size (0:
+                                  the commit does not) */
     double sync_seconds;       /* the tool's journal and record syncs */
     double seconds;            /* the calibration's own wall time */
 };
