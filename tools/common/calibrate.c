@@ -34,8 +34,15 @@ double calib_now(void)
 
 struct run {
     uint64_t off, len;
-    double read;                /* reading it from the real layers */
-    double base_read;           /* reading the base under it */
+    size_t piece, bpiece;       /* its first piece, its base's first */
+};
+
+/* A piece: up to CHUNK bytes of a run (or of the base's blocks around it),
+ * read three times: from the real files first, then twice from the
+ * scratch copy.  Timed piece by piece, so that a stall of the host inside
+ * one read is told from a cache that is cold throughout. */
+struct piece {
+    double t[3];
 };
 
 struct cal {
@@ -51,6 +58,9 @@ struct cal {
     const char *base_leaf;      /* the scratch base's name in dir */
     bool made_base, made_top;
     uint8_t *buf;               /* CHUNK bytes */
+    struct piece *pieces;       /* of the runs, in order */
+    struct piece *bpieces;      /* of the base's blocks around them */
+    size_t npieces, nbpieces;
     char *err;
     size_t errlen;
 };
@@ -328,26 +338,29 @@ static uint64_t base_block(const struct cal *c)
  * of non-zero blocks written there at the same offset, in one write, as a
  * guest or a copy wrote it (the page cache then holds it alike). */
 static int base_run(struct cal *c, struct qcow2_image *img, size_t r,
-                    struct qcow2_image *sb, double *secs)
+                    struct qcow2_image *sb, int pass)
 {
-    uint64_t block = base_block(c), lo, hi, pos, end;
+    uint64_t block = base_block(c), lo, hi, pos, end, first;
     struct qcow2_extent e;
     double t;
 
-    for (base_span(c, r, block, &lo, &hi); lo < hi; lo += e.length) {
+    base_span(c, r, block, &lo, &hi);
+    for (first = lo; lo < hi; lo += e.length) {
         if (qcow2_map(img, lo, hi - lo, QCOW2_MAP_HOLES, &e) < 0)
             return fail(c, -EIO, "reading '%s': %s", qcow2_filename(img),
                         qcow2_errmsg(img));
         if (!(e.flags & QCOW2_EXTENT_DATA) || (e.flags & QCOW2_EXTENT_ZERO))
             continue;
         for (pos = lo, end = lo + e.length; pos < end;) {
-            size_t len = end - pos < CHUNK ? (size_t)(end - pos) : CHUNK;
+            uint64_t k = (pos - first) / CHUNK;
+            uint64_t stop = first + (k + 1) * CHUNK;
+            size_t len = (size_t)((stop < end ? stop : end) - pos);
             size_t b, x, bl = 0;
             t = calib_now();
             if (qcow2_layer_pread(img, c->buf, len, pos) != (int64_t)len)
                 return fail(c, -EIO, "reading '%s': %s", qcow2_filename(img),
                             qcow2_errmsg(img));
-            *secs += calib_now() - t;
+            c->bpieces[c->runs[r].bpiece + k].t[pass] += calib_now() - t;
             for (b = 0; sb && b < len; b = x < len ? x + bl : x) {
                 for (x = b; x < len; x += bl) {
                     bl = len - x < block ? len - x : (size_t)block;
@@ -365,15 +378,14 @@ static int base_run(struct cal *c, struct qcow2_image *img, size_t r,
 }
 
 /* Read the base's data under the sample through img (the scratch base),
- * timed. */
-static int read_base(struct cal *c, struct qcow2_image *img, double *secs)
+ * timed into the pieces' pass. */
+static int read_base(struct cal *c, struct qcow2_image *img, int pass)
 {
     size_t r;
     int rc;
 
-    *secs = 0;
     for (r = 0; r < c->n; r++)
-        if ((rc = base_run(c, img, r, NULL, secs)) < 0)
+        if ((rc = base_run(c, img, r, NULL, pass)) < 0)
             return rc;
     return 0;
 }
@@ -392,7 +404,7 @@ static int fill_base(struct cal *c)
                        QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING)) < 0)
         goto out;
     for (r = 0; r < c->n; r++)
-        if ((rc = base_run(c, c->in->base, r, sb, &c->runs[r].base_read)) < 0)
+        if ((rc = base_run(c, c->in->base, r, sb, 0)) < 0)
             goto out;
     if (qcow2_flush(sb) < 0)
         rc = fail(c, -EIO, "flushing a scratch file: %s", qcow2_errmsg(sb));
@@ -413,17 +425,19 @@ static void cut(struct cal *c, size_t n)
 
 /* Read the data of the sample through img (the layers above depth stop)
  * as the commit reads it: the data extents, not the holes of their files
- * (QCOW2_MAP_HOST_HOLES), timed, in all (*secs) and run by run into the
- * runs when `real`; then past `deadline` (0: none) the sample is cut. */
+ * (QCOW2_MAP_HOST_HOLES), timed piece by piece into `pass` (the map's
+ * lookups counted with the read that follows them); past `deadline` (0:
+ * none) the sample is cut. */
 static int read_sample(struct cal *c, struct qcow2_image *img, unsigned stop,
-                       bool real, double deadline, double *secs)
+                       int pass, double deadline)
 {
-    double t0 = calib_now(), t;
     struct qcow2_extent e;
     size_t r;
+    double t, now;
 
     for (r = 0; r < c->n; r++) {
-        uint64_t pos = c->runs[r].off, end = pos + c->runs[r].len;
+        uint64_t off = c->runs[r].off, pos = off, end = off + c->runs[r].len;
+        struct piece *pc = c->pieces + c->runs[r].piece;
         if (r > 0 && deadline > 0 && calib_now() > deadline) {
             cut(c, r); /* a slow read side: the runs read so far */
             break;
@@ -438,18 +452,108 @@ static int read_sample(struct cal *c, struct qcow2_image *img, unsigned stop,
             if (e.flags & QCOW2_EXTENT_ZERO)
                 continue;
             for (p = pos, eend = pos + e.length; p < eend;) {
-                size_t len = eend - p < CHUNK ? (size_t)(eend - p) : CHUNK;
+                uint64_t k = (p - off) / CHUNK, next = off + (k + 1) * CHUNK;
+                size_t len = (size_t)((next < eend ? next : eend) - p);
                 if (qcow2_pread(img, c->buf, len, p) != (int64_t)len)
                     return fail(c, -EIO, "reading '%s': %s",
                                 qcow2_filename(img), qcow2_errmsg(img));
+                now = calib_now();
+                pc[k].t[pass] += now - t;
+                t = now;
                 p += len;
             }
         }
-        if (real)
-            c->runs[r].read = calib_now() - t;
+        /* zeros after the last read: nothing read, their lookup counted */
+        pc[(c->runs[r].len - 1) / CHUNK].t[pass] += calib_now() - t;
     }
-    *secs = calib_now() - t0;
     return 0;
+}
+
+/* The pieces of the runs and of the base's blocks around them, numbered
+ * (once the runs are chosen; a cut keeps a prefix of both). */
+static int number_pieces(struct cal *c)
+{
+    uint64_t block = base_block(c), lo, hi;
+    size_t r;
+
+    c->npieces = c->nbpieces = 0;
+    for (r = 0; r < c->n; r++) {
+        c->runs[r].piece = c->npieces;
+        c->npieces += (size_t)((c->runs[r].len + CHUNK - 1) / CHUNK);
+        base_span(c, r, block, &lo, &hi);
+        c->runs[r].bpiece = c->nbpieces;
+        c->nbpieces += (size_t)((hi - lo + CHUNK - 1) / CHUNK);
+    }
+    c->pieces = calloc(c->npieces ? c->npieces : 1, sizeof(*c->pieces));
+    c->bpieces = calloc(c->nbpieces ? c->nbpieces : 1, sizeof(*c->bpieces));
+    if (!c->pieces || !c->bpieces)
+        return fail(c, -ENOMEM, "out of memory");
+    return 0;
+}
+
+/* The base's pieces of the runs kept. */
+static size_t base_pieces(const struct cal *c)
+{
+    uint64_t lo, hi;
+
+    if (c->n == 0)
+        return 0;
+    base_span(c, c->n - 1, base_block(c), &lo, &hi);
+    return c->runs[c->n - 1].bpiece + (size_t)((hi - lo + CHUNK - 1) / CHUNK);
+}
+
+struct excess {
+    double real, hot;
+};
+
+static int by_excess(const void *a, const void *b)
+{
+    const struct excess *x = a, *y = b;
+    double dx = x->real - x->hot, dy = y->real - y->hot;
+    return (dx < dy) - (dx > dy); /* the largest first */
+}
+
+/*
+ * What reading n pieces from the real files cost beyond reading them from
+ * the scratch copy (the faster of its two reads, in all): a cold cache,
+ * decompression, a slower file system.  The thirty-second of the pieces
+ * that differ most is left out and the rest scaled up: a stall of the host
+ * lands in the one or two pieces being read, where a cold cache slows them
+ * all.  Less than a quarter of the read is what two reads of the same
+ * cached bytes differ by: none.
+ */
+static double read_excess(const struct piece *p, size_t n, int *rc)
+{
+    struct excess *x;
+    double real = 0, hot = 0, h1 = 0, h2 = 0;
+    size_t i, keep = n - n / 32;
+    int fast;
+
+    if (n == 0)
+        return 0;
+    x = malloc(n * sizeof(*x));
+    if (!x) {
+        *rc = -ENOMEM;
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        h1 += p[i].t[1];
+        h2 += p[i].t[2];
+    }
+    fast = h1 <= h2 ? 1 : 2;
+    for (i = 0; i < n; i++) {
+        x[i].real = p[i].t[0];
+        x[i].hot = p[i].t[fast];
+    }
+    qsort(x, n, sizeof(*x), by_excess);
+    for (i = n - keep; i < n; i++) {
+        real += x[i].real;
+        hot += x[i].hot;
+    }
+    free(x);
+    if (real <= 1.25 * hot)
+        return 0;
+    return (real - hot) * (double)n / (double)keep;
 }
 
 /* The layers' data of the sample into the scratch overlay.  Writing stops
@@ -639,11 +743,10 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
     struct cal c;
     struct qcow2_image *st = NULL;
     struct qcow2_info ti;
-    double t0 = calib_now(), hot = 0, hot2 = 0, real = 0, prep;
-    double base_real = 0, base_hot = 0;
+    double t0 = calib_now(), prep;
     struct qcow2_info bi;
-    size_t r;
-    int rc;
+    size_t np, nbp;
+    int rc, xrc = 0;
 
     memset(&c, 0, sizeof(c));
     memset(out, 0, sizeof(*out));
@@ -658,51 +761,51 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
     if (!c.buf)
         return fail(&c, -ENOMEM, "out of memory");
     if ((rc = choose(&c, ti.cluster_size ? ti.cluster_size : 65536)) < 0 ||
-        (rc = names(&c)) < 0 || (remove_stale(&c), (rc = create(&c)) < 0))
+        (rc = number_pieces(&c)) < 0 || (rc = names(&c)) < 0 ||
+        (remove_stale(&c), (rc = create(&c)) < 0))
         goto out;
     /* the walk done, the preparation gets CALIB_PREPARE_MAX: half of it
      * for reading the sample from the layers first (the read side, in the
      * cache state the commit would meet), the rest for writing it */
     prep = calib_now();
-    if ((rc = read_sample(&c, in->top, in->stop, true,
-                          prep + CALIB_PREPARE_MAX / 2, &real)) < 0 ||
+    if ((rc = read_sample(&c, in->top, in->stop, 0,
+                          prep + CALIB_PREPARE_MAX / 2)) < 0 ||
         (rc = grow(&c, &out->grow_seconds)) < 0 ||
         (rc = fill_base(&c)) < 0 ||
         (rc = fill_top(&c, prep + CALIB_PREPARE_MAX)) < 0 ||
         (rc = punch_holes(&c)) < 0)
         goto out;
-    for (real = 0, r = 0; r < c.n; r++) { /* of the runs kept */
-        real += c.runs[r].read;
-        base_real += c.runs[r].base_read;
-    }
-    /* the same bytes read back from the scratch overlay (the faster of two
-     * reads), which the copy below reads: what the real layers cost beyond
-     * it is the read side (a cold cache, decompression).  Less than a
-     * quarter of the read is what two reads of the same cached bytes
-     * differ by: none. */
+    /* the same bytes read back from the scratch overlay twice, as the
+     * copy below reads them: what the real layers cost beyond is the read
+     * side (a cold cache, decompression) */
     if ((rc = open_img(&c, &st, false, 0)) < 0 ||
-        (rc = read_sample(&c, st, 1, false, 0, &hot)) < 0 ||
-        (rc = read_sample(&c, st, 1, false, 0, &hot2)) < 0)
+        (rc = read_sample(&c, st, 1, 1, 0)) < 0 ||
+        (rc = read_sample(&c, st, 1, 2, 0)) < 0)
         goto out;
     qcow2_close(st);
     st = NULL;
-    if (hot2 < hot)
-        hot = hot2;
-    out->read_seconds = real > 1.25 * hot ? real - hot : 0;
+    /* of the runs kept */
+    np = c.n ? c.runs[c.n - 1].piece +
+                   (size_t)((c.runs[c.n - 1].len + CHUNK - 1) / CHUNK)
+             : 0;
+    out->read_seconds = read_excess(c.pieces, np, &xrc);
     /* a raw base is read where the commit compares what it writes with
      * what the base holds: the same for the base's blocks under the
      * sample, read from the real base while filling the scratch one */
     qcow2_info_get(in->base, &bi);
     if (bi.format == QCOW2_FORMAT_RAW) {
         if ((rc = open_img(&c, &st, true, QCOW2_OPEN_NO_BACKING)) < 0 ||
-            (rc = read_base(&c, st, &hot)) < 0 ||
-            (rc = read_base(&c, st, &hot2)) < 0)
+            (rc = read_base(&c, st, 1)) < 0 ||
+            (rc = read_base(&c, st, 2)) < 0)
             goto out;
         qcow2_close(st);
         st = NULL;
-        base_hot = hot2 < hot ? hot2 : hot;
-        if (base_real > 1.25 * base_hot)
-            out->read_seconds += base_real - base_hot;
+        nbp = base_pieces(&c);
+        out->read_seconds += read_excess(c.bpieces, nbp, &xrc);
+    }
+    if (xrc < 0) {
+        rc = fail(&c, xrc, "out of memory");
+        goto out;
     }
     if ((rc = commit_sample(&c, &out->copy_seconds,
                                  &out->flush_seconds)) < 0 ||
@@ -720,6 +823,8 @@ out:
         qcow2_io_sync_dir(c.top);
     free(c.buf);
     free(c.runs);
+    free(c.pieces);
+    free(c.bpieces);
     out->seconds = calib_now() - t0;
     return rc;
 }

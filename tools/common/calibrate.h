@@ -9,9 +9,12 @@
  * scratch base (the base's format and cluster geometry) gets the base's
  * content under the sample, the scratch overlay the layers' data there;
  * both are made durable, then qcow2_commit copies the overlay into the
- * base, flush included, timed.  Reading the sample from the real layers
- * is timed too: what it costs beyond reading it back from the scratch
- * overlay (a cold cache, decompression, a slower file system) is added.
+ * base, timed to its last extent and, apart, its final flush.  Reading
+ * the sample from the real layers is timed too, piece by piece: what it
+ * costs beyond reading it back from the scratch overlay (a cold cache,
+ * decompression, a slower file system) is added, the thirty-second of the
+ * pieces that differ most left out (a stall of the host, not the read
+ * side).
  * Last, the syncs the commit tool makes around the copy (its journal and
  * the base's record: a small file made durable, renamed, its directory
  * synced, twice, a third time for a re-point, and a removal) are made and
