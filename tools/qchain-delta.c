@@ -649,7 +649,8 @@ static void find_time(struct delta *d, const struct args *a)
         snprintf(d->why, sizeof(d->why), "the base is a device, where "
                  "nothing may be written");
     else if (d->est.data_bytes == 0)
-        snprintf(d->why, sizeof(d->why), "no data to copy");
+        snprintf(d->why, sizeof(d->why), "no data to copy%s",
+                 d->est.zero_bytes ? "; zero ranges are not measured" : "");
     else {
         struct calib_in in = {
             .top = d->c.layers[d->c.top].img, .stop = d->nl,
@@ -1017,7 +1018,8 @@ static void report_human(const struct delta *d, const struct args *a)
                secs_str(d->seconds, f, sizeof(f)),
                cli_size_str((uint64_t)d->rate, sb, sizeof(sb)));
     } else if (!d->have_hist && d->why[0])
-        printf("No time estimate (%s): give --rate.\n", d->why);
+        printf("No time estimate (%s)%s.\n", d->why,
+               d->est.data_bytes ? ": give --rate" : "");
     if (d->have_hist) {
         char when[64], hb[32], hs[32];
         time_t tt = (time_t)d->hist.time;

@@ -684,6 +684,16 @@ assert c["sample-bytes"] == 5 << 20 and c["grow-seconds"] > 0, c
 assert c["overhead-seconds"] >= c["grow-seconds"], c
 PY
 done
+# a delta of zero ranges only: nothing to sample, and --rate would not
+# help (no data): no time, and the reason says the zeros are not measured
+qemu-img create -q -f qcow2 -b ../cal-b/base.raw -F raw cal-t/zeros.qcow2
+qemu-io -c 'write -z 0 1M' -c 'write -z 8M 64k' cal-t/zeros.qcow2 >/dev/null
+"$D" --json cal-t/zeros.qcow2 > z.json 2>err && "$D" cal-t/zeros.qcow2 > z.txt 2>>err \
+    && [ "$(jget z.json rate-source)" = '<absent>' ] && [ "$(jget z.json zero-bytes)" = $((1024 * 1024 + 65536)) ] \
+    && grep -qx "No time estimate (no data to copy; zero ranges are not measured)." z.txt \
+    && [ -z "$(ls -A cal-b | grep calibrate)" ] \
+    && ok "calibration: a delta of zero ranges only: no time, the zeros said not measured" \
+    || bad "calibration zeros" "$(cat err z.json z.txt)"
 # a base whose directory takes no new file (read-only): no measurement,
 # the reason said, the history used where there is one
 mkdir -p ro-b
