@@ -156,7 +156,10 @@
 #
 # predict   (issue 21)
 #       Does qchain-delta's time hold?  For each commit shape (the images of
-#       commit-raw, commit-qcow2, commit-seq, commit-4k), RUNS times: fresh
+#       commit-raw, commit-qcow2, commit-seq, commit-4k, and commit-trim: as
+#       commit-raw, every other write `write -z` instead, 2048 data and 2048
+#       zero clusters over the raw base: the zeros its calibration samples
+#       apart), RUNS times: fresh
 #       copies (as those cases prepare them), `qchain-delta --json
 #       --rate=auto top.qcow2` (its calibration commits a sample of the
 #       delta into scratch files beside the base), a pause of
@@ -638,6 +641,8 @@ commit_setup() {
                     seen[$c]=1
                     if [[ $kind == 4k ]]; then
                         printf 'write -P %d %d 4k\n' $((2 + n % 200)) $((c * 65536))
+                    elif [[ $kind == trim ]] && ((n % 2)); then
+                        printf 'write -z %d 64k\n' $((c * 65536))
                     else
                         printf 'write -P %d %d 64k\n' $((2 + n % 200)) $((c * 65536))
                     fi
@@ -1077,7 +1082,7 @@ predict_case() { # name cold(0|1)
     local res=$WORK/.res.$name
     rm -rf -- "$res"; mkdir -p -- "$res"
     for shape in commit-raw:raw:scattered commit-qcow2:qcow2:scattered \
-                 commit-seq:raw:seq commit-4k:raw:4k; do
+                 commit-seq:raw:seq commit-4k:raw:4k commit-trim:raw:trim; do
         IFS=: read -r COMMIT_CASE fmt kind <<<"$shape"
         commit_setup "$COMMIT_CASE" "$fmt" "$kind"
         dir=$WORK/$COMMIT_CASE

@@ -648,30 +648,36 @@ static void find_time(struct delta *d, const struct args *a)
     else if (b->device || d->fit.device)
         snprintf(d->why, sizeof(d->why), "the base is a device, where "
                  "nothing may be written");
-    else if (d->est.data_bytes == 0)
-        snprintf(d->why, sizeof(d->why), "no data to copy%s",
-                 d->est.zero_bytes ? "; zero ranges are not measured" : "");
+    else if (d->est.data_bytes == 0 && d->est.zero_bytes == 0)
+        snprintf(d->why, sizeof(d->why), "nothing to copy");
     else {
         struct calib_in in = {
             .top = d->c.layers[d->c.top].img, .stop = d->nl,
             .base = b->img, .base_name = b->name,
             .data_bytes = d->est.data_bytes, .data_runs = d->est.data_runs,
-            .repoint = d->c.top > 0};
+            .zero_bytes = d->est.zero_bytes, .repoint = d->c.top > 0};
         char err[256];
         if (calibrate(&in, &d->cal, err, sizeof(err)) == 0) {
             /* the copy scales with the bytes; the flush after it with
              * the runs: what the writeback has left to write at the end
              * grows with the separate writes (a sample of scattered runs
              * stands for four times as many), not with the length of one
-             * run the sample cut short */
-            double copy = d->cal.copy_seconds + d->cal.read_seconds;
-            double runs = (double)d->est.data_runs /
-                          (double)d->cal.sample_runs;
-            d->overhead = d->cal.sync_seconds + d->cal.grow_seconds +
+             * run the sample cut short; the zeroing with the bytes zeroed
+             * (zero runs cut to their share count for what they were) */
+            const struct calib_out *k = &d->cal;
+            double runs = k->sample_runs ? (double)d->est.data_runs /
+                                               (double)k->sample_runs
+                                         : 0;
+            d->overhead = k->sync_seconds + k->grow_seconds +
                           d->open_secs + 2 * d->walk_secs + d->rebuild_secs;
-            d->seconds = data * copy / (double)d->cal.sample_bytes +
-                         (runs > 1 ? runs : 1) * d->cal.flush_seconds +
-                         d->overhead;
+            d->seconds = d->overhead;
+            if (k->sample_bytes)
+                d->seconds += data * (k->copy_seconds + k->read_seconds) /
+                              (double)k->sample_bytes;
+            d->seconds += (runs > 1 ? runs : 1) * k->flush_seconds;
+            if (k->zero_sample_bytes)
+                d->seconds += k->zero_seconds * (double)k->zero_bytes /
+                              (double)k->zero_sample_bytes;
             d->rate = data / d->seconds;
             d->src = SRC_MEASURED;
             return;
@@ -870,6 +876,11 @@ static void json_disk(struct json *js, const struct delta *d,
         json_seconds(js, "read-seconds", d->cal.read_seconds);
         json_seconds(js, "flush-seconds", d->cal.flush_seconds);
         json_seconds(js, "grow-seconds", d->cal.grow_seconds);
+        json_u64(js, "zero-bytes", d->cal.zero_bytes);
+        json_u64(js, "zero-runs", d->cal.zero_runs);
+        json_u64(js, "zero-sample-bytes", d->cal.zero_sample_bytes);
+        json_u64(js, "zero-sample-runs", d->cal.zero_sample_runs);
+        json_seconds(js, "zero-seconds", d->cal.zero_seconds);
         json_seconds(js, "overhead-seconds", d->overhead);
         json_object_end(js);
     }
@@ -1008,15 +1019,28 @@ static void report_human(const struct delta *d, const struct args *a)
                cli_size_str(a->rate, sa, sizeof(sa)),
                secs_str(d->seconds, f, sizeof(f)));
     else if (d->src == SRC_MEASURED) {
-        char cs[32];
-        printf("Measured here (%s of the delta in %" PRIu64 " run%s "
-               "committed beside the base, %s s in all): the commit takes "
-               "about %s s (%s/s).\n",
-               cli_size_str(d->cal.sample_bytes, sa, sizeof(sa)),
-               d->cal.sample_runs, d->cal.sample_runs == 1 ? "" : "s",
-               secs_str(d->cal.seconds, cs, sizeof(cs)),
-               secs_str(d->seconds, f, sizeof(f)),
-               cli_size_str((uint64_t)d->rate, sb, sizeof(sb)));
+        char cs[32], what[160], zr[96] = "";
+        const struct calib_out *k = &d->cal;
+        if (k->zero_sample_runs)
+            snprintf(zr, sizeof(zr), "%" PRIu64 " of its %" PRIu64
+                     " zero range%s", k->zero_sample_runs, k->zero_runs,
+                     k->zero_runs == 1 ? "" : "s");
+        if (k->sample_runs)
+            snprintf(what, sizeof(what), "%s of the delta in %" PRIu64
+                     " run%s%s%s", cli_size_str(k->sample_bytes, sa,
+                                                sizeof(sa)),
+                     k->sample_runs, k->sample_runs == 1 ? "" : "s",
+                     zr[0] ? " and " : "", zr);
+        else
+            snprintf(what, sizeof(what), "%s", zr);
+        printf("Measured here (%s committed beside the base, %s s in all): "
+               "the commit takes about %s s", what,
+               secs_str(k->seconds, cs, sizeof(cs)),
+               secs_str(d->seconds, f, sizeof(f)));
+        if (d->est.data_bytes)
+            printf(" (%s/s)", cli_size_str((uint64_t)d->rate, sb,
+                                          sizeof(sb)));
+        printf(".\n");
     } else if (!d->have_hist && d->why[0])
         printf("No time estimate (%s)%s.\n", d->why,
                d->est.data_bytes ? ": give --rate" : "");

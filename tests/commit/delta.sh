@@ -684,16 +684,58 @@ assert c["sample-bytes"] == 5 << 20 and c["grow-seconds"] > 0, c
 assert c["overhead-seconds"] >= c["grow-seconds"], c
 PY
 done
-# a delta of zero ranges only: nothing to sample, and --rate would not
-# help (no data): no time, and the reason says the zeros are not measured
+# zero ranges are sampled too (evenly spread zero runs, their share of the
+# budget for the base's content under them), committed from a third
+# scratch file after the data, timed apart and scaled by the bytes zeroed;
+# a delta of zero ranges only is measured that way alone
+python3 -c 'import random
+r = random.Random(7)
+for i, c in enumerate(sorted(r.sample(range(4096), 2048))):
+    print(("write -z %d 64k" if i % 4 else "write -P 9 %d 64k") % (c * 65536))' > zmix.cmds
+qemu-img create -q -f qcow2 -b ../cal-b/base.raw -F raw cal-t/zmix.qcow2
+qemu-io cal-t/zmix.qcow2 < zmix.cmds >/dev/null
 qemu-img create -q -f qcow2 -b ../cal-b/base.raw -F raw cal-t/zeros.qcow2
-qemu-io -c 'write -z 0 1M' -c 'write -z 8M 64k' cal-t/zeros.qcow2 >/dev/null
-"$D" --json cal-t/zeros.qcow2 > z.json 2>err && "$D" cal-t/zeros.qcow2 > z.txt 2>>err \
-    && [ "$(jget z.json rate-source)" = '<absent>' ] && [ "$(jget z.json zero-bytes)" = $((1024 * 1024 + 65536)) ] \
-    && grep -qx "No time estimate (no data to copy; zero ranges are not measured)." z.txt \
-    && [ -z "$(ls -A cal-b | grep calibrate)" ] \
-    && ok "calibration: a delta of zero ranges only: no time, the zeros said not measured" \
-    || bad "calibration zeros" "$(cat err z.json z.txt)"
+grep -- '-z' zmix.cmds | qemu-io cal-t/zeros.qcow2 >/dev/null
+sum0=$(md5sum < cal-b/base.raw); st0=$(stat -c '%s %Y' cal-b/base.raw)
+for z in zmix zeros; do
+    ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -o $z.trace \
+        -e trace=openat,open,creat,unlink,unlinkat,rename,renameat,renameat2 \
+        "$D" --json cal-t/$z.qcow2 > $z.json 2>err && "$D" cal-t/$z.qcow2 > $z.txt 2>>err &&
+    python3 - $z.json $z.txt $z.trace <<'PY' && [ "$sum0" = "$(md5sum < cal-b/base.raw)" ] \
+        && [ "$st0" = "$(stat -c '%s %Y' cal-b/base.raw)" ] && [ -z "$(ls -A cal-b | grep calibrate)" ] \
+        && ok "calibration, $z: $(jget $z.json calibration zero-sample-runs) of $(jget $z.json calibration zero-runs) zero runs ($(jget $z.json calibration zero-sample-bytes) bytes) committed apart in $(jget $z.json calibration zero-seconds) s, scratch files removed, the base untouched" \
+        || bad "calibration $z" "$(cat err $z.json $z.txt)"
+import json, os, re, sys
+d = json.load(open(sys.argv[1])); c = d["calibration"]; txt = open(sys.argv[2]).read()
+assert d["rate-source"] == "measured", d
+assert c["zero-bytes"] == d["zero-bytes"] == 1536 * 65536, (c, d["zero-bytes"])
+assert 0 < c["zero-sample-runs"] <= 256 and c["zero-sample-runs"] <= c["zero-runs"] <= 1536, c
+assert 0 < c["zero-sample-bytes"] <= 16 << 20 and c["zero-seconds"] > 0, c
+# the data's budget leaves 16 MiB to the zeros (a 32 MiB delta: all of it)
+assert c["sample-bytes"] == d["data-bytes"] <= 48 << 20, c
+runs = d["data-runs"] / c["sample-runs"] if c["sample-runs"] else 0
+want = c["overhead-seconds"] + max(runs, 1) * c["flush-seconds"] + \
+    c["zero-seconds"] * c["zero-bytes"] / c["zero-sample-bytes"]
+if c["sample-bytes"]:
+    want += d["data-bytes"] / c["sample-bytes"] * (c["copy-seconds"] + c["read-seconds"])
+assert abs(d["estimated-seconds"] - want) < 1e-4, (want, d)
+if d["data-bytes"] == 0:
+    assert c["sample-runs"] == 0 and c["copy-seconds"] == 0, c
+    assert re.search(r"^Measured here \(\d+ of its \d+ zero ranges committed beside the base, [\d.]+ s in all\): the commit takes about [\d.]+ s\.$", txt, re.M), txt
+else:
+    assert re.search(r"^Measured here \(.* of the delta in \d+ runs and \d+ of its \d+ zero ranges committed", txt, re.M), txt
+made = set()
+for line in open(sys.argv[3]):
+    m = re.search(r'(openat|open|creat)\((?:AT_FDCWD, )?"([^"]+)", ([A-Z_|]+)', line)
+    if m and "O_CREAT" in m.group(3) and "= -1" not in line:
+        made.add(os.path.normpath(m.group(2)))
+# the third scratch file (made under a temporary name, renamed), beside the
+# base like the others
+zero = [p for p in made if ".zero" in os.path.basename(p)]
+assert len(zero) == 1 and os.path.dirname(zero[0]) == "cal-b" and \
+    re.match(r"\.\.?base\.raw\.qchain-calibrate-\d+\.zero", os.path.basename(zero[0])), made
+PY
+done
 # a base whose directory takes no new file (read-only): no measurement,
 # the reason said, the history used where there is one
 mkdir -p ro-b

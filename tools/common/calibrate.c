@@ -45,18 +45,29 @@ struct piece {
     double t[3];
 };
 
+/* A zero run of the sample: a range the commit zeroes in the base. */
+struct zrun {
+    uint64_t off, len;
+};
+
 struct cal {
     const struct calib_in *in;
     struct run *runs;           /* the sample, in guest order */
     size_t n, cap;
     uint64_t bytes;             /* their total */
+    struct zrun *zruns;         /* the zero runs' sample, in guest order */
+    size_t zn;
+    uint64_t zstride;           /* of the zero runs, every zstride-th */
+    uint64_t zseen, zall;       /* zero runs met, their bytes */
+    uint64_t zbytes;            /* the sample's */
     uint64_t size;              /* the top's virtual size */
     char dir[PATH_MAX];         /* the base's directory */
     char base[PATH_MAX];        /* scratch base and overlay */
     char top[PATH_MAX];
+    char zero[PATH_MAX];        /* the overlay of zero runs */
     const char *leaf;           /* the base's name in dir */
     const char *base_leaf;      /* the scratch base's name in dir */
-    bool made_base, made_top;
+    bool made_base, made_top, made_zero;
     uint8_t *buf;               /* CHUNK bytes */
     struct piece *pieces;       /* of the runs, in order */
     struct piece *bpieces;      /* of the base's blocks around them */
@@ -92,32 +103,95 @@ static int add_run(struct cal *c, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* Zero run [off, off+len) ends (met in guest order): every zstride-th is
+ * kept; at CALIB_ZERO_RUNS_MAX kept, every other one is dropped and the
+ * stride doubles, so that the kept ones stay evenly spread over all. */
+static int add_zero(struct cal *c, uint64_t off, uint64_t len)
+{
+    uint64_t base_size = qcow2_virtual_size(c->in->base);
+    size_t i;
+
+    if (off >= base_size)
+        return 0; /* past the base's end: the commit has nothing to zero */
+    if (len > base_size - off)
+        len = base_size - off;
+    c->zall += len;
+    if (c->zseen++ % c->zstride)
+        return 0;
+    if (!c->zruns) {
+        c->zruns = malloc(CALIB_ZERO_RUNS_MAX * sizeof(*c->zruns));
+        if (!c->zruns)
+            return -ENOMEM;
+    }
+    c->zruns[c->zn++] = (struct zrun){off, len};
+    if (c->zn == CALIB_ZERO_RUNS_MAX) {
+        for (i = 0; 2 * i < c->zn; i++)
+            c->zruns[i] = c->zruns[2 * i];
+        c->zn = i;
+        c->zstride *= 2;
+    }
+    return 0;
+}
+
+/* The zero runs' sample within CALIB_ZERO_FILL bytes (the base's content
+ * under them is copied into the scratch base): as many evenly spread runs
+ * as that many whole clusters fit, each cut to its share. */
+static void fit_zeros(struct cal *c, uint32_t cluster)
+{
+    uint64_t share;
+    size_t i, j, step;
+
+    if (c->zn == 0)
+        return;
+    step = (size_t)((c->zn * (uint64_t)cluster + CALIB_ZERO_FILL - 1) /
+                    CALIB_ZERO_FILL);
+    if (step > 1) {
+        for (i = j = 0; i < c->zn; i += step)
+            c->zruns[j++] = c->zruns[i];
+        c->zn = j;
+    }
+    share = CALIB_ZERO_FILL / c->zn / cluster * cluster;
+    if (share < cluster)
+        share = cluster;
+    for (i = 0, c->zbytes = 0; i < c->zn; i++) {
+        if (c->zruns[i].len > share)
+            c->zruns[i].len = share;
+        c->zbytes += c->zruns[i].len;
+    }
+}
+
 /*
  * The sample: the delta's data runs (guest-contiguous data extents above
  * the base, as the commit counts them) numbered in guest order, and of R
  * runs the ones where floor(i * k / R) steps, k = as many as the mean run
  * fits into the budget, at most CALIB_RUNS_MAX: k evenly spread runs.  A
  * run longer than what is left of the budget gives its first part (whole
- * clusters of the top).
+ * clusters of the top).  A delta with zero ranges leaves CALIB_ZERO_FILL
+ * of the budget to them, and is walked to its end to sample them too.
  */
 static int choose(struct cal *c, uint32_t cluster)
 {
     const struct calib_in *in = c->in;
-    uint64_t mean = in->data_bytes / in->data_runs, k, i = 0;
-    uint64_t pos = 0, run_off = 0, run_len = 0;
-    const uint64_t max = CALIB_SAMPLE_MAX;
+    uint64_t mean = 1, k = 0, i = 0;
+    uint64_t pos = 0, run_off = 0, run_len = 0, z_off = 0, z_len = 0;
+    const uint64_t max = CALIB_SAMPLE_MAX -
+                         (in->zero_bytes ? CALIB_ZERO_FILL : 0);
     struct qcow2_extent e;
     int rc;
 
-    if (mean == 0)
-        mean = 1;
-    k = (max + mean - 1) / mean;
-    if (k > CALIB_RUNS_MAX)
-        k = CALIB_RUNS_MAX;
-    if (k > in->data_runs)
-        k = in->data_runs;
-    while (pos <= c->size && c->bytes < max) {
-        bool data = false;
+    if (in->data_runs) {
+        mean = in->data_bytes / in->data_runs;
+        if (mean == 0)
+            mean = 1;
+        k = (max + mean - 1) / mean;
+        if (k > CALIB_RUNS_MAX)
+            k = CALIB_RUNS_MAX;
+        if (k > in->data_runs)
+            k = in->data_runs;
+    }
+    c->zstride = 1;
+    while (pos <= c->size && (c->bytes < max || in->zero_bytes)) {
+        bool data = false, zero = false;
         if (pos < c->size) {
             rc = qcow2_map_above(in->top, pos, c->size - pos, 0, in->stop,
                                  &e);
@@ -126,13 +200,29 @@ static int choose(struct cal *c, uint32_t cluster)
                             qcow2_errmsg(in->top));
             data = e.depth < in->stop && (e.flags & QCOW2_EXTENT_DATA) &&
                    !(e.flags & QCOW2_EXTENT_ZERO);
+            zero = e.depth < in->stop && (e.flags & QCOW2_EXTENT_ZERO);
+        }
+        if (zero && z_len && z_off + z_len == pos) {
+            z_len += e.length;
+        } else {
+            if (z_len && (rc = add_zero(c, z_off, z_len)) < 0)
+                return fail(c, rc, "out of memory");
+            z_len = 0;
+            if (zero) {
+                z_off = pos;
+                z_len = e.length;
+            }
         }
         if (data && run_len && run_off + run_len == pos) {
             run_len += e.length;
         } else {
             if (run_len) {
-                /* run i ends: in the sample when the step count moves */
-                if ((unsigned __int128)(i + 1) * k / in->data_runs !=
+                /* run i ends: in the sample when the step count moves
+                 * (and the budget is not spent; k is 0 when the
+                 * estimate counted no runs, which a hostile image can
+                 * make differ from this walk) */
+                if (c->bytes < max && c->n < CALIB_RUNS_MAX && k &&
+                    (unsigned __int128)(i + 1) * k / in->data_runs !=
                     (unsigned __int128)i * k / in->data_runs) {
                     uint64_t left = max - c->bytes;
                     if (run_len > left)
@@ -153,7 +243,8 @@ static int choose(struct cal *c, uint32_t cluster)
             break;
         pos += e.length;
     }
-    if (c->bytes == 0)
+    fit_zeros(c, cluster);
+    if ((c->bytes == 0 && c->zn == 0) || (in->data_bytes && c->n == 0))
         return fail(c, -ENODATA, "the delta holds no data to sample");
     return 0;
 }
@@ -174,7 +265,9 @@ static int names(struct cal *c)
         snprintf(c->base, sizeof(c->base), "%s/.%s.qchain-calibrate-%ld.base",
                  c->dir, leaf, (long)getpid()) >= (int)sizeof(c->base) ||
         snprintf(c->top, sizeof(c->top), "%s/.%s.qchain-calibrate-%ld.top",
-                 c->dir, leaf, (long)getpid()) >= (int)sizeof(c->top))
+                 c->dir, leaf, (long)getpid()) >= (int)sizeof(c->top) ||
+        snprintf(c->zero, sizeof(c->zero), "%s/.%s.qchain-calibrate-%ld.zero",
+                 c->dir, leaf, (long)getpid()) >= (int)sizeof(c->zero))
         return fail(c, -ENAMETOOLONG, "the base's name is too long for a "
                     "scratch file beside it");
     c->leaf = leaf;
@@ -258,15 +351,21 @@ static int create(struct cal *c)
         return fail(c, rc, "cannot create a scratch file beside the base: "
                     "%s", err);
     c->made_top = true;
+    if (c->zn == 0)
+        return 0;
+    if ((rc = qcow2_create(c->zero, &o, err, sizeof(err))) < 0)
+        return fail(c, rc, "cannot create a scratch file beside the base: "
+                    "%s", err);
+    c->made_zero = true;
     return 0;
 }
 
 /* A scratch file, opened with its format named (never probed: the base's
  * content copied into a raw scratch base may look like anything). */
-static int open_img(struct cal *c, struct qcow2_image **img, bool base,
-                    unsigned flags)
+static int open_path(struct cal *c, struct qcow2_image **img,
+                     const char *path, unsigned flags)
 {
-    const char *path = base ? c->base : c->top;
+    bool base = path == c->base;
     struct qcow2_open_opts o;
     struct qcow2_info bi;
 
@@ -282,6 +381,13 @@ static int open_img(struct cal *c, struct qcow2_image **img, bool base,
         return fail(c, -EIO, "scratch file '%s': %s", path,
                     qcow2_errmsg(*img));
     return 0;
+}
+
+/* The scratch base, or the scratch overlay of the sample's data. */
+static int open_img(struct cal *c, struct qcow2_image **img, bool base,
+                    unsigned flags)
+{
+    return open_path(c, img, base ? c->base : c->top, flags);
 }
 
 /* The commit grows a smaller base to the top's size before it copies (a
@@ -311,13 +417,13 @@ static int grow(struct cal *c, double *secs)
 
 /* The base's blocks around run r: whole blocks of `block` bytes, up to the
  * base's size (a base that grows has nothing past it). */
-static void base_span(const struct cal *c, size_t r, uint64_t block,
-                      uint64_t *lo, uint64_t *hi)
+static void base_span(const struct cal *c, uint64_t off, uint64_t len,
+                      uint64_t block, uint64_t *lo, uint64_t *hi)
 {
     uint64_t base_size = qcow2_virtual_size(c->in->base);
 
-    *lo = c->runs[r].off / block * block;
-    *hi = (c->runs[r].off + c->runs[r].len + block - 1) / block * block;
+    *lo = off / block * block;
+    *hi = (off + len + block - 1) / block * block;
     if (*hi > base_size)
         *hi = base_size;
     if (*lo > *hi)
@@ -332,19 +438,21 @@ static uint64_t base_block(const struct cal *c)
     return bi.format == QCOW2_FORMAT_QCOW2 ? bi.cluster_size : RAW_BLOCK;
 }
 
-/* The base's blocks around run r as img holds them (a layer alone): its
- * data extents read (not its holes, nor what it does not allocate: the
- * commit reads neither), the reads timed into *secs; with sb, each stretch
+/* The base's blocks around [off, off+length) as img holds them (a layer
+ * alone): its data extents read (not its holes, nor what it does not
+ * allocate: the commit reads neither), the reads timed piece by piece into
+ * pc's `pass` (pc NULL: untimed); with sb, each stretch
  * of non-zero blocks written there at the same offset, in one write, as a
  * guest or a copy wrote it (the page cache then holds it alike). */
-static int base_run(struct cal *c, struct qcow2_image *img, size_t r,
-                    struct qcow2_image *sb, int pass)
+static int base_run(struct cal *c, struct qcow2_image *img, uint64_t off,
+                    uint64_t length, struct qcow2_image *sb, struct piece *pc,
+                    int pass)
 {
     uint64_t block = base_block(c), lo, hi, pos, end, first;
     struct qcow2_extent e;
     double t;
 
-    base_span(c, r, block, &lo, &hi);
+    base_span(c, off, length, block, &lo, &hi);
     for (first = lo; lo < hi; lo += e.length) {
         if (qcow2_map(img, lo, hi - lo, QCOW2_MAP_HOLES, &e) < 0)
             return fail(c, -EIO, "reading '%s': %s", qcow2_filename(img),
@@ -360,7 +468,8 @@ static int base_run(struct cal *c, struct qcow2_image *img, size_t r,
             if (qcow2_layer_pread(img, c->buf, len, pos) != (int64_t)len)
                 return fail(c, -EIO, "reading '%s': %s", qcow2_filename(img),
                             qcow2_errmsg(img));
-            c->bpieces[c->runs[r].bpiece + k].t[pass] += calib_now() - t;
+            if (pc)
+                pc[k].t[pass] += calib_now() - t;
             for (b = 0; sb && b < len; b = x < len ? x + bl : x) {
                 for (x = b; x < len; x += bl) {
                     bl = len - x < block ? len - x : (size_t)block;
@@ -385,7 +494,8 @@ static int read_base(struct cal *c, struct qcow2_image *img, int pass)
     int rc;
 
     for (r = 0; r < c->n; r++)
-        if ((rc = base_run(c, img, r, NULL, pass)) < 0)
+        if ((rc = base_run(c, img, c->runs[r].off, c->runs[r].len, NULL,
+                           c->bpieces + c->runs[r].bpiece, pass)) < 0)
             return rc;
     return 0;
 }
@@ -404,7 +514,12 @@ static int fill_base(struct cal *c)
                        QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING)) < 0)
         goto out;
     for (r = 0; r < c->n; r++)
-        if ((rc = base_run(c, c->in->base, r, sb, 0)) < 0)
+        if ((rc = base_run(c, c->in->base, c->runs[r].off, c->runs[r].len,
+                           sb, c->bpieces + c->runs[r].bpiece, 0)) < 0)
+            goto out;
+    for (r = 0; r < c->zn; r++) /* under the zero runs: untimed */
+        if ((rc = base_run(c, c->in->base, c->zruns[r].off, c->zruns[r].len,
+                           sb, NULL, 0)) < 0)
             goto out;
     if (qcow2_flush(sb) < 0)
         rc = fail(c, -EIO, "flushing a scratch file: %s", qcow2_errmsg(sb));
@@ -480,7 +595,7 @@ static int number_pieces(struct cal *c)
     for (r = 0; r < c->n; r++) {
         c->runs[r].piece = c->npieces;
         c->npieces += (size_t)((c->runs[r].len + CHUNK - 1) / CHUNK);
-        base_span(c, r, block, &lo, &hi);
+        base_span(c, c->runs[r].off, c->runs[r].len, block, &lo, &hi);
         c->runs[r].bpiece = c->nbpieces;
         c->nbpieces += (size_t)((hi - lo + CHUNK - 1) / CHUNK);
     }
@@ -498,7 +613,8 @@ static size_t base_pieces(const struct cal *c)
 
     if (c->n == 0)
         return 0;
-    base_span(c, c->n - 1, base_block(c), &lo, &hi);
+    base_span(c, c->runs[c->n - 1].off, c->runs[c->n - 1].len, base_block(c),
+              &lo, &hi);
     return c->runs[c->n - 1].bpiece + (size_t)((hi - lo + CHUNK - 1) / CHUNK);
 }
 
@@ -697,6 +813,58 @@ out:
     return rc;
 }
 
+/* The zero runs as zero clusters of the third scratch file (over the
+ * scratch base, which holds the base's content under them). */
+static int fill_zero(struct cal *c)
+{
+    struct qcow2_image *zt;
+    size_t r;
+    int rc;
+
+    if ((rc = open_path(c, &zt, c->zero, QCOW2_OPEN_RDWR)) < 0)
+        goto out;
+    for (r = 0; r < c->zn; r++)
+        if (qcow2_pwrite_zeroes(zt, c->zruns[r].off, c->zruns[r].len) < 0) {
+            rc = fail(c, -EIO, "writing a scratch file: %s",
+                      qcow2_errmsg(zt));
+            goto out;
+        }
+    if (qcow2_flush(zt) < 0)
+        rc = fail(c, -EIO, "flushing a scratch file: %s", qcow2_errmsg(zt));
+out:
+    qcow2_close(zt);
+    return rc;
+}
+
+/* The zero runs committed into the scratch base, after the data: timed,
+ * flush included (what zeroing leaves to write is the file system's
+ * metadata, which grows with the runs). */
+static int commit_zero(struct cal *c, double *secs)
+{
+    struct qcow2_image *chain = NULL, *base = NULL;
+    struct qcow2_commit_opts co;
+    double t0;
+    int rc;
+
+    if ((rc = open_path(c, &chain, c->zero, QCOW2_OPEN_FORCE_SHARE)) < 0 ||
+        (rc = open_img(c, &base, true,
+                       QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING)) < 0)
+        goto out;
+    memset(&co, 0, sizeof(co));
+    co.size = sizeof(co);
+    t0 = calib_now();
+    if (qcow2_commit(chain, 1, base, &co, NULL) < 0) {
+        rc = fail(c, -EIO, "committing the sample's zeros: %s",
+                  qcow2_errmsg(chain));
+        goto out;
+    }
+    *secs = calib_now() - t0;
+out:
+    qcow2_close(base);
+    qcow2_close(chain);
+    return rc;
+}
+
 /* The syncs qchain-commit makes around the copy, in the same directory:
  * its journal and the base's record (each a small file made durable,
  * renamed into place, the directory synced), the re-point of the image
@@ -754,7 +922,7 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
     c.err = err;
     c.errlen = errlen;
     c.size = qcow2_virtual_size(in->top);
-    if (in->data_bytes == 0 || in->data_runs == 0)
+    if ((in->data_bytes == 0 || in->data_runs == 0) && in->zero_bytes == 0)
         return fail(&c, -ENODATA, "the delta holds no data to sample");
     qcow2_info_get(in->top, &ti);
     c.buf = malloc(CHUNK);
@@ -773,7 +941,7 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
         (rc = grow(&c, &out->grow_seconds)) < 0 ||
         (rc = fill_base(&c)) < 0 ||
         (rc = fill_top(&c, prep + CALIB_PREPARE_MAX)) < 0 ||
-        (rc = punch_holes(&c)) < 0)
+        (rc = punch_holes(&c)) < 0 || (c.zn && (rc = fill_zero(&c)) < 0))
         goto out;
     /* the same bytes read back from the scratch overlay twice, as the
      * copy below reads them: what the real layers cost beyond is the read
@@ -807,22 +975,30 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
         rc = fail(&c, xrc, "out of memory");
         goto out;
     }
-    if ((rc = commit_sample(&c, &out->copy_seconds,
-                                 &out->flush_seconds)) < 0 ||
+    if ((c.n && (rc = commit_sample(&c, &out->copy_seconds,
+                                    &out->flush_seconds)) < 0) ||
+        (c.zn && (rc = commit_zero(&c, &out->zero_seconds)) < 0) ||
         (rc = time_syncs(&c, &out->sync_seconds)) < 0)
         goto out;
     out->sample_bytes = c.bytes;
     out->sample_runs = c.n;
+    out->zero_bytes = c.zall;
+    out->zero_runs = c.zseen;
+    out->zero_sample_bytes = c.zbytes;
+    out->zero_sample_runs = c.zn;
 out:
     qcow2_close(st);
     if (c.made_top)
         unlink(c.top);
+    if (c.made_zero)
+        unlink(c.zero);
     if (c.made_base)
         unlink(c.base);
-    if (c.made_top || c.made_base)
+    if (c.made_top || c.made_base || c.made_zero)
         qcow2_io_sync_dir(c.top);
     free(c.buf);
     free(c.runs);
+    free(c.zruns);
     free(c.pieces);
     free(c.bpieces);
     out->seconds = calib_now() - t0;

@@ -20,8 +20,12 @@
  * synced, twice, a third time for a re-point, and a removal) are made and
  * timed in the same directory.
  * A base smaller than the top is grown first, as the commit grows it,
- * timed.  Both scratch files are removed before returning, on every path; the
- * base and the layers are only read.
+ * timed.  The delta's zero ranges are sampled the same way (evenly spread
+ * zero runs, each cut to its share of CALIB_ZERO_FILL), put as zero
+ * clusters in a third scratch file over the scratch base, which holds the
+ * base's content under them, and committed after the data, timed apart.
+ * The scratch files are removed before returning, on every path; the base
+ * and the layers are only read.
  */
 #ifndef QCHAIN_CALIBRATE_H
 #define QCHAIN_CALIBRATE_H
@@ -37,6 +41,10 @@
                                           costs beyond its bytes (maps,
                                           calls) stays bounded when they are
                                           tiny (512-byte subclusters) */
+#define CALIB_ZERO_RUNS_MAX 256       /* zero runs in the sample */
+#define CALIB_ZERO_FILL (16ull << 20)  /* of CALIB_SAMPLE_MAX, for the base's
+                                          content under the zero runs (when
+                                          the delta has zero ranges) */
 #define CALIB_PREPARE_MAX 1.0          /* seconds for reading the sample and
                                           writing the scratch files, once
                                           the runs are chosen: past them
@@ -49,6 +57,7 @@ struct calib_in {
     const char *base_name;     /* BASE's file: the scratch files go beside */
     uint64_t data_bytes;       /* the estimate's: what the commit copies */
     uint64_t data_runs;
+    uint64_t zero_bytes;       /* the estimate's: what the commit zeroes */
     bool repoint;              /* TOP is not ACTIVE: the commit re-points
                                   the image above it */
 };
@@ -66,6 +75,14 @@ struct calib_out {
     double grow_seconds;       /* growing the base to the top's size (0:
                                   the commit does not) */
     double sync_seconds;       /* the tool's journal and record syncs */
+    uint64_t zero_bytes;       /* the zero runs the commit would zero in the
+                                  base (up to the base's end), */
+    uint64_t zero_runs;        /* how many */
+    uint64_t zero_sample_bytes;  /* the part of them sampled */
+    uint64_t zero_sample_runs;
+    double zero_seconds;       /* their commit into the scratch base (the
+                                  base's content under them), flush
+                                  included */
     double seconds;            /* the calibration's own wall time */
 };
 
