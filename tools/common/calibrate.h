@@ -37,11 +37,11 @@
 #include <qcow2/qcow2.h>
 
 #define CALIB_SAMPLE_MAX (64ull << 20) /* bytes of the delta committed */
-#define CALIB_RUNS_MAX 16384           /* runs in the sample: what each
+#define CALIB_RUNS_MAX 8192            /* runs in the sample: what each
                                           costs beyond its bytes (maps,
                                           calls) stays bounded when they are
                                           tiny (512-byte subclusters) */
-#define CALIB_ZERO_RUNS_MAX 256       /* zero runs in the sample */
+#define CALIB_ZERO_RUNS_MAX 256        /* zero runs in the sample */
 #define CALIB_ZERO_FILL (16ull << 20)  /* of CALIB_SAMPLE_MAX, for the base's
                                           content under the zero runs (when
                                           the delta has zero ranges) */
