@@ -71,7 +71,6 @@ struct cal {
     uint8_t *buf;               /* CHUNK bytes */
     struct piece *pieces;       /* of the runs, in order */
     struct piece *bpieces;      /* of the base's blocks around them */
-    size_t npieces, nbpieces;
     char *err;
     size_t errlen;
 };
@@ -415,8 +414,8 @@ static int grow(struct cal *c, double *secs)
     return rc;
 }
 
-/* The base's blocks around run r: whole blocks of `block` bytes, up to the
- * base's size (a base that grows has nothing past it). */
+/* The base's blocks around [off, off+len): whole blocks of `block` bytes,
+ * up to the base's size (a base that grows has nothing past it). */
 static void base_span(const struct cal *c, uint64_t off, uint64_t len,
                       uint64_t block, uint64_t *lo, uint64_t *hi)
 {
@@ -584,38 +583,43 @@ static int read_sample(struct cal *c, struct qcow2_image *img, unsigned stop,
     return 0;
 }
 
+/* How many pieces run r has, of its own bytes or of the base's blocks
+ * around them. */
+static size_t run_pieces(const struct cal *c, size_t r, bool base)
+{
+    uint64_t lo = 0, hi = c->runs[r].len;
+
+    if (base)
+        base_span(c, c->runs[r].off, c->runs[r].len, base_block(c), &lo, &hi);
+    return (size_t)((hi - lo + CHUNK - 1) / CHUNK);
+}
+
+/* The pieces of the runs kept (a cut keeps a prefix of both numberings). */
+static size_t pieces_kept(const struct cal *c, bool base)
+{
+    if (c->n == 0)
+        return 0;
+    return (base ? c->runs[c->n - 1].bpiece : c->runs[c->n - 1].piece) +
+           run_pieces(c, c->n - 1, base);
+}
+
 /* The pieces of the runs and of the base's blocks around them, numbered
- * (once the runs are chosen; a cut keeps a prefix of both). */
+ * once the runs are chosen. */
 static int number_pieces(struct cal *c)
 {
-    uint64_t block = base_block(c), lo, hi;
-    size_t r;
+    size_t r, np = 0, nbp = 0;
 
-    c->npieces = c->nbpieces = 0;
     for (r = 0; r < c->n; r++) {
-        c->runs[r].piece = c->npieces;
-        c->npieces += (size_t)((c->runs[r].len + CHUNK - 1) / CHUNK);
-        base_span(c, c->runs[r].off, c->runs[r].len, block, &lo, &hi);
-        c->runs[r].bpiece = c->nbpieces;
-        c->nbpieces += (size_t)((hi - lo + CHUNK - 1) / CHUNK);
+        c->runs[r].piece = np;
+        np += run_pieces(c, r, false);
+        c->runs[r].bpiece = nbp;
+        nbp += run_pieces(c, r, true);
     }
-    c->pieces = calloc(c->npieces ? c->npieces : 1, sizeof(*c->pieces));
-    c->bpieces = calloc(c->nbpieces ? c->nbpieces : 1, sizeof(*c->bpieces));
+    c->pieces = calloc(np ? np : 1, sizeof(*c->pieces));
+    c->bpieces = calloc(nbp ? nbp : 1, sizeof(*c->bpieces));
     if (!c->pieces || !c->bpieces)
         return fail(c, -ENOMEM, "out of memory");
     return 0;
-}
-
-/* The base's pieces of the runs kept. */
-static size_t base_pieces(const struct cal *c)
-{
-    uint64_t lo, hi;
-
-    if (c->n == 0)
-        return 0;
-    base_span(c, c->runs[c->n - 1].off, c->runs[c->n - 1].len, base_block(c),
-              &lo, &hi);
-    return c->runs[c->n - 1].bpiece + (size_t)((hi - lo + CHUNK - 1) / CHUNK);
 }
 
 struct excess {
@@ -769,9 +773,6 @@ out:
     return rc;
 }
 
-/* The commit of the scratch overlay into the scratch base, as qchain-commit
- * opens them (the chain read-only, the base read-write), timed from the
- * commit's start to its final flush. */
 /* Asked between extents: the time the last one was handed to the base. */
 static int stamp(void *ctx)
 {
@@ -779,19 +780,22 @@ static int stamp(void *ctx)
     return 0;
 }
 
-/* The sample's commit: *copy the extents handed to the base, *flush what
- * follows the last (its writes leaving the page cache, the base's flush).
- * The flush waits for what the background writeback has not yet written,
- * the last stretch, not the whole: it is counted once, not scaled. */
-static int commit_sample(struct cal *c, double *copy, double *flush)
+/* The commit of a scratch overlay (path) into the scratch base, as
+ * qchain-commit opens them (the chain read-only, the base read-write),
+ * timed: *copy up to the last extent handed to the base, *flush what
+ * follows (its last writes leaving the page cache, the base's flush).  For
+ * the data, the flush waits for what the background writeback has not yet
+ * written, the last stretch, not the whole; the caller scales it apart. */
+static int commit_scratch(struct cal *c, const char *path, double *copy,
+                          double *flush)
 {
     struct qcow2_image *chain = NULL, *base = NULL;
     struct qcow2_commit_opts co;
-    double t0, last, t1;
+    double t0, last;
     int rc;
 
     /* the chain without locks, so that the base opens for writing */
-    if ((rc = open_img(c, &chain, false, QCOW2_OPEN_FORCE_SHARE)) < 0 ||
+    if ((rc = open_path(c, &chain, path, QCOW2_OPEN_FORCE_SHARE)) < 0 ||
         (rc = open_img(c, &base, true,
                        QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING)) < 0)
         goto out;
@@ -804,9 +808,8 @@ static int commit_sample(struct cal *c, double *copy, double *flush)
         rc = fail(c, -EIO, "committing the sample: %s", qcow2_errmsg(chain));
         goto out;
     }
-    t1 = calib_now();
+    *flush = calib_now() - last;
     *copy = last - t0;
-    *flush = t1 - last;
 out:
     qcow2_close(base);
     qcow2_close(chain);
@@ -833,35 +836,6 @@ static int fill_zero(struct cal *c)
         rc = fail(c, -EIO, "flushing a scratch file: %s", qcow2_errmsg(zt));
 out:
     qcow2_close(zt);
-    return rc;
-}
-
-/* The zero runs committed into the scratch base, after the data: timed,
- * flush included (what zeroing leaves to write is the file system's
- * metadata, which grows with the runs). */
-static int commit_zero(struct cal *c, double *secs)
-{
-    struct qcow2_image *chain = NULL, *base = NULL;
-    struct qcow2_commit_opts co;
-    double t0;
-    int rc;
-
-    if ((rc = open_path(c, &chain, c->zero, QCOW2_OPEN_FORCE_SHARE)) < 0 ||
-        (rc = open_img(c, &base, true,
-                       QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING)) < 0)
-        goto out;
-    memset(&co, 0, sizeof(co));
-    co.size = sizeof(co);
-    t0 = calib_now();
-    if (qcow2_commit(chain, 1, base, &co, NULL) < 0) {
-        rc = fail(c, -EIO, "committing the sample's zeros: %s",
-                  qcow2_errmsg(chain));
-        goto out;
-    }
-    *secs = calib_now() - t0;
-out:
-    qcow2_close(base);
-    qcow2_close(chain);
     return rc;
 }
 
@@ -911,9 +885,8 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
     struct cal c;
     struct qcow2_image *st = NULL;
     struct qcow2_info ti;
-    double t0 = calib_now(), prep;
+    double t0 = calib_now(), prep, zcopy = 0, zflush = 0;
     struct qcow2_info bi;
-    size_t np, nbp;
     int rc, xrc = 0;
 
     memset(&c, 0, sizeof(c));
@@ -952,11 +925,7 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
         goto out;
     qcow2_close(st);
     st = NULL;
-    /* of the runs kept */
-    np = c.n ? c.runs[c.n - 1].piece +
-                   (size_t)((c.runs[c.n - 1].len + CHUNK - 1) / CHUNK)
-             : 0;
-    out->read_seconds = read_excess(c.pieces, np, &xrc);
+    out->read_seconds = read_excess(c.pieces, pieces_kept(&c, false), &xrc);
     /* a raw base is read where the commit compares what it writes with
      * what the base holds: the same for the base's blocks under the
      * sample, read from the real base while filling the scratch one */
@@ -968,18 +937,22 @@ int calibrate(const struct calib_in *in, struct calib_out *out, char *err,
             goto out;
         qcow2_close(st);
         st = NULL;
-        nbp = base_pieces(&c);
-        out->read_seconds += read_excess(c.bpieces, nbp, &xrc);
+        out->read_seconds += read_excess(c.bpieces, pieces_kept(&c, true),
+                                         &xrc);
     }
     if (xrc < 0) {
         rc = fail(&c, xrc, "out of memory");
         goto out;
     }
-    if ((c.n && (rc = commit_sample(&c, &out->copy_seconds,
-                                    &out->flush_seconds)) < 0) ||
-        (c.zn && (rc = commit_zero(&c, &out->zero_seconds)) < 0) ||
+    /* the data, then the zero runs: all of their commit counts, its flush
+     * too (what zeroing leaves to write is file system metadata, which
+     * grows with the runs) */
+    if ((c.n && (rc = commit_scratch(&c, c.top, &out->copy_seconds,
+                                     &out->flush_seconds)) < 0) ||
+        (c.zn && (rc = commit_scratch(&c, c.zero, &zcopy, &zflush)) < 0) ||
         (rc = time_syncs(&c, &out->sync_seconds)) < 0)
         goto out;
+    out->zero_seconds = zcopy + zflush;
     out->sample_bytes = c.bytes;
     out->sample_runs = c.n;
     out->zero_bytes = c.zall;
